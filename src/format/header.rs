@@ -1,0 +1,272 @@
+//! The message header (v1 and v2): encode, incremental decode, and the checks of FORMAT.md §11.1.
+
+use super::codec::{put_vec16, Reader};
+use super::context::EncryptionContext;
+use super::suite::AlgorithmSuite;
+use super::FormatError;
+
+/// Tag length of every suite.
+pub const TAG_LEN: usize = 16;
+/// IV length of every suite.
+pub const IV_LEN: usize = 12;
+/// Length of the key commitment stored in a v2 header.
+pub const COMMITMENT_LEN: usize = 32;
+
+/// A data key wrapped by one keyring, as stored in the header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncryptedDataKey {
+    /// Who wrapped it: `aws-kms`, or a raw keyring's namespace.
+    pub provider_id: String,
+    /// Which key wrapped it: a KMS key ARN, or a raw keyring's name and parameters.
+    pub provider_info: Vec<u8>,
+    /// The wrapped data key.
+    pub ciphertext: Vec<u8>,
+}
+
+/// How the body is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentType {
+    /// One block (legacy; read only).
+    NonFramed,
+    /// A sequence of frames, the only layout new messages use.
+    Framed,
+}
+
+impl ContentType {
+    fn byte(self) -> u8 {
+        match self {
+            ContentType::NonFramed => 1,
+            ContentType::Framed => 2,
+        }
+    }
+}
+
+/// The fields of a header, without its authentication tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderBody {
+    /// The algorithm suite; it fixes the header version.
+    pub suite: AlgorithmSuite,
+    /// 16 random bytes (v1) or 32 (v2).
+    pub message_id: Vec<u8>,
+    /// The encryption context stored in the message (required-only pairs are not stored).
+    pub context: EncryptionContext,
+    /// The wrapped data keys, in the order written.
+    pub encrypted_data_keys: Vec<EncryptedDataKey>,
+    /// Framed or not.
+    pub content_type: ContentType,
+    /// Plaintext bytes per regular frame; 0 for non-framed bodies.
+    pub frame_length: u32,
+    /// The key commitment (v2 only).
+    pub commitment: Option<[u8; COMMITMENT_LEN]>,
+}
+
+/// Limits applied while a header is parsed, before anything is allocated for it.
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderLimits {
+    /// Most wrapped data keys accepted.
+    pub max_encrypted_data_keys: u16,
+    /// Most header bytes accepted (body and authentication).
+    pub max_header_len: usize,
+}
+
+/// A parsed header: its fields, the exact bytes they were read from, and the authentication.
+#[derive(Debug, Clone)]
+pub struct Header {
+    /// The fields.
+    pub body: HeaderBody,
+    /// The serialized fields, as read (authenticated as they are, never re-serialized).
+    pub body_bytes: Vec<u8>,
+    /// The header authentication IV (v1 stores it; v2 uses zeros).
+    pub iv: [u8; IV_LEN],
+    /// The header authentication tag.
+    pub tag: [u8; TAG_LEN],
+}
+
+impl HeaderBody {
+    /// The header version this body is written with.
+    pub fn version(&self) -> u8 {
+        self.suite.message_version()
+    }
+
+    /// Serializes the fields (everything the header tag covers).
+    ///
+    /// # Errors
+    /// When the context or a wrapped key does not fit its `u16` length field.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), FormatError> {
+        let v2 = self.version() == 2;
+        out.push(self.version());
+        if !v2 {
+            out.push(0x80);
+        }
+        out.extend_from_slice(&self.suite.id().to_be_bytes());
+        out.extend_from_slice(&self.message_id);
+        let ec = self.context.serialize()?;
+        put_vec16(out, &ec);
+        if self.encrypted_data_keys.is_empty() {
+            return Err(FormatError::NoDataKeys);
+        }
+        let count = u16::try_from(self.encrypted_data_keys.len())
+            .map_err(|_| FormatError::TooManyDataKeys { max: u16::MAX })?;
+        out.extend_from_slice(&count.to_be_bytes());
+        for edk in &self.encrypted_data_keys {
+            for field in [
+                edk.provider_id.as_bytes(),
+                &edk.provider_info,
+                &edk.ciphertext,
+            ] {
+                if field.len() > u16::MAX as usize {
+                    return Err(FormatError::DataKeyFieldTooLarge);
+                }
+                put_vec16(out, field);
+            }
+        }
+        out.push(self.content_type.byte());
+        if !v2 {
+            out.extend_from_slice(&[0, 0, 0, 0, IV_LEN as u8]);
+        }
+        out.extend_from_slice(&self.frame_length.to_be_bytes());
+        if v2 {
+            out.extend_from_slice(
+                self.commitment
+                    .as_ref()
+                    .ok_or(FormatError::MissingCommitment)?,
+            );
+        }
+        Ok(())
+    }
+
+    fn read(r: &mut Reader<'_>, limits: &HeaderLimits) -> Result<Self, FormatError> {
+        let version = r.u8()?;
+        if version != 1 && version != 2 {
+            return Err(FormatError::UnsupportedVersion(version));
+        }
+        if version == 1 {
+            let kind = r.u8()?;
+            if kind != 0x80 {
+                return Err(FormatError::BadMessageType(kind));
+            }
+        }
+        let suite = AlgorithmSuite::from_id(r.u16()?)?;
+        if suite.message_version() != version {
+            return Err(FormatError::VersionSuiteMismatch { version, suite });
+        }
+        let message_id = r.take(suite.message_id_len())?.to_vec();
+        let context = EncryptionContext::parse(r.vec16()?)?;
+        let count = r.u16()?;
+        if count == 0 {
+            return Err(FormatError::NoDataKeys);
+        }
+        if count > limits.max_encrypted_data_keys {
+            return Err(FormatError::TooManyDataKeys {
+                max: limits.max_encrypted_data_keys,
+            });
+        }
+        let mut encrypted_data_keys = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let provider_id = std::str::from_utf8(r.vec16()?)
+                .map_err(|_| FormatError::BadProviderId)?
+                .to_owned();
+            let provider_info = r.vec16()?.to_vec();
+            let ciphertext = r.vec16()?.to_vec();
+            encrypted_data_keys.push(EncryptedDataKey {
+                provider_id,
+                provider_info,
+                ciphertext,
+            });
+        }
+        let content_type = match r.u8()? {
+            1 => ContentType::NonFramed,
+            2 => ContentType::Framed,
+            other => return Err(FormatError::BadContentType(other)),
+        };
+        if version == 1 {
+            if r.array::<4>()? != [0; 4] {
+                return Err(FormatError::BadReserved);
+            }
+            let iv_len = r.u8()?;
+            if iv_len as usize != IV_LEN {
+                return Err(FormatError::BadIvLength(iv_len));
+            }
+        }
+        let frame_length = r.u32()?;
+        match (content_type, frame_length) {
+            (ContentType::Framed, 0) | (ContentType::NonFramed, 1..) => {
+                return Err(FormatError::BadFrameLength(frame_length))
+            }
+            _ => {}
+        }
+        let commitment = if version == 2 {
+            Some(r.array::<COMMITMENT_LEN>()?)
+        } else {
+            None
+        };
+        Ok(HeaderBody {
+            suite,
+            message_id,
+            context,
+            encrypted_data_keys,
+            content_type,
+            frame_length,
+            commitment,
+        })
+    }
+}
+
+impl Header {
+    /// Parses a header from the start of `buf`.
+    ///
+    /// Returns `Ok(None)` when `buf` holds only part of a header (read more and call again),
+    /// or the header and the number of bytes it took.
+    ///
+    /// # Errors
+    /// A [`FormatError`] for any malformed field, or a header larger than the limits allow.
+    pub fn parse(
+        buf: &[u8],
+        limits: &HeaderLimits,
+    ) -> Result<Option<(Header, usize)>, FormatError> {
+        match Self::read(buf, limits) {
+            Ok((_, len)) if len > limits.max_header_len => Err(FormatError::HeaderTooLarge {
+                max: limits.max_header_len,
+            }),
+            Ok(done) => Ok(Some(done)),
+            Err(FormatError::Truncated) if buf.len() >= limits.max_header_len => {
+                Err(FormatError::HeaderTooLarge {
+                    max: limits.max_header_len,
+                })
+            }
+            Err(FormatError::Truncated) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn read(buf: &[u8], limits: &HeaderLimits) -> Result<(Header, usize), FormatError> {
+        let mut r = Reader::new(buf);
+        let body = HeaderBody::read(&mut r, limits)?;
+        let body_bytes = buf[..r.position()].to_vec();
+        let iv = if body.version() == 1 {
+            r.array()?
+        } else {
+            [0; IV_LEN]
+        };
+        let tag = r.array()?;
+        Ok((
+            Header {
+                body,
+                body_bytes,
+                iv,
+                tag,
+            },
+            r.position(),
+        ))
+    }
+
+    /// The serialized header: body, then (v1) the IV, then the tag.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = self.body_bytes.clone();
+        if self.body.version() == 1 {
+            out.extend_from_slice(&self.iv);
+        }
+        out.extend_from_slice(&self.tag);
+        out
+    }
+}

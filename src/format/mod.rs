@@ -1,0 +1,115 @@
+//! The wire format: suites, encryption context, header, body blocks. No I/O, no keys.
+//!
+//! Everything here follows the AWS Encryption SDK message format; see `docs/FORMAT.md`.
+
+mod body;
+pub(crate) mod codec;
+mod context;
+mod header;
+mod suite;
+
+pub use body::{
+    frame_iv, framed_body_len, BlockKind, BodyAad, FINAL_FRAME_MARKER, FINAL_FRAME_PREFIX,
+    MAX_FRAMES, MAX_NON_FRAMED_LEN, NON_FRAMED_PREFIX, REGULAR_FRAME_PREFIX,
+};
+pub use context::{EncryptionContext, PUBLIC_KEY_FIELD, RESERVED_PREFIX};
+pub use header::{
+    ContentType, EncryptedDataKey, Header, HeaderBody, HeaderLimits, COMMITMENT_LEN, IV_LEN,
+    TAG_LEN,
+};
+pub use suite::{AlgorithmSuite, CommitmentPolicy, Kdf, SignatureAlgorithm};
+
+/// A malformed or unsupported message, found while parsing. Says what is wrong with the bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FormatError {
+    /// The input ended in the middle of a structure.
+    Truncated,
+    /// The header version byte is neither 1 nor 2.
+    UnsupportedVersion(u8),
+    /// A v1 header whose type byte is not 0x80.
+    BadMessageType(u8),
+    /// The suite ID is not an ESDK suite.
+    UnknownSuite(u16),
+    /// The header version does not match the suite (committing suites use v2 only).
+    VersionSuiteMismatch {
+        /// The version byte read.
+        version: u8,
+        /// The suite read.
+        suite: AlgorithmSuite,
+    },
+    /// The encryption context field is malformed.
+    BadContext(&'static str),
+    /// The encryption context does not fit in 65,535 bytes.
+    ContextTooLarge,
+    /// The header names no wrapped data key.
+    NoDataKeys,
+    /// More wrapped data keys than the limit allows.
+    TooManyDataKeys {
+        /// The limit in force.
+        max: u16,
+    },
+    /// A wrapped key's provider, info or ciphertext does not fit in 65,535 bytes.
+    DataKeyFieldTooLarge,
+    /// A provider ID that is not UTF-8.
+    BadProviderId,
+    /// A content type other than 1 (non-framed) or 2 (framed).
+    BadContentType(u8),
+    /// The v1 reserved field is not zero.
+    BadReserved,
+    /// The v1 IV length is not 12.
+    BadIvLength(u8),
+    /// A frame length of 0 for a framed body, or not 0 for a non-framed one.
+    BadFrameLength(u32),
+    /// A v2 header without its key commitment.
+    MissingCommitment,
+    /// The header is larger than the limit allows.
+    HeaderTooLarge {
+        /// The limit in force.
+        max: usize,
+    },
+    /// A body block is malformed (sequence number, IV or length).
+    BadFrame(&'static str),
+    /// A frame longer than the limit allows.
+    FrameTooLarge {
+        /// The frame length the message claims.
+        len: u64,
+        /// The limit in force.
+        max: u64,
+    },
+    /// Bytes follow the end of the message.
+    TrailingBytes,
+    /// The footer is malformed.
+    BadFooter,
+}
+
+impl std::fmt::Display for FormatError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use FormatError::*;
+        match self {
+            Truncated => write!(f, "the message is truncated: it ends before its final frame; check that the whole file was copied"),
+            UnsupportedVersion(v) => write!(f, "unsupported message version {v}: this is not an AWS Encryption SDK message, or it is corrupted"),
+            BadMessageType(t) => write!(f, "unsupported message type 0x{t:02X}: this is not an AWS Encryption SDK message, or it is corrupted"),
+            UnknownSuite(id) => write!(f, "unknown algorithm suite 0x{id:04X}: the message is corrupted or not an AWS Encryption SDK message"),
+            VersionSuiteMismatch { version, suite } => write!(f, "header version {version} cannot carry suite {suite}: the message is corrupted"),
+            BadContext(why) => write!(f, "malformed encryption context in the header ({why})"),
+            ContextTooLarge => write!(f, "the encryption context does not fit in 65,535 bytes: use fewer or shorter pairs"),
+            NoDataKeys => write!(f, "the header holds no wrapped data key"),
+            TooManyDataKeys { max } => write!(f, "more than {max} wrapped data keys: raise the limit with max_encrypted_data_keys if this is expected"),
+            DataKeyFieldTooLarge => write!(f, "a wrapped data key field does not fit in 65,535 bytes"),
+            BadProviderId => write!(f, "a wrapped data key's provider ID is not valid UTF-8"),
+            BadContentType(t) => write!(f, "unknown content type {t}: the message is corrupted"),
+            BadReserved => write!(f, "the v1 header's reserved field is not zero: the message is corrupted"),
+            BadIvLength(n) => write!(f, "the v1 header's IV length is {n}, not 12: the message is corrupted"),
+            BadFrameLength(n) => write!(f, "frame length {n} does not match the content type: the message is corrupted"),
+            MissingCommitment => write!(f, "a v2 header needs its key commitment"),
+            HeaderTooLarge { max } => write!(f, "the header is larger than {max} bytes: raise max_header_len if this is expected"),
+            BadFrame(why) => write!(f, "malformed body ({why}): the message is corrupted"),
+            FrameTooLarge { len, max } => write!(f, "frame of {len} bytes exceeds the limit of {max} bytes: raise max_frame_length if you trust this message"),
+            TrailingBytes => write!(f, "bytes follow the end of the message: the input holds more than one message or is corrupted"),
+            BadFooter => write!(f, "malformed signature footer: the message is corrupted"),
+        }
+    }
+}
+
+impl std::error::Error for FormatError {}

@@ -1,0 +1,74 @@
+//! Keyrings make, wrap and unwrap data keys. The message layer calls one once per message.
+//!
+//! The trait is async at its core so that the KMS keyring can await network calls; the sync
+//! API drives it without needing a runtime of the caller's.
+
+mod multi;
+mod raw_aes;
+mod raw_rsa;
+
+pub use multi::MultiKeyring;
+pub use raw_aes::RawAesKeyring;
+pub use raw_rsa::{RawRsaKeyring, RsaPadding};
+
+use crate::format::EncryptedDataKey;
+use crate::materials::{DecryptionMaterials, EncryptionMaterials};
+use crate::Error;
+
+/// Wraps data keys on encrypt and unwraps them on decrypt.
+#[async_trait::async_trait]
+pub trait Keyring: Send + Sync + std::fmt::Debug {
+    /// Wraps the materials' data key (generating it first if there is none yet) and appends
+    /// the wrapped copy to `materials.encrypted_data_keys`.
+    ///
+    /// # Errors
+    /// When the key cannot be generated or wrapped.
+    async fn on_encrypt(&self, materials: &mut EncryptionMaterials) -> Result<(), Error>;
+
+    /// Unwraps the first of `edks` this keyring can, into `materials.data_key`.
+    ///
+    /// # Errors
+    /// [`Error::NoUsableDataKey`] with one line per attempt when none can be unwrapped.
+    async fn on_decrypt(
+        &self,
+        materials: &mut DecryptionMaterials,
+        edks: &[EncryptedDataKey],
+    ) -> Result<(), Error>;
+}
+
+#[async_trait::async_trait]
+impl<K: Keyring + ?Sized> Keyring for std::sync::Arc<K> {
+    async fn on_encrypt(&self, materials: &mut EncryptionMaterials) -> Result<(), Error> {
+        (**self).on_encrypt(materials).await
+    }
+    async fn on_decrypt(
+        &self,
+        materials: &mut DecryptionMaterials,
+        edks: &[EncryptedDataKey],
+    ) -> Result<(), Error> {
+        (**self).on_decrypt(materials, edks).await
+    }
+}
+
+/// The namespace prefix that only the KMS keyrings may use.
+pub(crate) const KMS_PROVIDER_ID: &str = "aws-kms";
+
+/// Checks a raw keyring's namespace: non-empty, short enough, and not the KMS namespace.
+pub(crate) fn check_namespace(namespace: &str, name: &str) -> Result<(), Error> {
+    if namespace.starts_with(KMS_PROVIDER_ID) {
+        return Err(Error::InvalidArgument(format!(
+            "key namespace {namespace:?} is reserved for KMS keyrings: choose another namespace"
+        )));
+    }
+    if namespace.is_empty() || name.is_empty() {
+        return Err(Error::InvalidArgument(
+            "a raw keyring needs a non-empty key namespace and key name".into(),
+        ));
+    }
+    if namespace.len() > u16::MAX as usize || name.len() > u16::MAX as usize - 20 {
+        return Err(Error::InvalidArgument(
+            "key namespace or name longer than 65,515 bytes".into(),
+        ));
+    }
+    Ok(())
+}

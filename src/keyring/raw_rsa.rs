@@ -1,0 +1,228 @@
+//! The raw RSA keyring: wraps data keys with RSA (PKCS#1 v1.5 or OAEP) under a key pair the
+//! caller holds (ESDK-compatible; FORMAT.md §10.3). RSA binds no encryption context.
+
+use aws_lc_rs::rsa::{
+    OaepAlgorithm, OaepPrivateDecryptingKey, OaepPublicEncryptingKey, Pkcs1PrivateDecryptingKey,
+    Pkcs1PublicEncryptingKey, PrivateDecryptingKey, PublicEncryptingKey, OAEP_SHA1_MGF1SHA1,
+    OAEP_SHA256_MGF1SHA256, OAEP_SHA384_MGF1SHA384, OAEP_SHA512_MGF1SHA512,
+};
+use zeroize::Zeroizing;
+
+use super::{check_namespace, Keyring};
+use crate::format::EncryptedDataKey;
+use crate::materials::{DataKey, DecryptionMaterials, EncryptionMaterials};
+use crate::Error;
+
+/// RSA padding for key wrapping. OAEP uses the same hash for MGF1 and an empty label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RsaPadding {
+    /// PKCS#1 v1.5 (legacy; prefer OAEP).
+    Pkcs1,
+    /// OAEP with SHA-1.
+    OaepSha1,
+    /// OAEP with SHA-256.
+    OaepSha256,
+    /// OAEP with SHA-384.
+    OaepSha384,
+    /// OAEP with SHA-512.
+    OaepSha512,
+}
+
+impl RsaPadding {
+    fn oaep(self) -> Option<&'static OaepAlgorithm> {
+        match self {
+            RsaPadding::Pkcs1 => None,
+            RsaPadding::OaepSha1 => Some(&OAEP_SHA1_MGF1SHA1),
+            RsaPadding::OaepSha256 => Some(&OAEP_SHA256_MGF1SHA256),
+            RsaPadding::OaepSha384 => Some(&OAEP_SHA384_MGF1SHA384),
+            RsaPadding::OaepSha512 => Some(&OAEP_SHA512_MGF1SHA512),
+        }
+    }
+}
+
+enum Encrypting {
+    Oaep(OaepPublicEncryptingKey),
+    Pkcs1(Pkcs1PublicEncryptingKey),
+}
+
+enum Decrypting {
+    Oaep(OaepPrivateDecryptingKey),
+    Pkcs1(Pkcs1PrivateDecryptingKey),
+}
+
+/// Wraps data keys under an RSA public key and unwraps them with the private key. Either half
+/// may be absent: a keyring with only the public key can encrypt but not decrypt.
+pub struct RawRsaKeyring {
+    namespace: String,
+    name: String,
+    padding: RsaPadding,
+    public: Option<Encrypting>,
+    private: Option<Decrypting>,
+}
+
+impl std::fmt::Debug for RawRsaKeyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawRsaKeyring")
+            .field("namespace", &self.namespace)
+            .field("name", &self.name)
+            .field("padding", &self.padding)
+            .field("can_encrypt", &self.public.is_some())
+            .field("can_decrypt", &self.private.is_some())
+            .finish()
+    }
+}
+
+fn pem_der(pem_text: &str, want: &[&str]) -> Result<Zeroizing<Vec<u8>>, Error> {
+    let parsed = pem::parse(pem_text)
+        .map_err(|e| Error::InvalidArgument(format!("cannot read the RSA key as PEM: {e}")))?;
+    if !want.contains(&parsed.tag()) {
+        return Err(Error::InvalidArgument(format!(
+            "expected a PEM block of type {}, found {:?}",
+            want.join(" or "),
+            parsed.tag()
+        )));
+    }
+    Ok(Zeroizing::new(parsed.into_contents()))
+}
+
+impl RawRsaKeyring {
+    /// A keyring from PEM keys: a PKCS#8 `PRIVATE KEY` and/or an X.509 `PUBLIC KEY`. With only
+    /// the private key, the public half is derived from it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when neither key is given, a key does not parse, or the
+    /// namespace is reserved.
+    pub fn new(
+        namespace: &str,
+        name: &str,
+        padding: RsaPadding,
+        public_pem: Option<&str>,
+        private_pem: Option<&str>,
+    ) -> Result<Self, Error> {
+        check_namespace(namespace, name)?;
+        let bad = |what: &str| {
+            Error::InvalidArgument(format!("the RSA {what} key is not a usable RSA key"))
+        };
+        let private = match private_pem {
+            Some(p) => Some(
+                PrivateDecryptingKey::from_pkcs8(&pem_der(p, &["PRIVATE KEY"])?)
+                    .map_err(|_| bad("private"))?,
+            ),
+            None => None,
+        };
+        let public = match (public_pem, &private) {
+            (Some(p), _) => Some(
+                PublicEncryptingKey::from_der(&pem_der(p, &["PUBLIC KEY"])?)
+                    .map_err(|_| bad("public"))?,
+            ),
+            (None, Some(k)) => Some(k.public_key()),
+            (None, None) => {
+                return Err(Error::InvalidArgument(
+                    "a raw RSA keyring needs a public key, a private key, or both".into(),
+                ))
+            }
+        };
+        let public = match (public, padding.oaep()) {
+            (Some(k), Some(_)) => Some(Encrypting::Oaep(
+                OaepPublicEncryptingKey::new(k).map_err(|_| bad("public"))?,
+            )),
+            (Some(k), None) => Some(Encrypting::Pkcs1(
+                Pkcs1PublicEncryptingKey::new(k).map_err(|_| bad("public"))?,
+            )),
+            (None, _) => None,
+        };
+        let private = match (private, padding.oaep()) {
+            (Some(k), Some(_)) => Some(Decrypting::Oaep(
+                OaepPrivateDecryptingKey::new(k).map_err(|_| bad("private"))?,
+            )),
+            (Some(k), None) => Some(Decrypting::Pkcs1(
+                Pkcs1PrivateDecryptingKey::new(k).map_err(|_| bad("private"))?,
+            )),
+            (None, _) => None,
+        };
+        Ok(RawRsaKeyring {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            padding,
+            public,
+            private,
+        })
+    }
+
+    fn unwrap_key(&self, key: &Decrypting, ciphertext: &[u8]) -> Option<DataKey> {
+        let mut out = Zeroizing::new(vec![0u8; ciphertext.len().max(512)]);
+        let len = match key {
+            Decrypting::Oaep(k) => k
+                .decrypt(self.padding.oaep()?, ciphertext, &mut out, None)
+                .ok()?
+                .len(),
+            Decrypting::Pkcs1(k) => k.decrypt(ciphertext, &mut out).ok()?.len(),
+        };
+        out.truncate(len);
+        Some(DataKey::new(out))
+    }
+}
+
+#[async_trait::async_trait]
+impl Keyring for RawRsaKeyring {
+    async fn on_encrypt(&self, materials: &mut EncryptionMaterials) -> Result<(), Error> {
+        let public = self.public.as_ref().ok_or_else(|| {
+            Error::Keyring(format!(
+                "raw RSA key {}/{} has no public key, so it cannot encrypt",
+                self.namespace, self.name
+            ))
+        })?;
+        let key = materials.data_key_or_generate()?;
+        let failed = || Error::Crypto("RSA key wrapping failed");
+        let ciphertext = match public {
+            Encrypting::Oaep(k) => {
+                let mut out = vec![0u8; k.ciphertext_size()];
+                let alg = self.padding.oaep().ok_or_else(failed)?;
+                k.encrypt(alg, key.as_bytes(), &mut out, None)
+                    .map_err(|_| failed())?
+                    .to_vec()
+            }
+            Encrypting::Pkcs1(k) => {
+                let mut out = vec![0u8; k.ciphertext_size()];
+                k.encrypt(key.as_bytes(), &mut out)
+                    .map_err(|_| failed())?
+                    .to_vec()
+            }
+        };
+        materials.encrypted_data_keys.push(EncryptedDataKey {
+            provider_id: self.namespace.clone(),
+            provider_info: self.name.as_bytes().to_vec(),
+            ciphertext,
+        });
+        Ok(())
+    }
+
+    async fn on_decrypt(
+        &self,
+        materials: &mut DecryptionMaterials,
+        edks: &[EncryptedDataKey],
+    ) -> Result<(), Error> {
+        let label = format!("raw RSA key {}/{}", self.namespace, self.name);
+        let Some(private) = &self.private else {
+            return Err(Error::NoUsableDataKey(vec![format!(
+                "{label}: no private key configured"
+            )]));
+        };
+        let mut tried = 0;
+        for edk in edks {
+            if edk.provider_id != self.namespace || edk.provider_info != self.name.as_bytes() {
+                continue;
+            }
+            tried += 1;
+            if let Some(key) = self.unwrap_key(private, &edk.ciphertext) {
+                return materials.set_data_key(key);
+            }
+        }
+        Err(Error::NoUsableDataKey(vec![if tried == 0 {
+            format!("{label}: the message has no data key wrapped under it")
+        } else {
+            format!("{label}: {tried} candidate(s) did not unwrap (wrong key or padding)")
+        }]))
+    }
+}

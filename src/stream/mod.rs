@@ -1,0 +1,13 @@
+//! Streaming encryption and decryption: the framing state machine and its adaptors.
+
+mod decoder;
+pub(crate) mod machine;
+mod message;
+mod options;
+mod sync;
+
+pub use options::{
+    Decryptor, Encryptor, DEFAULT_FRAME_LENGTH, DEFAULT_MAX_BUFFERED_LEN,
+    DEFAULT_MAX_ENCRYPTED_DATA_KEYS, DEFAULT_MAX_FRAME_LENGTH, DEFAULT_MAX_HEADER_LEN,
+};
+pub use sync::{DecryptingReader, EncryptingWriter};

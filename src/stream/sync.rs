@@ -1,0 +1,239 @@
+//! Blocking `std::io` adaptors over the framing state machine.
+
+use std::io::{self, Read, Write};
+
+use super::decoder::{BodyDecoder, HeaderBuffer, Need};
+use super::machine::{Sealer, HEADROOM};
+use super::message::{begin_decrypt, begin_encrypt};
+use super::options::{Decryptor, Encryptor};
+use crate::format::{HeaderBody, HeaderLimits, TAG_LEN};
+use crate::Error;
+
+/// Largest frame buffer reserved up front; bigger frames grow as data arrives.
+const MAX_PREALLOCATED_FRAME: usize = 4 * 1024 * 1024;
+
+/// Encrypts everything written to it into `W`. Call [`finish`](Self::finish) at the end:
+/// it writes the final frame (and the signature); without it the message is incomplete and
+/// every reader will refuse it.
+#[must_use = "call finish() to write the final frame; an unfinished message does not decrypt"]
+#[derive(Debug)]
+pub struct EncryptingWriter<W: Write> {
+    inner: W,
+    sealer: Sealer,
+    /// `[HEADROOM][plaintext of the current frame]`, reused for every frame.
+    buf: Vec<u8>,
+    poisoned: bool,
+}
+
+impl<W: Write> EncryptingWriter<W> {
+    pub(crate) fn new(mut inner: W, header: &[u8], sealer: Sealer) -> Result<Self, Error> {
+        inner.write_all(header)?;
+        let cap = HEADROOM + sealer.frame_length().min(MAX_PREALLOCATED_FRAME) + TAG_LEN;
+        let mut buf = Vec::with_capacity(cap);
+        buf.resize(HEADROOM, 0);
+        Ok(EncryptingWriter {
+            inner,
+            sealer,
+            buf,
+            poisoned: false,
+        })
+    }
+
+    fn seal_full_frame(&mut self) -> Result<(), Error> {
+        self.buf.resize(self.buf.len() + TAG_LEN, 0);
+        let out = self.sealer.seal_frame(&mut self.buf)?;
+        self.inner.write_all(out)?;
+        self.buf.truncate(HEADROOM);
+        Ok(())
+    }
+
+    /// Writes the final frame and the footer, flushes, and returns the inner writer.
+    ///
+    /// # Errors
+    /// When writing fails, or after an earlier write failed (the message is then unusable).
+    pub fn finish(self) -> Result<W, Error> {
+        let EncryptingWriter {
+            mut inner,
+            sealer,
+            mut buf,
+            poisoned,
+        } = self;
+        if poisoned {
+            return Err(Error::Io(io::Error::other(
+                "an earlier write failed, so this message is incomplete: encrypt it again",
+            )));
+        }
+        buf.resize(buf.len() + TAG_LEN, 0);
+        let (frame, footer) = sealer.seal_last(&mut buf)?;
+        inner.write_all(frame)?;
+        inner.write_all(&footer)?;
+        inner.flush()?;
+        Ok(inner)
+    }
+
+    /// The inner writer (writing to it directly corrupts the message).
+    pub fn get_ref(&self) -> &W {
+        &self.inner
+    }
+}
+
+impl<W: Write> Write for EncryptingWriter<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.poisoned {
+            return Err(io::Error::other("an earlier write failed"));
+        }
+        let frame = self.sealer.frame_length();
+        let room = frame - (self.buf.len() - HEADROOM);
+        let take = room.min(data.len());
+        self.buf.extend_from_slice(&data[..take]);
+        if self.buf.len() - HEADROOM == frame {
+            if let Err(e) = self.seal_full_frame() {
+                self.poisoned = true;
+                return Err(e.into());
+            }
+        }
+        Ok(take)
+    }
+
+    /// Flushes the inner writer. A partly filled frame stays buffered: frames are sealed whole.
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Decrypts a message read from `R`. Every byte it returns has been authenticated; a message
+/// that ends early fails with [`io::ErrorKind::UnexpectedEof`], a tampered one with
+/// [`io::ErrorKind::InvalidData`]. Reading to the end (`Ok(0)`) means the whole message,
+/// including its signature, verified.
+#[derive(Debug)]
+pub struct DecryptingReader<R: Read> {
+    inner: R,
+    header: HeaderBody,
+    body: BodyDecoder,
+    poisoned: bool,
+}
+
+fn read_retrying<R: Read>(inner: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match inner.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+impl<R: Read> DecryptingReader<R> {
+    pub(crate) fn new(mut inner: R, opts: &Decryptor<'_>) -> Result<Self, Error> {
+        let limits = HeaderLimits {
+            max_encrypted_data_keys: opts.max_encrypted_data_keys,
+            max_header_len: opts.max_header_len,
+        };
+        let mut hb = HeaderBuffer::default();
+        let (header, leftover) = loop {
+            let n = read_retrying(&mut inner, hb.input_space())?;
+            if let Some(done) = hb.input_filled(n, &limits)? {
+                break done;
+            }
+        };
+        let opener = pollster::block_on(begin_decrypt(&header, opts))?;
+        let hold = header.body.suite.signature().is_some() && !opts.release_unverified_signed;
+        Ok(DecryptingReader {
+            inner,
+            body: BodyDecoder::new(opener, leftover, hold, opts.max_buffered_len),
+            header: header.body,
+            poisoned: false,
+        })
+    }
+
+    /// The message header: suite, message ID, stored context, wrapped keys, frame length.
+    pub fn header(&self) -> &HeaderBody {
+        &self.header
+    }
+
+    /// The inner reader.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
+    fn step(&mut self, out: &mut [u8]) -> Result<usize, Error> {
+        loop {
+            match self.body.advance()? {
+                Need::Output => {
+                    let avail = self.body.available();
+                    let n = avail.len().min(out.len());
+                    out[..n].copy_from_slice(&avail[..n]);
+                    self.body.consume(n);
+                    return Ok(n);
+                }
+                Need::Done => return Ok(0),
+                Need::Input => {
+                    let n = read_retrying(&mut self.inner, self.body.input_space())?;
+                    self.body.input_filled(n)?;
+                }
+            }
+        }
+    }
+}
+
+impl<R: Read> Read for DecryptingReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.poisoned {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "an earlier error ended this message; nothing more can be read",
+            ));
+        }
+        if out.is_empty() {
+            return Ok(0);
+        }
+        self.step(out).map_err(|e| {
+            self.poisoned = true;
+            e.into()
+        })
+    }
+}
+
+impl<'k> Encryptor<'k> {
+    /// Starts a message written to `inner`: runs the keyring and writes the header now.
+    ///
+    /// # Errors
+    /// Invalid options, a keyring failure, or a failed write of the header.
+    pub fn writer<W: Write>(&self, inner: W) -> Result<EncryptingWriter<W>, Error> {
+        let (header, sealer) = pollster::block_on(begin_encrypt(self))?;
+        EncryptingWriter::new(inner, &header, sealer)
+    }
+
+    /// Encrypts `plaintext` into a new message.
+    ///
+    /// # Errors
+    /// Invalid options or a keyring failure.
+    pub fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+        let out = Vec::with_capacity(plaintext.len() + 1024);
+        let mut w = self.writer(out)?;
+        w.write_all(plaintext)?;
+        w.finish()
+    }
+}
+
+impl<'k> Decryptor<'k> {
+    /// Reads the header from `inner`, unwraps the data key and checks the header tag, then
+    /// returns a reader of the authenticated plaintext.
+    ///
+    /// # Errors
+    /// A malformed or truncated header, a key that cannot be unwrapped, a context mismatch,
+    /// a policy refusal, or a header that does not authenticate.
+    pub fn reader<R: Read>(&self, inner: R) -> Result<DecryptingReader<R>, Error> {
+        DecryptingReader::new(inner, self)
+    }
+
+    /// Decrypts a whole message. Nothing is returned unless all of it verified.
+    ///
+    /// # Errors
+    /// As [`reader`](Self::reader), plus any failure in the body.
+    pub fn decrypt(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+        let mut reader = self.reader(message)?;
+        let mut out = Vec::with_capacity(message.len());
+        reader.read_to_end(&mut out)?;
+        Ok(out)
+    }
+}
