@@ -319,3 +319,113 @@ impl Opener {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::AeadBackend;
+
+    fn sealed_message(backend: AeadBackend, pt: &[u8], frame: usize) -> Vec<u8> {
+        let key = AeadKey::new(backend, &[9; 32]).unwrap();
+        let mut sealer = Sealer::new(FrameCipher::new(key, vec![1; 32], frame as u32), None);
+        let mut out = Vec::new();
+        let chunks = pt.chunks(frame);
+        let mut last: &[u8] = &[];
+        for chunk in chunks {
+            if chunk.len() < frame {
+                last = chunk;
+                break;
+            }
+            let mut buf = vec![0u8; HEADROOM];
+            buf.extend_from_slice(chunk);
+            buf.resize(buf.len() + TAG_LEN, 0);
+            out.extend_from_slice(sealer.seal_frame(&mut buf).unwrap());
+        }
+        let mut buf = vec![0u8; HEADROOM];
+        buf.extend_from_slice(last);
+        buf.resize(buf.len() + TAG_LEN, 0);
+        let (frame, footer) = sealer.seal_last(&mut buf).unwrap();
+        out.extend_from_slice(frame);
+        out.extend_from_slice(&footer);
+        out
+    }
+
+    #[test]
+    fn backends_write_byte_identical_bodies_and_read_each_other() {
+        let pt: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+        let bodies: Vec<_> = AeadBackend::all()
+            .iter()
+            .map(|&b| sealed_message(b, &pt, 512))
+            .collect();
+        assert!(bodies.windows(2).all(|w| w[0] == w[1]));
+        for &backend in AeadBackend::all() {
+            let key = AeadKey::new(backend, &[9; 32]).unwrap();
+            let cipher = FrameCipher::new(key, vec![1; 32], 512);
+            let mut opener = Opener::new(cipher, ContentType::Framed, None, 0);
+            let mut body = bodies[0].clone();
+            let mut at = 0;
+            let mut out = Vec::new();
+            loop {
+                match opener.open(&mut body[at..]).unwrap() {
+                    Step::NeedMore(_) => panic!("whole body is present"),
+                    Step::Block {
+                        consumed,
+                        plaintext,
+                        last,
+                    } => {
+                        out.extend_from_slice(&body[at + plaintext.start..at + plaintext.end]);
+                        at += consumed;
+                        if last {
+                            break;
+                        }
+                    }
+                }
+            }
+            assert_eq!(at, body.len());
+            assert_eq!(out, pt);
+        }
+    }
+
+    #[test]
+    fn opener_asks_for_exactly_what_it_needs() {
+        let body = sealed_message(AeadBackend::AwsLc, &[5u8; 100], 64);
+        let key = AeadKey::new(AeadBackend::AwsLc, &[9; 32]).unwrap();
+        let mut opener = Opener::new(
+            FrameCipher::new(key, vec![1; 32], 64),
+            ContentType::Framed,
+            None,
+            0,
+        );
+        let mut buf = body.clone();
+        assert_eq!(opener.open(&mut buf[..2]).unwrap(), Step::NeedMore(4));
+        assert_eq!(
+            opener.open(&mut buf[..10]).unwrap(),
+            Step::NeedMore(16 + 64 + 16)
+        );
+        assert!(matches!(
+            opener.open(&mut buf).unwrap(),
+            Step::Block {
+                consumed: 96,
+                last: false,
+                ..
+            }
+        ));
+        let rest = &mut buf[96..];
+        assert_eq!(
+            opener.open(&mut rest[..8]).unwrap(),
+            Step::NeedMore(FINAL_FRAME_PREFIX)
+        );
+        assert_eq!(
+            opener.open(&mut rest[..30]).unwrap(),
+            Step::NeedMore(24 + 36 + 16)
+        );
+        assert!(matches!(
+            opener.open(rest).unwrap(),
+            Step::Block { last: true, .. }
+        ));
+        assert!(
+            opener.open(&mut [0u8; 4]).is_err(),
+            "nothing after the last block"
+        );
+    }
+}
