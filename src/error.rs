@@ -32,8 +32,11 @@ pub enum Error {
     },
     /// A signed message's context has no (or a bad) verification key, or an unsigned one has one.
     BadPublicKeyField,
-    /// No keyring could unwrap any of the message's data keys. One line per attempt.
-    NoUsableDataKey(Vec<String>),
+    /// No keyring could unwrap any of the message's data keys: why, one error per attempt.
+    NoUsableDataKey(Vec<Error>),
+    /// A KMS call failed (after the SDK's retries).
+    #[cfg(feature = "kms")]
+    Kms(crate::keyring::KmsError),
     /// A keyring failed to produce or wrap a data key.
     Keyring(String),
     /// An argument or option is out of range (the message says which).
@@ -86,11 +89,18 @@ impl std::fmt::Display for Error {
                 "no configured key matches any of the message's wrapped data keys: check which \
                  key encrypted it (`inspect`) and configure that key",
             ),
-            Error::NoUsableDataKey(attempts) => write!(
-                f,
-                "no configured key could unwrap the message's data key: {}",
-                attempts.join("; ")
-            ),
+            Error::NoUsableDataKey(attempts) => {
+                f.write_str("no configured key could unwrap the message's data key: ")?;
+                for (i, a) in attempts.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    a.fmt(f)?;
+                }
+                Ok(())
+            }
+            #[cfg(feature = "kms")]
+            Error::Kms(e) => e.fmt(f),
             Error::Keyring(msg) => f.write_str(msg),
             Error::InvalidArgument(msg) => f.write_str(msg),
             Error::Crypto(msg) => write!(f, "cryptographic failure: {msg}"),
@@ -104,6 +114,8 @@ impl std::error::Error for Error {
         match self {
             Error::Format(e) => Some(e),
             Error::Io(e) => Some(e),
+            #[cfg(feature = "kms")]
+            Error::Kms(e) => Some(e),
             _ => None,
         }
     }
@@ -137,6 +149,8 @@ impl From<Error> for std::io::Error {
             Error::Format(FormatError::Truncated) => ErrorKind::UnexpectedEof,
             Error::InvalidArgument(_) => ErrorKind::InvalidInput,
             Error::Keyring(_) | Error::NoUsableDataKey(_) | Error::Crypto(_) => ErrorKind::Other,
+            #[cfg(feature = "kms")]
+            Error::Kms(_) => ErrorKind::Other,
             _ => ErrorKind::InvalidData,
         };
         std::io::Error::new(kind, e)

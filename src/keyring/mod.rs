@@ -3,10 +3,14 @@
 //! The trait is async at its core so that the KMS keyring can await network calls; the sync
 //! API drives it without needing a runtime of the caller's.
 
+#[cfg(feature = "kms")]
+mod kms;
 mod multi;
 mod raw_aes;
 mod raw_rsa;
 
+#[cfg(feature = "kms")]
+pub use kms::{DiscoveryFilter, KmsArn, KmsError, KmsErrorKind, KmsKeyring, KmsKeyringBuilder};
 pub use multi::MultiKeyring;
 pub use raw_aes::RawAesKeyring;
 pub use raw_rsa::{RawRsaKeyring, RsaPadding};

@@ -71,7 +71,7 @@ impl Keyring for MultiKeyring {
             match keyring.on_decrypt(materials, edks).await {
                 Ok(()) => return Ok(()),
                 Err(Error::NoUsableDataKey(r)) => reasons.extend(r),
-                Err(other) => reasons.push(other.to_string()),
+                Err(other) => reasons.push(other),
             }
         }
         Err(Error::NoUsableDataKey(reasons))

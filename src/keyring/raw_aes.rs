@@ -111,7 +111,7 @@ impl Keyring for RawAesKeyring {
                 return materials.set_data_key(key);
             }
         }
-        Err(Error::NoUsableDataKey(vec![format!(
+        Err(Error::NoUsableDataKey(vec![Error::Keyring(format!(
             "raw AES key {}/{}: {}",
             self.namespace,
             self.name,
@@ -120,6 +120,6 @@ impl Keyring for RawAesKeyring {
             } else {
                 format!("{tried} candidate(s) did not unwrap (wrong key or encryption context)")
             }
-        )]))
+        ))]))
     }
 }

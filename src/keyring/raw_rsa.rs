@@ -205,9 +205,9 @@ impl Keyring for RawRsaKeyring {
     ) -> Result<(), Error> {
         let label = format!("raw RSA key {}/{}", self.namespace, self.name);
         let Some(private) = &self.private else {
-            return Err(Error::NoUsableDataKey(vec![format!(
+            return Err(Error::NoUsableDataKey(vec![Error::Keyring(format!(
                 "{label}: no private key configured"
-            )]));
+            ))]));
         };
         let mut tried = 0;
         for edk in edks {
@@ -219,10 +219,12 @@ impl Keyring for RawRsaKeyring {
                 return materials.set_data_key(key);
             }
         }
-        Err(Error::NoUsableDataKey(vec![if tried == 0 {
-            format!("{label}: the message has no data key wrapped under it")
-        } else {
-            format!("{label}: {tried} candidate(s) did not unwrap (wrong key or padding)")
-        }]))
+        Err(Error::NoUsableDataKey(vec![Error::Keyring(
+            if tried == 0 {
+                format!("{label}: the message has no data key wrapped under it")
+            } else {
+                format!("{label}: {tried} candidate(s) did not unwrap (wrong key or padding)")
+            },
+        )]))
     }
 }

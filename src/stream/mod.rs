@@ -1,11 +1,15 @@
 //! Streaming encryption and decryption: the framing state machine and its adaptors.
 
+#[cfg(feature = "tokio")]
+mod async_io;
 mod decoder;
 pub(crate) mod machine;
 mod message;
 mod options;
 mod sync;
 
+#[cfg(feature = "tokio")]
+pub use async_io::{AsyncDecryptingReader, AsyncEncryptingWriter};
 pub use options::{
     Decryptor, Encryptor, DEFAULT_FRAME_LENGTH, DEFAULT_MAX_BUFFERED_LEN,
     DEFAULT_MAX_ENCRYPTED_DATA_KEYS, DEFAULT_MAX_FRAME_LENGTH, DEFAULT_MAX_HEADER_LEN,

@@ -1,0 +1,268 @@
+//! tokio `AsyncRead`/`AsyncWrite` adaptors over the same framing state machine and buffer
+//! discipline as the blocking ones.
+
+use std::io;
+use std::ops::Range;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use super::decoder::{BodyDecoder, HeaderBuffer, Need};
+use super::machine::{Sealer, HEADROOM};
+use super::message::{begin_decrypt, begin_encrypt};
+use super::options::{Decryptor, Encryptor};
+use crate::format::{HeaderBody, HeaderLimits, TAG_LEN};
+use crate::Error;
+
+/// Encrypts everything written to it into `W`, asynchronously. Call
+/// [`finish`](Self::finish) at the end; `shutdown` without it is refused, because the message
+/// would lack its final frame.
+#[must_use = "call finish() to write the final frame; an unfinished message does not decrypt"]
+#[derive(Debug)]
+pub struct AsyncEncryptingWriter<W> {
+    inner: W,
+    sealer: Sealer,
+    buf: Vec<u8>,
+    /// Sealed bytes of `buf` not yet written to `inner`.
+    pending: Range<usize>,
+    poisoned: bool,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncEncryptingWriter<W> {
+    /// Writes out a sealed frame, if one is waiting, and makes room for the next.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.pending.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        while !self.pending.is_empty() {
+            let n =
+                ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.pending.clone()]))
+                    .inspect_err(|_| self.poisoned = true)?;
+            if n == 0 {
+                self.poisoned = true;
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.pending.start += n;
+        }
+        self.buf.truncate(HEADROOM);
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes the final frame and the footer, flushes, and returns the inner writer.
+    ///
+    /// # Errors
+    /// When writing fails, or after an earlier write failed.
+    pub async fn finish(mut self) -> Result<W, Error> {
+        std::future::poll_fn(|cx| self.poll_drain(cx)).await?;
+        let AsyncEncryptingWriter {
+            mut inner,
+            sealer,
+            mut buf,
+            poisoned,
+            ..
+        } = self;
+        if poisoned {
+            return Err(Error::Io(io::Error::other(
+                "an earlier write failed, so this message is incomplete: encrypt it again",
+            )));
+        }
+        buf.resize(buf.len() + TAG_LEN, 0);
+        let (frame, footer) = sealer.seal_last(&mut buf)?;
+        inner.write_all(frame).await?;
+        inner.write_all(&footer).await?;
+        inner.flush().await?;
+        Ok(inner)
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for AsyncEncryptingWriter<W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.poisoned {
+            return Poll::Ready(Err(io::Error::other("an earlier write failed")));
+        }
+        ready!(this.poll_drain(cx))?;
+        let frame = this.sealer.frame_length();
+        let room = frame - (this.buf.len() - HEADROOM);
+        let take = room.min(data.len());
+        this.buf.extend_from_slice(&data[..take]);
+        if this.buf.len() - HEADROOM == frame {
+            this.buf.resize(this.buf.len() + TAG_LEN, 0);
+            let total = this.buf.len();
+            match this.sealer.seal_frame(&mut this.buf) {
+                Ok(out) => this.pending = total - out.len()..total,
+                Err(e) => {
+                    this.poisoned = true;
+                    return Poll::Ready(Err(e.into()));
+                }
+            }
+        }
+        Poll::Ready(Ok(take))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "call finish() to complete an encrypted message; shutdown would leave it without its final frame",
+        )))
+    }
+}
+
+/// Decrypts a message read from `R`, asynchronously, with the same guarantees as
+/// [`DecryptingReader`](super::DecryptingReader).
+#[derive(Debug)]
+pub struct AsyncDecryptingReader<R> {
+    inner: R,
+    header: HeaderBody,
+    body: BodyDecoder,
+    poisoned: bool,
+}
+
+impl<R: AsyncRead + Unpin> AsyncDecryptingReader<R> {
+    /// The message header.
+    pub fn header(&self) -> &HeaderBody {
+        &self.header
+    }
+
+    /// The inner reader.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
+    fn poll_step(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<Result<(), Error>> {
+        loop {
+            match self.body.advance()? {
+                Need::Output => {
+                    let avail = self.body.available();
+                    let n = avail.len().min(out.remaining());
+                    out.put_slice(&avail[..n]);
+                    self.body.consume(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Need::Done => return Poll::Ready(Ok(())),
+                Need::Input => {
+                    let mut rb = ReadBuf::new(self.body.input_space());
+                    ready!(Pin::new(&mut self.inner).poll_read(cx, &mut rb))?;
+                    let n = rb.filled().len();
+                    self.body.input_filled(n)?;
+                }
+            }
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for AsyncDecryptingReader<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.poisoned {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "an earlier error ended this message; nothing more can be read",
+            )));
+        }
+        if out.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        this.poll_step(cx, out).map_err(|e| {
+            this.poisoned = true;
+            e.into()
+        })
+    }
+}
+
+impl<'k> Encryptor<'k> {
+    /// Starts a message written to an async `inner`: runs the keyring and writes the header.
+    ///
+    /// # Errors
+    /// As [`writer`](Self::writer).
+    pub async fn async_writer<W: AsyncWrite + Unpin>(
+        &self,
+        mut inner: W,
+    ) -> Result<AsyncEncryptingWriter<W>, Error> {
+        let (header, sealer) = begin_encrypt(self).await?;
+        inner.write_all(&header).await?;
+        let mut buf = Vec::with_capacity(HEADROOM + sealer.frame_length().min(4 << 20) + TAG_LEN);
+        buf.resize(HEADROOM, 0);
+        Ok(AsyncEncryptingWriter {
+            inner,
+            sealer,
+            buf,
+            pending: 0..0,
+            poisoned: false,
+        })
+    }
+
+    /// Encrypts `plaintext` into a new message, from async code.
+    ///
+    /// # Errors
+    /// As [`encrypt`](Self::encrypt).
+    pub async fn encrypt_async(&self, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+        let mut w = self
+            .async_writer(Vec::with_capacity(plaintext.len() + 1024))
+            .await?;
+        w.write_all(plaintext).await?;
+        w.finish().await
+    }
+}
+
+impl<'k> Decryptor<'k> {
+    /// Reads and authenticates the header from an async `inner` and returns a reader of the
+    /// authenticated plaintext.
+    ///
+    /// # Errors
+    /// As [`reader`](Self::reader).
+    pub async fn async_reader<R: AsyncRead + Unpin>(
+        &self,
+        mut inner: R,
+    ) -> Result<AsyncDecryptingReader<R>, Error> {
+        let limits = HeaderLimits {
+            max_encrypted_data_keys: self.max_encrypted_data_keys,
+            max_header_len: self.max_header_len,
+        };
+        let mut hb = HeaderBuffer::default();
+        let (header, leftover) = loop {
+            let n = inner.read(hb.input_space()).await?;
+            if let Some(done) = hb.input_filled(n, &limits)? {
+                break done;
+            }
+        };
+        let opener = begin_decrypt(&header, self).await?;
+        let hold = header.body.suite.signature().is_some() && !self.release_unverified_signed;
+        Ok(AsyncDecryptingReader {
+            inner,
+            body: BodyDecoder::new(opener, leftover, hold, self.max_buffered_len),
+            header: header.body,
+            poisoned: false,
+        })
+    }
+
+    /// Decrypts a whole message from async code. Nothing is returned unless all of it verified.
+    ///
+    /// # Errors
+    /// As [`decrypt`](Self::decrypt).
+    pub async fn decrypt_async(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+        let mut reader = self.async_reader(message).await?;
+        let mut out = Vec::with_capacity(message.len());
+        reader.read_to_end(&mut out).await?;
+        Ok(out)
+    }
+}

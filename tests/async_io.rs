@@ -1,0 +1,81 @@
+//! The tokio adaptors: same bytes, same checks as the blocking ones.
+
+use kms_envelope::{AlgorithmSuite, Decryptor, EncryptionContext, Encryptor, RawAesKeyring};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn keyring() -> RawAesKeyring {
+    RawAesKeyring::new("async", "key", &[0x66; 32]).unwrap()
+}
+
+fn data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 13 % 256) as u8).collect()
+}
+
+#[tokio::test]
+async fn async_and_sync_messages_read_each_other() {
+    let kr = keyring();
+    let ctx = EncryptionContext::new().with("mode", "async");
+    for suite in [
+        AlgorithmSuite::Aes256GcmHkdfSha512CommitKey,
+        AlgorithmSuite::Aes256GcmHkdfSha512CommitKeyEcdsaP384,
+    ] {
+        for len in [0usize, 1, 511, 512, 513, 10_000] {
+            let pt = data(len);
+            let enc = Encryptor::new(&kr).context(ctx.clone()).suite(suite).frame_length(512);
+            // Async writer, fed in uneven pieces through a duplex pipe-like Vec.
+            let mut w = enc.async_writer(Vec::new()).await.unwrap();
+            for chunk in pt.chunks(97) {
+                w.write_all(chunk).await.unwrap();
+            }
+            w.flush().await.unwrap();
+            let from_async = w.finish().await.unwrap();
+            let from_sync = enc.encrypt(&pt).unwrap();
+            let dec = Decryptor::new(&kr).expected_context(ctx.clone());
+            assert_eq!(dec.decrypt(&from_async).unwrap(), pt, "sync reads async");
+            let mut r = dec.async_reader(&from_sync[..]).await.unwrap();
+            let mut out = Vec::new();
+            let mut buf = [0u8; 33];
+            loop {
+                let n = r.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(out, pt, "async reads sync");
+            assert_eq!(dec.decrypt_async(&from_async).await.unwrap(), pt);
+            assert_eq!(
+                dec.decrypt(&enc.encrypt_async(&pt).await.unwrap()).unwrap(),
+                pt
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn async_reader_refuses_tampering_and_truncation() {
+    let kr = keyring();
+    let pt = data(5000);
+    let msg = Encryptor::new(&kr).frame_length(256).encrypt(&pt).unwrap();
+    let dec = Decryptor::new(&kr);
+    for cut in [msg.len() - 1, msg.len() - 40, 300] {
+        let res = dec.decrypt_async(&msg[..cut]).await;
+        assert!(res.is_err(), "cut at {cut}");
+    }
+    let mut bad = msg.clone();
+    bad[1000] ^= 1;
+    let mut r = dec.async_reader(&bad[..]).await.unwrap();
+    let mut out = Vec::new();
+    let err = r.read_to_end(&mut out).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    assert!(pt.starts_with(&out) && out.len() < 1000);
+}
+
+#[tokio::test]
+async fn shutdown_without_finish_is_refused() {
+    let kr = keyring();
+    let mut w = Encryptor::new(&kr).async_writer(Vec::new()).await.unwrap();
+    w.write_all(b"data").await.unwrap();
+    let err = w.shutdown().await.unwrap_err();
+    assert!(err.to_string().contains("finish()"));
+}
