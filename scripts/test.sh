@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 if ! python3 -c 'import cryptography' 2>/dev/null; then
     python3 -m pip install --quiet cryptography
 fi
+if ! python3 -c 'import moto.server' 2>/dev/null; then
+    python3 -m pip install --quiet 'moto[server]'
+fi
 
 locked=()
 [ -f Cargo.lock ] && locked=(--locked)

@@ -21,7 +21,10 @@ async fn async_and_sync_messages_read_each_other() {
     ] {
         for len in [0usize, 1, 511, 512, 513, 10_000] {
             let pt = data(len);
-            let enc = Encryptor::new(&kr).context(ctx.clone()).suite(suite).frame_length(512);
+            let enc = Encryptor::new(&kr)
+                .context(ctx.clone())
+                .suite(suite)
+                .frame_length(512);
             // Async writer, fed in uneven pieces through a duplex pipe-like Vec.
             let mut w = enc.async_writer(Vec::new()).await.unwrap();
             for chunk in pt.chunks(97) {

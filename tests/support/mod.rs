@@ -1,0 +1,126 @@
+//! Test support: moto's KMS server on a free loopback port, a fault-injecting proxy in front
+//! of it, and AWS configuration pointing at either.
+#![allow(dead_code)]
+
+pub mod proxy;
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_kms::config::Credentials;
+
+/// moto's server as a child process. It also watches its parent and exits when the test binary
+/// does, so no server outlives the tests even though statics are never dropped.
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+}
+
+const LAUNCH: &str = r#"
+import os, sys, threading, time
+parent = os.getppid()
+def watch():
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os._exit(0)
+threading.Thread(target=watch, daemon=True).start()
+from moto.server import main
+main(["-H", "127.0.0.1", "-p", sys.argv[1]])
+"#;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = free_port();
+        let child = Command::new("python3")
+            .args(["-c", LAUNCH, &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 with moto[server] (scripts/test.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto { child, port }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One moto per test binary.
+pub fn moto() -> &'static Moto {
+    static MOTO: OnceLock<Moto> = OnceLock::new();
+    MOTO.get_or_init(Moto::start)
+}
+
+/// AWS configuration with static test credentials, aimed at `endpoint`.
+pub fn sdk_config(endpoint: &str, region: &str) -> SdkConfig {
+    let endpoint = endpoint.to_owned();
+    let region = region.to_owned();
+    std::thread::spawn(move || {
+        tokio::runtime::Runtime::new().unwrap().block_on(
+            aws_config::defaults(BehaviorVersion::latest())
+                .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
+                .region(Region::new(region))
+                .endpoint_url(endpoint)
+                .load(),
+        )
+    })
+    .join()
+    .unwrap()
+}
+
+/// A plain KMS client, for setting keys up.
+pub fn kms_client(endpoint: &str, region: &str) -> aws_sdk_kms::Client {
+    aws_sdk_kms::Client::new(&sdk_config(endpoint, region))
+}
+
+/// Runs a future to completion on a fresh runtime (for setup calls from sync tests).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// Creates a symmetric key (optionally multi-Region) and returns its ARN.
+pub fn create_key(client: &aws_sdk_kms::Client, multi_region: bool) -> String {
+    block_on(async {
+        client
+            .create_key()
+            .multi_region(multi_region)
+            .description("kms-envelope test key")
+            .send()
+            .await
+            .unwrap()
+            .key_metadata
+            .unwrap()
+            .arn
+            .unwrap()
+    })
+}
