@@ -41,6 +41,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+#[cfg(feature = "kms")]
+pub mod admin;
 pub mod crypto;
 mod error;
 pub mod format;
