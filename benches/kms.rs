@@ -14,7 +14,11 @@ fn kms(c: &mut Criterion) {
     let config = support::sdk_config(&m.endpoint(), "us-east-1");
     let key = support::create_key(&aws_sdk_kms::Client::new(&config), false);
     let client = aws_sdk_kms::Client::new(&config);
-    let keyring = KmsKeyring::builder().sdk_config(config).generator(&key).build().unwrap();
+    let keyring = KmsKeyring::builder()
+        .sdk_config(config)
+        .generator(&key)
+        .build()
+        .unwrap();
     let raw = RawAesKeyring::new("bench", "key", &[1; 32]).unwrap();
     let record = vec![0x5Au8; 1024];
     let msg = Encryptor::new(&keyring).encrypt(&record).unwrap();
@@ -27,8 +31,14 @@ fn kms(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     g.bench_function("sdk_GenerateDataKey_direct", |b| {
         b.iter(|| {
-            rt.block_on(client.generate_data_key().key_id(&key).number_of_bytes(32).send())
-                .unwrap()
+            rt.block_on(
+                client
+                    .generate_data_key()
+                    .key_id(&key)
+                    .number_of_bytes(32)
+                    .send(),
+            )
+            .unwrap()
         })
     });
     g.bench_function("kms_encrypt_GenerateDataKey", |b| {

@@ -212,7 +212,8 @@ impl std::fmt::Display for PolicyReport {
     }
 }
 
-/// KMS actions by what they let a principal do with a key.
+/// KMS actions by what they let a principal do with a key. Grant bookkeeping (list, revoke,
+/// retire) is the grant statement's business, not management.
 const MANAGE: &[&str] = &[
     "CancelKeyDeletion",
     "ConnectCustomKeyStore",
@@ -235,11 +236,8 @@ const MANAGE: &[&str] = &[
     "ListKeyPolicies",
     "ListKeyRotations",
     "ListResourceTags",
-    "ListRetirableGrants",
     "PutKeyPolicy",
     "ReplicateKey",
-    "RetireGrant",
-    "RevokeGrant",
     "RotateKeyOnDemand",
     "ScheduleKeyDeletion",
     "TagResource",

@@ -440,13 +440,7 @@ impl KmsKeyringBuilder {
         }
         let base = match self.sdk_config {
             Some(c) => c,
-            None => {
-                let mut loader = aws_config::defaults(BehaviorVersion::latest());
-                if let Some(p) = &self.profile {
-                    loader = loader.profile_name(p);
-                }
-                loader.load().await
-            }
+            None => load_aws_config(self.profile.as_deref(), None, None).await,
         };
         let mut b = base.to_builder();
         if let Some(r) = self.region {
@@ -472,6 +466,26 @@ impl KmsKeyringBuilder {
             runtime,
         })))
     }
+}
+
+/// Loads the standard AWS configuration (environment, profiles, instance roles), with an
+/// optional profile, Region and endpoint in place of the defaults.
+pub async fn load_aws_config(
+    profile: Option<&str>,
+    region: Option<&str>,
+    endpoint_url: Option<&str>,
+) -> SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(p) = profile {
+        loader = loader.profile_name(p);
+    }
+    if let Some(r) = region {
+        loader = loader.region(Region::new(r.to_owned()));
+    }
+    if let Some(u) = endpoint_url {
+        loader = loader.endpoint_url(u);
+    }
+    loader.load().await
 }
 
 fn kms_context(ec: &EncryptionContext) -> HashMap<String, String> {

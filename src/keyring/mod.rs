@@ -10,7 +10,9 @@ mod raw_aes;
 mod raw_rsa;
 
 #[cfg(feature = "kms")]
-pub use kms::{DiscoveryFilter, KmsArn, KmsError, KmsErrorKind, KmsKeyring, KmsKeyringBuilder};
+pub use kms::{
+    load_aws_config, DiscoveryFilter, KmsArn, KmsError, KmsErrorKind, KmsKeyring, KmsKeyringBuilder,
+};
 pub use multi::MultiKeyring;
 pub use raw_aes::RawAesKeyring;
 pub use raw_rsa::{RawRsaKeyring, RsaPadding};

@@ -3,6 +3,7 @@
 #[cfg(feature = "tokio")]
 mod async_io;
 mod decoder;
+mod layout;
 pub(crate) mod machine;
 mod message;
 mod options;
@@ -10,6 +11,7 @@ mod sync;
 
 #[cfg(feature = "tokio")]
 pub use async_io::{AsyncDecryptingReader, AsyncEncryptingWriter};
+pub use layout::{scan_layout, MessageLayout};
 pub use options::{
     Decryptor, Encryptor, DEFAULT_FRAME_LENGTH, DEFAULT_MAX_BUFFERED_LEN,
     DEFAULT_MAX_ENCRYPTED_DATA_KEYS, DEFAULT_MAX_FRAME_LENGTH, DEFAULT_MAX_HEADER_LEN,

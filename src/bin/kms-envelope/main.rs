@@ -1,0 +1,714 @@
+//! `kms-envelope`: envelope encryption under AWS KMS keys from the shell, and the seed's key
+//! provisioning (policy template and lint, key, alias).
+//!
+//! Exit codes: 0 success; 1 decryption or authentication failure (or a malformed message);
+//! 2 usage error; 3 KMS or credential error; 4 I/O error.
+
+mod output;
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use kms_envelope::admin::{KeyAdmin, KeyPolicy};
+use kms_envelope::format::HeaderLimits;
+use kms_envelope::keyring::{load_aws_config, DiscoveryFilter, KmsErrorKind, KmsKeyring};
+use kms_envelope::stream::{scan_layout, DEFAULT_MAX_ENCRYPTED_DATA_KEYS, DEFAULT_MAX_HEADER_LEN};
+use kms_envelope::{
+    AlgorithmSuite, CommitmentPolicy, Decryptor, EncryptionContext, Encryptor, Error, Keyring,
+    MultiKeyring, RawAesKeyring,
+};
+use output::Output;
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(
+    name = "kms-envelope",
+    version,
+    about = "Envelope encryption under AWS KMS keys, in the AWS Encryption SDK message format",
+    after_help = "Exit codes: 0 success, 1 decryption/authentication failure, 2 usage error, \
+                  3 KMS/credential error, 4 I/O error."
+)]
+struct Cli {
+    #[command(flatten)]
+    aws: AwsArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct AwsArgs {
+    /// KMS endpoint URL (a local KMS, a VPC endpoint). AWS_ENDPOINT_URL_KMS works too.
+    #[arg(long, global = true, value_name = "URL")]
+    endpoint_url: Option<String>,
+    /// AWS Region for keys not named by ARN.
+    #[arg(long, global = true, value_name = "REGION")]
+    region: Option<String>,
+    /// Named profile from the shared AWS configuration.
+    #[arg(long, global = true, value_name = "PROFILE")]
+    profile: Option<String>,
+    /// No progress bar.
+    #[arg(long, short = 'q', global = true)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Encrypt IN to OUT under one or more keys.
+    Encrypt(EncryptArgs),
+    /// Decrypt IN to OUT; every byte written has been authenticated.
+    Decrypt(DecryptArgs),
+    /// Print a message's header (and, for files, its frame count and plaintext length) as JSON.
+    Inspect {
+        /// The message (`-` for stdin).
+        #[arg(short = 'i', long = "input", value_name = "IN")]
+        input: PathBuf,
+    },
+    /// Key policies and KMS keys: the seed's commands.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Args)]
+struct KeyArgs {
+    /// A KMS key: key ID, key ARN, alias name (alias/NAME) or alias ARN. Repeatable; on
+    /// encrypt the first makes the data key and the others wrap it too.
+    #[arg(long = "key", value_name = "KEY")]
+    keys: Vec<String>,
+    /// A raw AES-256 wrapping key: namespace, key name, and a file of exactly 32 bytes.
+    #[arg(long = "raw-aes-key", value_name = "NAMESPACE:NAME:FILE")]
+    raw_aes_keys: Vec<String>,
+    /// Encryption context pair (repeatable). On decrypt, pairs the message must carry.
+    #[arg(short = 'c', long = "context", value_name = "KEY=VALUE")]
+    context: Vec<String>,
+}
+
+#[derive(Args)]
+struct EncryptArgs {
+    /// Plaintext to read (`-` for stdin).
+    #[arg(short = 'i', long = "input", value_name = "IN")]
+    input: PathBuf,
+    /// Where to write the message (`-` for stdout).
+    #[arg(short = 'o', long = "output", value_name = "OUT")]
+    output: PathBuf,
+    #[command(flatten)]
+    keys: KeyArgs,
+    /// Plaintext bytes per frame (1 to 4294967295).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    frame_length: Option<u32>,
+    /// Algorithm suite: 0x0478 (default) or 0x0578 (adds an ECDSA P-384 signature).
+    #[arg(long, value_name = "ID", value_parser = parse_suite)]
+    suite: Option<AlgorithmSuite>,
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct DecryptArgs {
+    /// Message to read (`-` for stdin).
+    #[arg(short = 'i', long = "input", value_name = "IN")]
+    input: PathBuf,
+    /// Where to write the plaintext (`-` for stdout).
+    #[arg(short = 'o', long = "output", value_name = "OUT")]
+    output: PathBuf,
+    #[command(flatten)]
+    keys: KeyArgs,
+    /// Use whichever KMS key wrapped the data key (with --account to limit it).
+    #[arg(long, conflicts_with = "keys")]
+    discovery: bool,
+    /// With --discovery: accounts whose keys may be used (repeatable).
+    #[arg(long = "account", value_name = "ID", requires = "discovery")]
+    accounts: Vec<String>,
+    /// With --account: the partition of those accounts.
+    #[arg(long, default_value = "aws", requires = "accounts")]
+    partition: String,
+    /// Also read legacy messages without key commitment (ESDK 1.x suites).
+    #[arg(long)]
+    allow_legacy_suites: bool,
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Print the seed's four-statement key policy for an account, administrators and users.
+    Template {
+        /// The 12-digit account ID.
+        #[arg(long, value_name = "ID")]
+        account: String,
+        /// Key administrator principal ARN (repeatable).
+        #[arg(long = "admin", value_name = "ARN", required = true)]
+        admins: Vec<String>,
+        /// Key user principal ARN (repeatable).
+        #[arg(long = "user", value_name = "ARN", required = true)]
+        users: Vec<String>,
+    },
+    /// Explain who can manage, use and grant a key under a policy; exit 1 on warnings.
+    Lint {
+        /// The policy file (`file://` prefix accepted).
+        file: String,
+    },
+    /// Create a symmetric KMS key with a policy, tags, a description and an alias.
+    Create {
+        /// The key policy (`file://FILE`).
+        #[arg(long, value_name = "file://FILE")]
+        policy: String,
+        /// A tag, as the AWS CLI takes it: TagKey=K,TagValue=V (repeatable).
+        #[arg(long = "tags", value_name = "TagKey=K,TagValue=V", num_args = 1..)]
+        tags: Vec<String>,
+        /// The key's description.
+        #[arg(long)]
+        description: Option<String>,
+        /// Also create this alias (alias/NAME) for the new key.
+        #[arg(long, value_name = "alias/NAME")]
+        alias_name: Option<String>,
+        /// Create the key even if the policy linter warns.
+        #[arg(long)]
+        allow_policy_warnings: bool,
+    },
+    /// Point an alias at a key.
+    CreateAlias {
+        /// The alias (alias/NAME).
+        #[arg(long, value_name = "alias/NAME")]
+        alias_name: String,
+        /// The key ID or ARN.
+        #[arg(long, value_name = "ID")]
+        target_key_id: String,
+    },
+    /// List aliases, all or one key's.
+    ListAliases {
+        /// Only this key's aliases.
+        #[arg(long, value_name = "ID")]
+        key_id: Option<String>,
+    },
+    /// Describe a key.
+    Describe {
+        /// Key ID, ARN, alias name or alias ARN.
+        #[arg(long, value_name = "ID")]
+        key_id: String,
+    },
+    /// Enable a key.
+    Enable {
+        /// Key ID or ARN.
+        #[arg(long, value_name = "ID")]
+        key_id: String,
+    },
+    /// Disable a key (nothing encrypts or decrypts under it until enabled).
+    Disable {
+        /// Key ID or ARN.
+        #[arg(long, value_name = "ID")]
+        key_id: String,
+    },
+    /// Schedule a key's deletion after a waiting period.
+    ScheduleDeletion {
+        /// Key ID or ARN.
+        #[arg(long, value_name = "ID")]
+        key_id: String,
+        /// Days to wait, 7 to 30.
+        #[arg(long, default_value_t = 30)]
+        pending_window_in_days: i32,
+    },
+    /// Cancel a scheduled deletion (the key stays disabled until enabled).
+    CancelDeletion {
+        /// Key ID or ARN.
+        #[arg(long, value_name = "ID")]
+        key_id: String,
+    },
+}
+
+/// A failure with its exit code and a message that names what is at fault.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure {
+        code: 2,
+        message: message.into(),
+    }
+}
+
+fn io_failure(what: &str, path: &Path, e: io::Error) -> Failure {
+    Failure {
+        code: 4,
+        message: format!("{what} {}: {e}", shown(path)),
+    }
+}
+
+fn shown(path: &Path) -> String {
+    if path == Path::new("-") {
+        "standard stream".to_owned()
+    } else {
+        path.display().to_string()
+    }
+}
+
+/// The exit code for a library error.
+fn code_of(e: &Error) -> u8 {
+    match e {
+        Error::Io(_) => 4,
+        Error::InvalidArgument(_) | Error::ReservedContextKey(_) | Error::Keyring(_) => 2,
+        Error::Kms(k) if k.kind == KmsErrorKind::InvalidCiphertext => 1,
+        Error::Kms(_) => 3,
+        Error::NoUsableDataKey(attempts) => {
+            attempts.iter().map(code_of).find(|&c| c == 3).unwrap_or(1)
+        }
+        _ => 1,
+    }
+}
+
+fn failure(context: &str, e: Error) -> Failure {
+    Failure {
+        code: code_of(&e),
+        message: format!("{context}: {e}"),
+    }
+}
+
+fn parse_suite(s: &str) -> Result<AlgorithmSuite, String> {
+    let hex = s.trim_start_matches("0x").trim_start_matches("0X");
+    let id = u16::from_str_radix(hex, 16)
+        .map_err(|_| format!("{s:?} is not a suite ID such as 0x0478"))?;
+    AlgorithmSuite::from_id(id).map_err(|e| e.to_string())
+}
+
+fn parse_context(pairs: &[String]) -> Result<EncryptionContext, Failure> {
+    let mut ctx = EncryptionContext::new();
+    for p in pairs {
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| usage(format!("-c {p:?}: write context pairs as KEY=VALUE")))?;
+        if k.is_empty() {
+            return Err(usage(format!("-c {p:?}: the key is empty")));
+        }
+        if ctx.contains_key(k) {
+            return Err(usage(format!("-c: key {k:?} is given twice")));
+        }
+        ctx.insert(k, v);
+    }
+    Ok(ctx)
+}
+
+fn strip_file_uri(s: &str) -> &str {
+    s.strip_prefix("file://").unwrap_or(s)
+}
+
+fn raw_aes_keyring(spec: &str) -> Result<RawAesKeyring, Failure> {
+    let mut parts = spec.splitn(3, ':');
+    let (Some(ns), Some(name), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(usage(format!(
+            "--raw-aes-key {spec:?}: write it as NAMESPACE:NAME:FILE"
+        )));
+    };
+    let path = Path::new(strip_file_uri(file));
+    let key = zeroize::Zeroizing::new(
+        std::fs::read(path).map_err(|e| io_failure("cannot read raw AES key file", path, e))?,
+    );
+    if key.len() != 32 {
+        return Err(usage(format!(
+            "--raw-aes-key: {} holds {} bytes; a raw AES-256 key file holds exactly 32",
+            path.display(),
+            key.len()
+        )));
+    }
+    RawAesKeyring::new(ns, name, &key).map_err(|e| usage(format!("--raw-aes-key {ns}:{name}: {e}")))
+}
+
+enum KmsMode {
+    Encrypt,
+    Decrypt,
+    Discovery(Option<DiscoveryFilter>),
+}
+
+fn build_keyring(
+    aws: &AwsArgs,
+    keys: &KeyArgs,
+    mode: KmsMode,
+) -> Result<Arc<dyn Keyring>, Failure> {
+    let mut rings: Vec<Arc<dyn Keyring>> = Vec::new();
+    let discovery = matches!(mode, KmsMode::Discovery(_));
+    if !keys.keys.is_empty() || discovery {
+        let mut b = KmsKeyring::builder();
+        if let Some(r) = &aws.region {
+            b = b.region(r);
+        }
+        if let Some(u) = &aws.endpoint_url {
+            b = b.endpoint_url(u);
+        }
+        if let Some(p) = &aws.profile {
+            b = b.profile(p);
+        }
+        match mode {
+            KmsMode::Discovery(filter) => b = b.discovery(filter),
+            KmsMode::Encrypt => {
+                let mut it = keys.keys.iter();
+                if let Some(first) = it.next() {
+                    b = b.generator(first);
+                }
+                for k in it {
+                    b = b.key(k);
+                }
+            }
+            KmsMode::Decrypt => {
+                for k in &keys.keys {
+                    b = b.key(k);
+                }
+            }
+        }
+        rings.push(Arc::new(b.build().map_err(|e| failure("KMS keyring", e))?));
+    }
+    for spec in &keys.raw_aes_keys {
+        rings.push(Arc::new(raw_aes_keyring(spec)?));
+    }
+    match rings.len() {
+        0 => Err(usage("name a key: --key KEY (KMS), --raw-aes-key NAMESPACE:NAME:FILE, or --discovery to decrypt")),
+        1 => Ok(rings.pop().expect("one")),
+        _ => {
+            let generator = rings.remove(0);
+            Ok(Arc::new(MultiKeyring::new(Some(generator), rings).map_err(|e| failure("keyring", e))?))
+        }
+    }
+}
+
+fn open_input(path: &Path) -> Result<(Box<dyn Read>, Option<u64>), Failure> {
+    if path == Path::new("-") {
+        return Ok((Box::new(io::stdin().lock()), None));
+    }
+    let f = File::open(path).map_err(|e| io_failure("cannot open input", path, e))?;
+    let len = f.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+    Ok((Box::new(BufReader::with_capacity(1 << 20, f)), len))
+}
+
+fn progress(aws: &AwsArgs, len: Option<u64>, what: &str) -> Option<indicatif::ProgressBar> {
+    let len = len?;
+    if aws.quiet || len < 8 << 20 || !io::stderr().is_terminal() {
+        return None;
+    }
+    let pb = indicatif::ProgressBar::new(len);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .expect("template"),
+    );
+    pb.set_message(what.to_owned());
+    Some(pb)
+}
+
+/// Copies `reader` into `writer`, telling read failures from write failures.
+fn pump(
+    reader: &mut dyn Read,
+    writer: &mut dyn Write,
+    on_read_error: impl Fn(io::Error) -> Failure,
+    on_write_error: impl Fn(io::Error) -> Failure,
+    pb: Option<&indicatif::ProgressBar>,
+) -> Result<(), Failure> {
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(on_read_error(e)),
+        };
+        writer.write_all(&buf[..n]).map_err(&on_write_error)?;
+        if let Some(pb) = pb {
+            pb.inc(n as u64);
+        }
+    }
+}
+
+fn encrypt(aws: &AwsArgs, a: &EncryptArgs) -> Result<(), Failure> {
+    let keyring = build_keyring(aws, &a.keys, KmsMode::Encrypt)?;
+    let context = parse_context(&a.keys.context)?;
+    let (mut input, len) = open_input(&a.input)?;
+    let mut out = Output::open(&a.output, Some(&a.input), a.force).map_err(usage)?;
+    let mut enc = Encryptor::new(&*keyring).context(context);
+    if let Some(f) = a.frame_length {
+        enc = enc.frame_length(f);
+    }
+    if let Some(s) = a.suite {
+        enc = enc.suite(s);
+    }
+    let out_name = shown(&a.output);
+    let sink = BufWriter::with_capacity(1 << 20, out.writer());
+    let mut w = enc
+        .writer(sink)
+        .map_err(|e| failure(&format!("encrypting {}", shown(&a.input)), e))?;
+    let pb = progress(aws, len, "encrypt");
+    pump(
+        &mut input,
+        &mut w,
+        |e| io_failure("cannot read input", &a.input, e),
+        |e| Failure {
+            code: 4,
+            message: format!("cannot write {out_name}: {e}"),
+        },
+        pb.as_ref(),
+    )?;
+    let mut sink = w
+        .finish()
+        .map_err(|e| failure(&format!("cannot write {out_name}"), e))?;
+    sink.flush()
+        .map_err(|e| io_failure("cannot write", &a.output, e))?;
+    drop(sink);
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    out.commit()
+        .map_err(|e| io_failure("cannot write", &a.output, e))
+}
+
+fn decrypt(aws: &AwsArgs, a: &DecryptArgs) -> Result<(), Failure> {
+    let mode = if a.discovery {
+        KmsMode::Discovery((!a.accounts.is_empty()).then(|| DiscoveryFilter {
+            partition: a.partition.clone(),
+            accounts: a.accounts.clone(),
+        }))
+    } else {
+        KmsMode::Decrypt
+    };
+    let keyring = build_keyring(aws, &a.keys, mode)?;
+    let context = parse_context(&a.keys.context)?;
+    let (input, len) = open_input(&a.input)?;
+    let mut dec = Decryptor::new(&*keyring).expected_context(context);
+    if a.allow_legacy_suites {
+        dec = dec.commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt);
+    }
+    let in_name = shown(&a.input);
+    // Header, key and context are checked before OUT is created.
+    let mut reader = dec
+        .reader(input)
+        .map_err(|e| failure(&format!("decrypting {in_name}"), e))?;
+    let mut out = Output::open(&a.output, Some(&a.input), a.force).map_err(usage)?;
+    let pb = progress(aws, len, "decrypt");
+    {
+        let mut sink = BufWriter::with_capacity(1 << 20, out.writer());
+        pump(
+            &mut reader,
+            &mut sink,
+            |e| failure(&format!("decrypting {in_name}"), Error::from(e)),
+            |e| io_failure("cannot write", &a.output, e),
+            pb.as_ref(),
+        )?;
+        sink.flush()
+            .map_err(|e| io_failure("cannot write", &a.output, e))?;
+    }
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    out.commit()
+        .map_err(|e| io_failure("cannot write", &a.output, e))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn inspect(input: &Path) -> Result<(), Failure> {
+    let limits = HeaderLimits {
+        max_encrypted_data_keys: DEFAULT_MAX_ENCRYPTED_DATA_KEYS,
+        max_header_len: DEFAULT_MAX_HEADER_LEN,
+    };
+    let name = shown(input);
+    let bad = |e: Error| failure(&format!("{name} is not a readable message"), e);
+    let (header, layout) = if input == Path::new("-") {
+        let mut bytes = Vec::new();
+        io::stdin()
+            .lock()
+            .take(DEFAULT_MAX_HEADER_LEN as u64)
+            .read_to_end(&mut bytes)
+            .map_err(|e| io_failure("cannot read", input, e))?;
+        let (h, _) = kms_envelope::format::Header::parse(&bytes, &limits)
+            .map_err(|e| bad(e.into()))?
+            .ok_or_else(|| bad(kms_envelope::format::FormatError::Truncated.into()))?;
+        (h.body, None)
+    } else {
+        let mut f = File::open(input).map_err(|e| io_failure("cannot open input", input, e))?;
+        let layout = scan_layout(&mut f, &limits).map_err(bad)?;
+        (layout.header.clone(), Some(layout))
+    };
+    let keys: Vec<Value> = header
+        .encrypted_data_keys
+        .iter()
+        .map(|k| {
+            let info = match std::str::from_utf8(&k.provider_info) {
+                Ok(s) if !s.chars().any(char::is_control) => json!(s),
+                _ => json!({ "Hex": hex(&k.provider_info) }),
+            };
+            json!({ "ProviderId": k.provider_id, "ProviderInfo": info, "CiphertextLength": k.ciphertext.len() })
+        })
+        .collect();
+    let context: serde_json::Map<String, Value> = header
+        .context
+        .iter()
+        .map(|(k, v)| (k.to_owned(), json!(v)))
+        .collect();
+    let mut doc = json!({
+        "Version": header.version(),
+        "AlgorithmSuite": { "Id": format!("0x{:04X}", header.suite.id()), "Name": header.suite.name() },
+        "MessageId": hex(&header.message_id),
+        "EncryptionContext": context,
+        "EncryptedDataKeys": keys,
+        "ContentType": match header.content_type {
+            kms_envelope::format::ContentType::Framed => "framed",
+            kms_envelope::format::ContentType::NonFramed => "non-framed",
+        },
+        "FrameLength": header.frame_length,
+    });
+    if let Some(l) = layout {
+        doc["HeaderLength"] = json!(l.header_len);
+        doc["Frames"] = json!(l.frames);
+        doc["PlaintextLength"] = json!(l.plaintext_len);
+        doc["Authenticated"] = json!(false);
+    }
+    println!("{}", serde_json::to_string_pretty(&doc).expect("JSON"));
+    Ok(())
+}
+
+fn parse_tags(tags: &[String]) -> Result<Vec<(String, String)>, Failure> {
+    tags.iter()
+        .map(|t| {
+            let mut key = None;
+            let mut value = None;
+            for part in t.split(',') {
+                match part.split_once('=') {
+                    Some(("TagKey", k)) => key = Some(k.to_owned()),
+                    Some(("TagValue", v)) => value = Some(v.to_owned()),
+                    _ => {}
+                }
+            }
+            match (key, value) {
+                (Some(k), Some(v)) if !k.is_empty() => Ok((k, v)),
+                _ => Err(usage(format!(
+                    "--tags {t:?}: write tags as TagKey=K,TagValue=V"
+                ))),
+            }
+        })
+        .collect()
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).expect("JSON"));
+}
+
+fn read_policy(arg: &str) -> Result<(String, KeyPolicy), Failure> {
+    let path = Path::new(strip_file_uri(arg));
+    let text =
+        std::fs::read_to_string(path).map_err(|e| io_failure("cannot read policy", path, e))?;
+    let policy = KeyPolicy::parse(&text).map_err(|e| Failure {
+        code: 2,
+        message: format!("{}: {e}", path.display()),
+    })?;
+    Ok((text, policy))
+}
+
+fn key_command(aws: &AwsArgs, cmd: &KeyCommand) -> Result<(), Failure> {
+    match cmd {
+        KeyCommand::Template {
+            account,
+            admins,
+            users,
+        } => {
+            let p =
+                KeyPolicy::template(account, admins, users).map_err(|e| usage(e.to_string()))?;
+            println!("{}", p.to_json_pretty());
+            return Ok(());
+        }
+        KeyCommand::Lint { file } => {
+            let (_, policy) = read_policy(file)?;
+            let report = policy.lint();
+            print!("{report}");
+            return if report.is_clean() {
+                Ok(())
+            } else {
+                Err(Failure {
+                    code: 1,
+                    message: format!("{file}: {} warning(s)", report.warnings.len()),
+                })
+            };
+        }
+        _ => {}
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure {
+            code: 4,
+            message: format!("cannot start a runtime: {e}"),
+        })?;
+    rt.block_on(async {
+        let config = load_aws_config(aws.profile.as_deref(), aws.region.as_deref(), aws.endpoint_url.as_deref()).await;
+        let admin = KeyAdmin::new(&config);
+        let kms = |e: Error| failure("KMS", e);
+        match cmd {
+            KeyCommand::Create { policy, tags, description, alias_name, allow_policy_warnings } => {
+                let (text, parsed) = read_policy(policy)?;
+                let report = parsed.lint();
+                if !report.is_clean() {
+                    eprint!("{report}");
+                    if !allow_policy_warnings {
+                        return Err(usage(format!(
+                            "{policy}: the policy has {} warning(s); fix it, or pass --allow-policy-warnings",
+                            report.warnings.len()
+                        )));
+                    }
+                }
+                if let Some(a) = alias_name {
+                    kms_envelope::admin::check_alias_name(a).map_err(|e| usage(e.to_string()))?;
+                }
+                let tags = parse_tags(tags)?;
+                let out = admin.create_key(Some(&text), description.as_deref(), &tags).await.map_err(kms)?;
+                if let Some(alias) = alias_name {
+                    let id = out["KeyMetadata"]["KeyId"].as_str().unwrap_or_default().to_owned();
+                    admin.create_alias(alias, &id).await.map_err(kms)?;
+                }
+                print_json(&out);
+            }
+            KeyCommand::CreateAlias { alias_name, target_key_id } => {
+                admin.create_alias(alias_name, target_key_id).await.map_err(|e| match e {
+                    Error::InvalidArgument(m) => usage(m),
+                    e => kms(e),
+                })?;
+            }
+            KeyCommand::ListAliases { key_id } => print_json(&admin.list_aliases(key_id.as_deref()).await.map_err(kms)?),
+            KeyCommand::Describe { key_id } => print_json(&admin.describe_key(key_id).await.map_err(kms)?),
+            KeyCommand::Enable { key_id } => admin.enable_key(key_id).await.map_err(kms)?,
+            KeyCommand::Disable { key_id } => admin.disable_key(key_id).await.map_err(kms)?,
+            KeyCommand::ScheduleDeletion { key_id, pending_window_in_days } => print_json(
+                &admin
+                    .schedule_key_deletion(key_id, *pending_window_in_days)
+                    .await
+                    .map_err(|e| match e {
+                        Error::InvalidArgument(m) => usage(m),
+                        e => kms(e),
+                    })?,
+            ),
+            KeyCommand::CancelDeletion { key_id } => print_json(&admin.cancel_key_deletion(key_id).await.map_err(kms)?),
+            KeyCommand::Template { .. } | KeyCommand::Lint { .. } => unreachable!("handled above"),
+        }
+        Ok(())
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Encrypt(a) => encrypt(&cli.aws, a),
+        Command::Decrypt(a) => decrypt(&cli.aws, a),
+        Command::Inspect { input } => inspect(input),
+        Command::Key(k) => key_command(&cli.aws, k),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("kms-envelope: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
