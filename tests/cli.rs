@@ -1,0 +1,535 @@
+//! The real `kms-envelope` binary against moto: every subcommand, stdin/stdout, every exit
+//! code, and the output rules (atomic, never over the input, never a partial file).
+#![cfg(feature = "cli")]
+
+mod support;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command as StdCommand, Stdio};
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+fn cli() -> Command {
+    cli_at(&support::moto().endpoint())
+}
+
+fn cli_at(endpoint: &str) -> Command {
+    let mut c = Command::cargo_bin("kms-envelope").unwrap();
+    c.env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_ENDPOINT_URL_KMS")
+        .arg("--endpoint-url")
+        .arg(endpoint);
+    c
+}
+
+fn json(out: &[u8]) -> Value {
+    serde_json::from_slice(out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(out)))
+}
+
+/// Creates a key with an alias through the CLI and returns (key ID, alias).
+fn key_with_alias(dir: &Path, alias: &str) -> String {
+    let policy = dir.join("policy.json");
+    let out = cli()
+        .args(["key", "template", "--account", "123456789012"])
+        .args(["--admin", "arn:aws:iam::123456789012:user/admin"])
+        .args(["--user", "arn:aws:iam::123456789012:user/app"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::write(&policy, &out.stdout).unwrap();
+    let created = cli()
+        .args(["key", "create", "--policy"])
+        .arg(format!("file://{}", policy.display()))
+        .args([
+            "--tags",
+            "TagKey=Name,TagValue=demo_KMS",
+            "--description",
+            "cli test",
+        ])
+        .args(["--alias-name", alias])
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    json(&created.stdout)["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn seed_commands_and_round_trip_under_an_alias() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_id = key_with_alias(dir.path(), "alias/cli-roundtrip");
+    // Global flags go anywhere, as with the AWS CLI.
+    let listed = cli()
+        .args([
+            "key",
+            "list-aliases",
+            "--key-id",
+            &key_id,
+            "--region",
+            "us-east-1",
+        ])
+        .output()
+        .unwrap();
+    assert!(listed.status.success());
+    assert_eq!(
+        json(&listed.stdout)["Aliases"][0]["AliasName"],
+        "alias/cli-roundtrip"
+    );
+    let all = cli()
+        .args(["--region", "us-east-1", "key", "list-aliases"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&all.stdout).contains("alias/cli-roundtrip"));
+    let described = cli()
+        .args(["key", "describe", "--key-id", "alias/cli-roundtrip"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        json(&described.stdout)["KeyMetadata"]["KeyId"],
+        key_id.as_str()
+    );
+
+    let input = dir.path().join("data.bin");
+    let pt: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(&input, &pt).unwrap();
+    let sealed = dir.path().join("data.kms");
+    cli()
+        .args(["encrypt", "-i"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&sealed)
+        .args([
+            "--key",
+            "alias/cli-roundtrip",
+            "-c",
+            "purpose=test",
+            "-c",
+            "owner=ops",
+        ])
+        .args(["--frame-length", "4096", "--suite", "0x0578"])
+        .assert()
+        .success();
+    let inspected = cli().args(["inspect", "-i"]).arg(&sealed).output().unwrap();
+    assert!(inspected.status.success());
+    let doc = json(&inspected.stdout);
+    assert_eq!(doc["AlgorithmSuite"]["Id"], "0x0578");
+    assert_eq!(doc["EncryptionContext"]["purpose"], "test");
+    assert!(doc["EncryptionContext"]["aws-crypto-public-key"].is_string());
+    assert_eq!(doc["EncryptedDataKeys"][0]["ProviderId"], "aws-kms");
+    assert!(doc["EncryptedDataKeys"][0]["ProviderInfo"]
+        .as_str()
+        .unwrap()
+        .ends_with(&key_id));
+    assert_eq!(doc["FrameLength"], 4096);
+    assert_eq!(doc["Frames"], 300_000 / 4096 + 1);
+    assert_eq!(doc["PlaintextLength"], 300_000);
+    assert_eq!(doc["MessageId"].as_str().unwrap().len(), 64);
+
+    let out = dir.path().join("data.out");
+    cli()
+        .args(["decrypt", "-i"])
+        .arg(&sealed)
+        .arg("-o")
+        .arg(&out)
+        .args(["--key", "alias/cli-roundtrip", "-c", "purpose=test"])
+        .assert()
+        .success();
+    assert_eq!(std::fs::read(&out).unwrap(), pt);
+    // Discovery, limited to this account, reads it too; another account does not.
+    let out2 = dir.path().join("data.out2");
+    cli()
+        .args(["decrypt", "--discovery", "--account", "123456789012", "-i"])
+        .arg(&sealed)
+        .arg("-o")
+        .arg(&out2)
+        .assert()
+        .success();
+    assert_eq!(std::fs::read(&out2).unwrap(), pt);
+    let out3 = dir.path().join("data.out3");
+    cli()
+        .args(["decrypt", "--discovery", "--account", "999999999999", "-i"])
+        .arg(&sealed)
+        .arg("-o")
+        .arg(&out3)
+        .assert()
+        .code(1);
+    assert!(!out3.exists());
+}
+
+#[test]
+fn stdin_to_stdout_with_a_raw_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("wrap.key");
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    let spec = format!("backups:key-1:{}", key.display());
+    let sealed = cli()
+        .args([
+            "encrypt",
+            "-i",
+            "-",
+            "-o",
+            "-",
+            "--raw-aes-key",
+            &spec,
+            "-c",
+            "a=b",
+        ])
+        .write_stdin(b"piped plaintext".to_vec())
+        .output()
+        .unwrap();
+    assert!(
+        sealed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sealed.stderr)
+    );
+    let opened = cli()
+        .args(["decrypt", "-i", "-", "-o", "-", "--raw-aes-key", &spec])
+        .write_stdin(sealed.stdout.clone())
+        .output()
+        .unwrap();
+    assert!(opened.status.success());
+    assert_eq!(opened.stdout, b"piped plaintext");
+    let header_only = cli()
+        .args(["inspect", "-i", "-"])
+        .write_stdin(sealed.stdout)
+        .output()
+        .unwrap();
+    assert_eq!(
+        json(&header_only.stdout)["EncryptedDataKeys"][0]["ProviderId"],
+        "backups"
+    );
+    // A key file of the wrong length is a usage error that says so.
+    std::fs::write(&key, [7u8; 31]).unwrap();
+    let bad = cli()
+        .args(["encrypt", "-i", "-", "-o", "-", "--raw-aes-key", &spec])
+        .write_stdin(b"x".to_vec())
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("exactly 32"));
+}
+
+#[test]
+fn exit_codes_and_output_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = d.join("k");
+    std::fs::write(&key, [9u8; 32]).unwrap();
+    let spec = format!("ns:name:{}", key.display());
+    let input = d.join("in.bin");
+    std::fs::write(&input, vec![1u8; 100_000]).unwrap();
+    let sealed = d.join("in.kms");
+    cli()
+        .args(["encrypt", "--raw-aes-key", &spec, "-i"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&sealed)
+        .assert()
+        .success();
+
+    // 2: usage — no key, bad context pair, IN == OUT, existing OUT without --force.
+    cli()
+        .args(["encrypt", "-o", "x", "-i"])
+        .arg(&input)
+        .assert()
+        .code(2);
+    cli()
+        .args([
+            "encrypt",
+            "--raw-aes-key",
+            &spec,
+            "-c",
+            "novalue",
+            "-o",
+            "x",
+            "-i",
+        ])
+        .arg(&input)
+        .assert()
+        .code(2);
+    let same = cli()
+        .args(["encrypt", "--raw-aes-key", &spec, "--force", "-i"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_eq!(same.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&same.stderr).contains("is the input"));
+    assert_eq!(
+        std::fs::read(&input).unwrap(),
+        vec![1u8; 100_000],
+        "input untouched"
+    );
+    let exists = cli()
+        .args(["encrypt", "--raw-aes-key", &spec, "-i"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&sealed)
+        .output()
+        .unwrap();
+    assert_eq!(exists.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&exists.stderr).contains("--force"));
+    cli()
+        .args(["encrypt", "--raw-aes-key", &spec, "--force", "-i"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&sealed)
+        .assert()
+        .success();
+    cli().arg("no-such-command").assert().code(2);
+
+    // 1: a corrupted message, a context the message does not carry; no OUT either way.
+    let mut bytes = std::fs::read(&sealed).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    let corrupt = d.join("corrupt.kms");
+    std::fs::write(&corrupt, &bytes).unwrap();
+    let before = entries(d);
+    let out = d.join("out.bin");
+    let r = cli()
+        .args(["decrypt", "--raw-aes-key", &spec, "-i"])
+        .arg(&corrupt)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("corrupt.kms"),
+        "names the file"
+    );
+    cli()
+        .args([
+            "decrypt",
+            "--raw-aes-key",
+            &spec,
+            "-c",
+            "purpose=other",
+            "-i",
+        ])
+        .arg(&sealed)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .code(1);
+    assert_eq!(entries(d), before, "no OUT and no temporary file");
+    let garbage = d.join("garbage");
+    std::fs::write(&garbage, b"this is not a message at all").unwrap();
+    let r = cli()
+        .args(["inspect", "-i"])
+        .arg(&garbage)
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("not a readable message"));
+
+    // 3: KMS — a key that does not exist; a KMS endpoint that does not answer.
+    let missing = "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000";
+    let r = cli()
+        .args(["encrypt", "--key", missing, "-i"])
+        .arg(&input)
+        .arg("-o")
+        .arg(d.join("o3"))
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&r.stderr).contains(missing));
+    let dead = format!("http://127.0.0.1:{}", support::free_port());
+    cli_at(&dead)
+        .args(["encrypt", "--key", missing, "-i"])
+        .arg(&input)
+        .arg("-o")
+        .arg(d.join("o4"))
+        .assert()
+        .code(3);
+
+    // 4: I/O — a missing input, an unreadable one (a directory) after OUT was opened.
+    cli()
+        .args(["encrypt", "--raw-aes-key", &spec, "-o", "x", "-i"])
+        .arg(d.join("absent"))
+        .assert()
+        .code(4);
+    let before = entries(d);
+    cli()
+        .args(["encrypt", "--raw-aes-key", &spec, "-i"])
+        .arg(d)
+        .arg("-o")
+        .arg(d.join("o5"))
+        .assert()
+        .code(4);
+    assert_eq!(
+        entries(d),
+        before,
+        "a failed encryption leaves no OUT and no temporary file"
+    );
+}
+
+#[test]
+fn killed_encryption_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    std::fs::write(&key, [3u8; 32]).unwrap();
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("kms-envelope"))
+        .args(["encrypt", "-q", "-i", "-", "--raw-aes-key"])
+        .arg(format!("ns:n:{}", key.display()))
+        .arg("-o")
+        .arg(out_dir.join("out.kms"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for _ in 0..64 {
+        stdin.write_all(&[5u8; 1 << 16]).unwrap();
+    }
+    stdin.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(entries(&out_dir).is_empty(), "left {:?}", entries(&out_dir));
+}
+
+#[test]
+fn key_subcommands() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key_id = key_with_alias(d, "alias/cli-keys");
+    cli()
+        .args([
+            "key",
+            "create-alias",
+            "--alias-name",
+            "alias/cli-keys-2",
+            "--target-key-id",
+            &key_id,
+        ])
+        .assert()
+        .success();
+    let r = cli()
+        .args([
+            "key",
+            "create-alias",
+            "--alias-name",
+            "bad",
+            "--target-key-id",
+            &key_id,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(2));
+    let mine = cli()
+        .args(["key", "list-aliases", "--key-id", &key_id])
+        .output()
+        .unwrap();
+    assert_eq!(json(&mine.stdout)["Aliases"].as_array().unwrap().len(), 2);
+    cli()
+        .args(["key", "disable", "--key-id", &key_id])
+        .assert()
+        .success();
+    let desc = cli()
+        .args(["key", "describe", "--key-id", &key_id])
+        .output()
+        .unwrap();
+    assert_eq!(json(&desc.stdout)["KeyMetadata"]["KeyState"], "Disabled");
+    cli()
+        .args(["key", "enable", "--key-id", &key_id])
+        .assert()
+        .success();
+    let sched = cli()
+        .args([
+            "key",
+            "schedule-deletion",
+            "--key-id",
+            &key_id,
+            "--pending-window-in-days",
+            "7",
+        ])
+        .output()
+        .unwrap();
+    assert!(json(&sched.stdout)["DeletionDate"].is_string());
+    cli()
+        .args([
+            "key",
+            "schedule-deletion",
+            "--key-id",
+            &key_id,
+            "--pending-window-in-days",
+            "3",
+        ])
+        .assert()
+        .code(2);
+    let cancel = cli()
+        .args(["key", "cancel-deletion", "--key-id", &key_id])
+        .output()
+        .unwrap();
+    assert!(json(&cancel.stdout)["KeyId"]
+        .as_str()
+        .unwrap()
+        .ends_with(&key_id));
+    let r = cli()
+        .args(["key", "describe", "--key-id", "alias/none-such"])
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(3));
+
+    // lint: clean exits 0, warnings exit 1, bad JSON exits 2 with line and column.
+    let risky = d.join("risky.json");
+    std::fs::write(&risky, r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*"}]}"#).unwrap();
+    let r = cli()
+        .args(["key", "lint"])
+        .arg(format!("file://{}", risky.display()))
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&r.stdout).contains("warning:"));
+    let broken = d.join("broken.json");
+    std::fs::write(
+        &broken,
+        "{\n \"Version\": \"2012-10-17\",\n \"Statement\": [\n",
+    )
+    .unwrap();
+    let r = cli().args(["key", "lint"]).arg(&broken).output().unwrap();
+    assert_eq!(r.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("line 4"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    // create refuses a risky policy unless told.
+    let r = cli()
+        .args(["key", "create", "--policy"])
+        .arg(format!("file://{}", risky.display()))
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(2));
+    cli()
+        .args(["key", "create", "--allow-policy-warnings", "--policy"])
+        .arg(format!("file://{}", risky.display()))
+        .assert()
+        .success();
+}
