@@ -127,7 +127,14 @@ fn seed_commands_and_round_trip_under_an_alias() {
             "-c",
             "owner=ops",
         ])
-        .args(["--frame-length", "4096", "--suite", "0x0578"])
+        .args([
+            "--frame-length",
+            "4096",
+            "--suite",
+            "0x0578",
+            "--threads",
+            "2",
+        ])
         .assert()
         .success();
     let inspected = cli().args(["inspect", "-i"]).arg(&sealed).output().unwrap();
@@ -152,7 +159,14 @@ fn seed_commands_and_round_trip_under_an_alias() {
         .arg(&sealed)
         .arg("-o")
         .arg(&out)
-        .args(["--key", "alias/cli-roundtrip", "-c", "purpose=test"])
+        .args([
+            "--key",
+            "alias/cli-roundtrip",
+            "-c",
+            "purpose=test",
+            "--threads",
+            "3",
+        ])
         .assert()
         .success();
     assert_eq!(std::fs::read(&out).unwrap(), pt);

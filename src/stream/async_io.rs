@@ -2,17 +2,16 @@
 //! discipline as the blocking ones.
 
 use std::io;
-use std::ops::Range;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::decoder::{BodyDecoder, HeaderBuffer, Need};
-use super::machine::{Sealer, HEADROOM};
+use super::encoder::FrameEncoder;
 use super::message::{begin_decrypt, begin_encrypt};
 use super::options::{Decryptor, Encryptor};
-use crate::format::{HeaderBody, HeaderLimits, TAG_LEN};
+use crate::format::{HeaderBody, HeaderLimits};
 use crate::Error;
 
 /// Encrypts everything written to it into `W`, asynchronously. Call
@@ -22,30 +21,27 @@ use crate::Error;
 #[derive(Debug)]
 pub struct AsyncEncryptingWriter<W> {
     inner: W,
-    sealer: Sealer,
-    buf: Vec<u8>,
-    /// Sealed bytes of `buf` not yet written to `inner`.
-    pending: Range<usize>,
+    enc: FrameEncoder,
+    /// Bytes of `enc.pending()` already written.
+    written: usize,
     poisoned: bool,
 }
 
 impl<W: AsyncWrite + Unpin> AsyncEncryptingWriter<W> {
-    /// Writes out a sealed frame, if one is waiting, and makes room for the next.
+    /// Writes out sealed frames, if any wait, so that more input can be taken.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.pending.is_empty() {
-            return Poll::Ready(Ok(()));
-        }
-        while !self.pending.is_empty() {
-            let n =
-                ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.pending.clone()]))
-                    .inspect_err(|_| self.poisoned = true)?;
+        while self.written < self.enc.pending().len() {
+            let rest = &self.enc.pending()[self.written..];
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, rest))
+                .inspect_err(|_| self.poisoned = true)?;
             if n == 0 {
                 self.poisoned = true;
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.pending.start += n;
+            self.written += n;
         }
-        self.buf.truncate(HEADROOM);
+        self.enc.consume_pending();
+        self.written = 0;
         Poll::Ready(Ok(()))
     }
 
@@ -57,8 +53,7 @@ impl<W: AsyncWrite + Unpin> AsyncEncryptingWriter<W> {
         std::future::poll_fn(|cx| self.poll_drain(cx)).await?;
         let AsyncEncryptingWriter {
             mut inner,
-            sealer,
-            mut buf,
+            enc,
             poisoned,
             ..
         } = self;
@@ -67,10 +62,7 @@ impl<W: AsyncWrite + Unpin> AsyncEncryptingWriter<W> {
                 "an earlier write failed, so this message is incomplete: encrypt it again",
             )));
         }
-        buf.resize(buf.len() + TAG_LEN, 0);
-        let (frame, footer) = sealer.seal_last(&mut buf)?;
-        inner.write_all(frame).await?;
-        inner.write_all(&footer).await?;
+        inner.write_all(&enc.finish()?).await?;
         inner.flush().await?;
         Ok(inner)
     }
@@ -87,22 +79,13 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for AsyncEncryptingWriter<W> {
             return Poll::Ready(Err(io::Error::other("an earlier write failed")));
         }
         ready!(this.poll_drain(cx))?;
-        let frame = this.sealer.frame_length();
-        let room = frame - (this.buf.len() - HEADROOM);
-        let take = room.min(data.len());
-        this.buf.extend_from_slice(&data[..take]);
-        if this.buf.len() - HEADROOM == frame {
-            this.buf.resize(this.buf.len() + TAG_LEN, 0);
-            let total = this.buf.len();
-            match this.sealer.seal_frame(&mut this.buf) {
-                Ok(out) => this.pending = total - out.len()..total,
-                Err(e) => {
-                    this.poisoned = true;
-                    return Poll::Ready(Err(e.into()));
-                }
+        match this.enc.write(data) {
+            Ok(n) => Poll::Ready(Ok(n)),
+            Err(e) => {
+                this.poisoned = true;
+                Poll::Ready(Err(e.into()))
             }
         }
-        Poll::Ready(Ok(take))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -200,13 +183,10 @@ impl<'k> Encryptor<'k> {
     ) -> Result<AsyncEncryptingWriter<W>, Error> {
         let (header, sealer) = begin_encrypt(self).await?;
         inner.write_all(&header).await?;
-        let mut buf = Vec::with_capacity(HEADROOM + sealer.frame_length().min(4 << 20) + TAG_LEN);
-        buf.resize(HEADROOM, 0);
         Ok(AsyncEncryptingWriter {
             inner,
-            sealer,
-            buf,
-            pending: 0..0,
+            enc: FrameEncoder::new(sealer, self.threads),
+            written: 0,
             poisoned: false,
         })
     }
@@ -249,7 +229,7 @@ impl<'k> Decryptor<'k> {
         let hold = header.body.suite.signature().is_some() && !self.release_unverified_signed;
         Ok(AsyncDecryptingReader {
             inner,
-            body: BodyDecoder::new(opener, leftover, hold, self.max_buffered_len),
+            body: BodyDecoder::new(opener, leftover, hold, self.max_buffered_len, self.threads),
             header: header.body,
             poisoned: false,
         })

@@ -1,14 +1,18 @@
 //! The decrypting side's buffer discipline, shared by the sync and async readers: where input
 //! goes, when plaintext may be released, and the end-of-message checks. No I/O here.
 
+use std::collections::VecDeque;
 use std::ops::Range;
 
-use super::machine::{Opener, Step};
+use super::encoder::{batch_frames, Workers};
+use super::machine::{Block, Opener, Step};
 use crate::format::{FormatError, Header, HeaderLimits};
 use crate::Error;
 
 /// Bytes asked of the underlying reader at a time when nothing larger is needed.
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
+/// Fewest ciphertext bytes in one batch for it to be opened on several threads.
+const PARALLEL_MIN: usize = 512 * 1024;
 
 /// What a reader adaptor must do next.
 #[derive(Debug, PartialEq, Eq)]
@@ -63,9 +67,8 @@ pub(crate) struct BodyDecoder {
     end: usize,
     /// How many bytes from `start` the opener asked for.
     need: usize,
-    /// Plaintext ready to release, in `buf` or in `held`.
-    ready: Range<usize>,
-    ready_in_held: bool,
+    /// Plaintext ready to release: ranges of `held` when holding, else of `buf`.
+    ready: VecDeque<Range<usize>>,
     /// Signed messages (unless the caller opted out) keep all plaintext here until the
     /// signature verifies.
     hold: bool,
@@ -73,51 +76,79 @@ pub(crate) struct BodyDecoder {
     max_held: usize,
     /// The last block is open; its plaintext waits until the source is known to end there.
     awaiting_eof: bool,
+    last: Option<Range<usize>>,
     probe: [u8; 1],
-    pending: Range<usize>,
     complete: bool,
+    batch_frames: usize,
+    /// Largest read: a batch of frames, reached only as the message proves that large.
+    max_read: usize,
+    total_in: usize,
+    threads: usize,
+    workers: Option<Workers>,
+    blocks: Vec<Block>,
 }
 
 impl BodyDecoder {
-    pub(crate) fn new(opener: Opener, leftover: Vec<u8>, hold: bool, max_held: usize) -> Self {
+    pub(crate) fn new(
+        opener: Opener,
+        leftover: Vec<u8>,
+        hold: bool,
+        max_held: usize,
+        threads: usize,
+    ) -> Self {
         let end = leftover.len();
+        let slot = opener.regular_frame_len();
+        let batch_frames = batch_frames(slot, threads);
         BodyDecoder {
             opener,
             buf: leftover,
             start: 0,
             end,
             need: 0,
-            ready: 0..0,
-            ready_in_held: false,
+            ready: VecDeque::new(),
             hold,
             held: Vec::new(),
             max_held,
             awaiting_eof: false,
+            last: None,
             probe: [0],
-            pending: 0..0,
             complete: false,
+            batch_frames,
+            max_read: READ_CHUNK.max(batch_frames * slot),
+            total_in: 0,
+            threads,
+            workers: None,
+            blocks: Vec::new(),
         }
     }
 
     /// Plaintext that may be handed out now.
     pub(crate) fn available(&self) -> &[u8] {
-        if self.ready_in_held {
-            &self.held[self.ready.clone()]
-        } else {
-            &self.buf[self.ready.clone()]
+        match self.ready.front() {
+            Some(r) if self.hold => &self.held[r.clone()],
+            Some(r) => &self.buf[r.clone()],
+            None => &[],
         }
     }
 
     /// Marks `n` bytes of `available()` as handed out.
     pub(crate) fn consume(&mut self, n: usize) {
-        self.ready.start += n.min(self.ready.len());
+        if let Some(r) = self.ready.front_mut() {
+            r.start += n.min(r.len());
+            if r.start == r.end {
+                self.ready.pop_front();
+            }
+        }
     }
 
     /// Processes buffered input as far as it goes.
     pub(crate) fn advance(&mut self) -> Result<Need, Error> {
         loop {
-            if !self.ready.is_empty() {
+            if !self.available().is_empty() {
                 return Ok(Need::Output);
+            }
+            if self.ready.pop_front().is_some() {
+                continue;
             }
             if self.complete {
                 return Ok(Need::Done);
@@ -132,48 +163,70 @@ impl BodyDecoder {
                 self.complete = true;
                 continue;
             }
-            match self.opener.open(&mut self.buf[self.start..self.end])? {
-                Step::NeedMore(n) => {
-                    self.need = n;
-                    return Ok(Need::Input);
-                }
-                Step::Block {
-                    consumed,
-                    plaintext,
-                    last,
-                } => {
-                    let pt = self.start + plaintext.start..self.start + plaintext.end;
-                    self.start += consumed;
-                    if self.hold {
-                        if self.held.len() + pt.len() > self.max_held {
-                            return Err(Error::InvalidArgument(format!(
-                                "this signed message is larger than {} bytes, the most that is \
-                                 held back until its signature verifies: raise max_buffered_len, \
-                                 or opt in to dangerous_release_unverified_signed_frames",
-                                self.max_held
-                            )));
-                        }
-                        self.held.extend_from_slice(&self.buf[pt]);
-                        if last {
-                            self.ready = 0..self.held.len();
-                            self.ready_in_held = true;
-                        }
-                    } else {
-                        self.ready = pt;
-                    }
-                    if last {
-                        // Hold the final plaintext until the source confirms nothing follows.
-                        self.awaiting_eof = true;
-                        self.stash_ready();
-                    }
-                }
+            if !self.open_batch()? {
+                return Ok(Need::Input);
             }
         }
     }
 
-    /// While waiting for the end of input, keep the final plaintext out of `available()`.
-    fn stash_ready(&mut self) {
-        self.pending = std::mem::replace(&mut self.ready, 0..0);
+    /// Parses the complete blocks buffered (a batch at most), opens them together, and queues
+    /// their plaintext. Returns false when not even one block is complete.
+    fn open_batch(&mut self) -> Result<bool, Error> {
+        self.blocks.clear();
+        let mut pos = self.start;
+        while self.blocks.len() < self.batch_frames {
+            match self.opener.parse(&self.buf[pos..self.end])? {
+                Step::NeedMore(n) => {
+                    self.need = n;
+                    break;
+                }
+                Step::Block(b) => {
+                    let (at, last) = (pos, b.last);
+                    pos += b.consumed;
+                    self.blocks.push(b.shifted(at));
+                    if last {
+                        break;
+                    }
+                }
+            }
+        }
+        if self.blocks.is_empty() {
+            return Ok(false);
+        }
+        // Threads only for a batch worth them, so small messages never start any.
+        if self.workers.is_none() && pos - self.start >= PARALLEL_MIN {
+            self.workers = Some(Workers::new(self.threads));
+        }
+        let workers = self.workers.clone().unwrap_or_default();
+        self.opener
+            .open_blocks(&mut self.buf, &self.blocks, &workers)?;
+        self.start = pos;
+        for b in &self.blocks {
+            let pt = b.plaintext();
+            if self.hold {
+                if self.held.len() + pt.len() > self.max_held {
+                    return Err(Error::InvalidArgument(format!(
+                        "this signed message is larger than {} bytes, the most that is held back \
+                         until its signature verifies: raise max_buffered_len, or opt in to \
+                         dangerous_release_unverified_signed_frames",
+                        self.max_held
+                    )));
+                }
+                self.held.extend_from_slice(&self.buf[pt]);
+            } else if b.last {
+                self.last = Some(pt);
+            } else {
+                self.ready.push_back(pt);
+            }
+            if b.last {
+                if self.hold {
+                    self.last = Some(0..self.held.len());
+                }
+                // The final plaintext waits until the source confirms nothing follows.
+                self.awaiting_eof = true;
+            }
+        }
+        Ok(true)
     }
 
     /// Where the adaptor should read input to.
@@ -182,12 +235,13 @@ impl BodyDecoder {
             return &mut self.probe;
         }
         let have = self.end - self.start;
-        if self.start > 0 && (self.buf.len() - self.start < self.need.max(READ_CHUNK)) {
+        let chunk = self.total_in.clamp(READ_CHUNK, self.max_read);
+        if self.start > 0 && (self.buf.len() - self.start < self.need.max(chunk)) {
             self.buf.copy_within(self.start..self.end, 0);
             self.start = 0;
             self.end = have;
         }
-        let want = self.start + self.need.max(have + READ_CHUNK);
+        let want = self.start + self.need.max(have + chunk);
         if self.buf.len() < want {
             self.buf.resize(want, 0);
         }
@@ -201,13 +255,14 @@ impl BodyDecoder {
                 return Err(FormatError::TrailingBytes.into());
             }
             self.awaiting_eof = false;
-            self.ready = std::mem::replace(&mut self.pending, 0..0);
+            self.ready.extend(self.last.take());
             return Ok(());
         }
         if n == 0 {
             return Err(FormatError::Truncated.into());
         }
         self.end += n;
+        self.total_in += n;
         Ok(())
     }
 }

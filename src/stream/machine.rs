@@ -2,10 +2,15 @@
 //!
 //! [`FrameCipher`] seals and opens one body block given its position; [`Sealer`] and
 //! [`Opener`] add the order (sequence numbers, final frame, signature) on top of it.
-//! Adaptors own the buffers and the I/O; they hand the machine whole blocks.
+//! Adaptors own the buffers and the I/O; they hand the machine whole blocks. Sealing and
+//! opening of many blocks can run on a thread pool: the order-dependent work (sequence numbers,
+//! signature hashing) stays with the caller.
 
 use std::ops::Range;
 
+use rayon::prelude::*;
+
+use super::encoder::Workers;
 use crate::crypto::signature::{Signer, Verifier};
 use crate::crypto::AeadKey;
 use crate::format::{
@@ -13,10 +18,6 @@ use crate::format::{
     IV_LEN, MAX_FRAMES, MAX_NON_FRAMED_LEN, NON_FRAMED_PREFIX, REGULAR_FRAME_PREFIX, TAG_LEN,
 };
 use crate::Error;
-
-/// Bytes an adaptor keeps free before a frame's plaintext so that either frame header fits
-/// in front of it without moving the plaintext.
-pub(crate) const HEADROOM: usize = FINAL_FRAME_PREFIX;
 
 /// One message's content key and block parameters. `Sync`: workers may share it.
 #[derive(Debug)]
@@ -39,18 +40,28 @@ impl FrameCipher {
         self.frame_length
     }
 
-    /// Seals block `seq` in place. `frame` is `[HEADROOM][plaintext][TAG_LEN spare]`; the
-    /// frame header is written into the headroom and the tag into the spare bytes. Returns the
-    /// offset at which the encoded frame starts (it ends at `frame.len()`).
-    pub(crate) fn seal(&self, seq: u32, last: bool, frame: &mut [u8]) -> Result<usize, Error> {
-        let len = frame.len() - HEADROOM - TAG_LEN;
-        let iv = frame_iv(seq);
-        let (kind, start) = if last {
-            (BlockKind::FinalFrame, 0)
+    /// Bytes of one regular frame on the wire.
+    pub(crate) fn regular_frame_len(&self) -> usize {
+        REGULAR_FRAME_PREFIX + self.frame_length as usize + TAG_LEN
+    }
+
+    /// Seals block `seq` in place. `frame` is `[prefix][plaintext][TAG_LEN spare]`, the prefix
+    /// being [`REGULAR_FRAME_PREFIX`] or, for the last frame, [`FINAL_FRAME_PREFIX`] bytes; the
+    /// frame header goes into the prefix and the tag into the spare bytes.
+    pub(crate) fn seal(&self, seq: u32, last: bool, frame: &mut [u8]) -> Result<(), Error> {
+        let prefix = if last {
+            FINAL_FRAME_PREFIX
         } else {
-            (BlockKind::Frame, HEADROOM - REGULAR_FRAME_PREFIX)
+            REGULAR_FRAME_PREFIX
         };
-        let head = &mut frame[start..HEADROOM];
+        let len = frame.len() - prefix - TAG_LEN;
+        let iv = frame_iv(seq);
+        let kind = if last {
+            BlockKind::FinalFrame
+        } else {
+            BlockKind::Frame
+        };
+        let (head, rest) = frame.split_at_mut(prefix);
         if last {
             head[..4].copy_from_slice(&FINAL_FRAME_MARKER.to_be_bytes());
             head[4..8].copy_from_slice(&seq.to_be_bytes());
@@ -61,27 +72,43 @@ impl FrameCipher {
             head[4..].copy_from_slice(&iv);
         }
         let aad = BodyAad::new(&self.message_id, kind, seq, len as u64);
-        let (body, tag) = frame[HEADROOM..].split_at_mut(len);
+        let (body, tag) = rest.split_at_mut(len);
         let t = self
             .key
             .seal_in_place(&iv, aad.as_ref(), body)
             .map_err(|_| Error::Crypto("AES-GCM seal failed"))?;
         tag.copy_from_slice(&t);
-        Ok(start)
+        Ok(())
     }
 
-    /// Opens `ct_and_tag` in place as block `seq` of `kind` holding `len` plaintext bytes.
-    fn open(
-        &self,
-        kind: BlockKind,
-        seq: u32,
-        len: u64,
-        ct_and_tag: &mut [u8],
-    ) -> Result<(), Error> {
-        let aad = BodyAad::new(&self.message_id, kind, seq, len);
+    /// Opens a parsed block in place: `sealed` is exactly its ciphertext and tag.
+    fn open(&self, block: &Block, sealed: &mut [u8]) -> Result<(), Error> {
+        let aad = BodyAad::new(&self.message_id, block.kind, block.seq, block.len);
         self.key
-            .open_in_place(&frame_iv(seq), aad.as_ref(), ct_and_tag)
+            .open_in_place(&frame_iv(block.seq), aad.as_ref(), sealed)
             .map_err(|_| Error::DecryptionFailed)
+    }
+}
+
+/// Runs `f` over each item, on the workers when there is more than one item.
+fn each<T: Send>(
+    workers: &Workers,
+    items: &mut [T],
+    f: impl Fn(usize, &mut T) -> Result<(), Error> + Sync,
+) -> Result<(), Error> {
+    let parallel = |items: &mut [T]| {
+        items
+            .par_iter_mut()
+            .enumerate()
+            .try_for_each(|(i, item)| f(i, item))
+    };
+    match workers {
+        Workers::Shared if items.len() > 1 => parallel(items),
+        Workers::Own(pool) if items.len() > 1 => pool.install(|| parallel(items)),
+        _ => items
+            .iter_mut()
+            .enumerate()
+            .try_for_each(|(i, item)| f(i, item)),
     }
 }
 
@@ -106,28 +133,42 @@ impl Sealer {
         self.cipher.frame_length() as usize
     }
 
-    /// Seals the next regular frame (`frame` laid out as for [`FrameCipher::seal`], with exactly
-    /// `frame_length` plaintext bytes) and returns the encoded frame.
-    pub(crate) fn seal_frame<'a>(&mut self, frame: &'a mut [u8]) -> Result<&'a [u8], Error> {
-        debug_assert_eq!(frame.len(), HEADROOM + self.frame_length() + TAG_LEN);
+    pub(crate) fn regular_frame_len(&self) -> usize {
+        self.cipher.regular_frame_len()
+    }
+
+    /// Seals the next regular frames, laid out back to back as on the wire (each
+    /// `[prefix][frame_length plaintext bytes][tag spare]`), on the workers.
+    pub(crate) fn seal_frames(
+        &mut self,
+        frames: &mut [u8],
+        workers: &Workers,
+    ) -> Result<(), Error> {
+        let slot = self.regular_frame_len();
+        debug_assert_eq!(frames.len() % slot, 0);
+        let count = frames.len() / slot;
         // The final frame takes a sequence number too, so regular ones stop one short.
-        if self.next_seq >= MAX_FRAMES {
+        if u64::from(self.next_seq) + count as u64 > u64::from(MAX_FRAMES) {
             return Err(Error::InvalidArgument(format!(
                 "the message would need more than {MAX_FRAMES} frames: use a larger frame length"
             )));
         }
-        let start = self.cipher.seal(self.next_seq, false, frame)?;
-        self.next_seq += 1;
-        let out = &frame[start..];
+        let base = self.next_seq;
+        let mut slots: Vec<&mut [u8]> = frames.chunks_mut(slot).collect();
+        let cipher = &self.cipher;
+        each(workers, &mut slots, |i, frame| {
+            cipher.seal(base + i as u32, false, frame)
+        })?;
+        self.next_seq += count as u32;
         if let Some(s) = &mut self.signer {
-            s.update(out);
+            s.update(frames);
         }
-        Ok(out)
+        Ok(())
     }
 
-    /// Seals the final frame (`frame` with at most `frame_length` plaintext bytes) and returns
-    /// the encoded frame and the footer (empty for unsigned suites).
-    pub(crate) fn seal_last(mut self, frame: &mut [u8]) -> Result<(&[u8], Vec<u8>), Error> {
+    /// Seals the final frame (`[FINAL_FRAME_PREFIX][at most frame_length bytes][tag spare]`)
+    /// and returns the footer (empty for unsigned suites).
+    pub(crate) fn seal_last(mut self, frame: &mut [u8]) -> Result<Vec<u8>, Error> {
         self.cipher.seal(self.next_seq, true, frame)?;
         let mut footer = Vec::new();
         if let Some(mut s) = self.signer.take() {
@@ -138,28 +179,48 @@ impl Sealer {
             footer.extend_from_slice(&(sig.len() as u16).to_be_bytes());
             footer.extend_from_slice(&sig);
         }
-        Ok((frame, footer))
+        Ok(footer)
     }
 }
 
-/// What the opener needs next, or what it produced.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Step {
-    /// The buffer must hold at least this many bytes before `open` can progress.
-    NeedMore(usize),
-    /// A block was authenticated and decrypted in place.
-    Block {
-        /// Bytes of the buffer the block (and, after the last block, the footer) took.
-        consumed: usize,
-        /// Where the block's plaintext now is in the buffer.
-        plaintext: Range<usize>,
-        /// Whether this was the last block; the message is complete once it is released.
-        last: bool,
-    },
+/// A body block found in a buffer, its position and signature (if any) already checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Block {
+    /// Bytes of the buffer the block (and, after the last block, the footer) takes.
+    pub(crate) consumed: usize,
+    /// Ciphertext and tag, relative to the buffer.
+    sealed: Range<usize>,
+    kind: BlockKind,
+    seq: u32,
+    len: u64,
+    /// Whether this is the last block.
+    pub(crate) last: bool,
 }
 
-/// Decrypting side: checks every block's position, tag and, for signed suites, the signature
-/// before anything is released.
+impl Block {
+    /// Where the plaintext is once the block is opened.
+    pub(crate) fn plaintext(&self) -> Range<usize> {
+        self.sealed.start..self.sealed.end - TAG_LEN
+    }
+
+    /// The same block in a buffer that starts `by` bytes earlier.
+    pub(crate) fn shifted(mut self, by: usize) -> Self {
+        self.sealed = self.sealed.start + by..self.sealed.end + by;
+        self
+    }
+}
+
+/// What the opener found at the start of a buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// The buffer must hold at least this many bytes before a block can be parsed.
+    NeedMore(usize),
+    /// A complete block, ready to open.
+    Block(Block),
+}
+
+/// Decrypting side: checks every block's position and, for signed suites, the signature;
+/// then opens blocks (checking their tags), alone or many at once on a pool.
 #[derive(Debug)]
 pub(crate) struct Opener {
     cipher: FrameCipher,
@@ -191,19 +252,64 @@ impl Opener {
         self.done
     }
 
-    /// Tries to open the block at the start of `buf`. On `Block`, the plaintext is authentic
-    /// and may be released; on an error the machine must not be used again.
-    pub(crate) fn open(&mut self, buf: &mut [u8]) -> Result<Step, Error> {
+    /// Bytes of one regular frame (0 for a non-framed body).
+    pub(crate) fn regular_frame_len(&self) -> usize {
+        match self.content_type {
+            ContentType::Framed => self.cipher.regular_frame_len(),
+            ContentType::NonFramed => 0,
+        }
+    }
+
+    /// Finds the block at the start of `buf` and checks its place in the message; for the last
+    /// block of a signed message, also the signature. Nothing is decrypted. After an error the
+    /// opener must not be used again.
+    pub(crate) fn parse(&mut self, buf: &[u8]) -> Result<Step, Error> {
         if self.done {
             return Err(FormatError::TrailingBytes.into());
         }
         match self.content_type {
-            ContentType::Framed => self.open_frame(buf),
-            ContentType::NonFramed => self.open_single_block(buf),
+            ContentType::Framed => self.parse_frame(buf),
+            ContentType::NonFramed => self.parse_single_block(buf),
         }
     }
 
-    fn open_frame(&mut self, buf: &mut [u8]) -> Result<Step, Error> {
+    /// Opens blocks parsed from `buf` (in order, each relative to `buf`), on the workers.
+    /// On success every block's plaintext is authentic.
+    pub(crate) fn open_blocks(
+        &self,
+        buf: &mut [u8],
+        blocks: &[Block],
+        workers: &Workers,
+    ) -> Result<(), Error> {
+        // Split the buffer into one disjoint slice per block, so they can be opened at once.
+        let mut parts: Vec<(&mut [u8], &Block)> = Vec::with_capacity(blocks.len());
+        let mut rest: &mut [u8] = buf;
+        let mut offset = 0;
+        for b in blocks {
+            let tail = std::mem::take(&mut rest);
+            let (_, tail) = tail.split_at_mut(b.sealed.start - offset);
+            let (mine, tail) = tail.split_at_mut(b.sealed.len());
+            parts.push((mine, b));
+            offset = b.sealed.end;
+            rest = tail;
+        }
+        let cipher = &self.cipher;
+        each(workers, &mut parts, |_, (sealed, b)| cipher.open(b, sealed))
+    }
+
+    /// Parses and opens the block at the start of `buf`: the single-block path.
+    #[cfg(test)]
+    pub(crate) fn open(&mut self, buf: &mut [u8]) -> Result<Option<Block>, Error> {
+        match self.parse(buf)? {
+            Step::NeedMore(_) => Ok(None),
+            Step::Block(b) => {
+                self.open_blocks(buf, std::slice::from_ref(&b), &Workers::Caller)?;
+                Ok(Some(b))
+            }
+        }
+    }
+
+    fn parse_frame(&mut self, buf: &[u8]) -> Result<Step, Error> {
         if buf.len() < 4 {
             return Ok(Step::NeedMore(4));
         }
@@ -224,18 +330,15 @@ impl Opener {
             if let Some(v) = &mut self.verifier {
                 v.update(&buf[..total]);
             }
-            self.cipher.open(
-                BlockKind::Frame,
-                first,
-                frame_len as u64,
-                &mut buf[REGULAR_FRAME_PREFIX..total],
-            )?;
             self.next_seq += 1;
-            return Ok(Step::Block {
+            return Ok(Step::Block(Block {
                 consumed: total,
-                plaintext: REGULAR_FRAME_PREFIX..REGULAR_FRAME_PREFIX + frame_len,
+                sealed: REGULAR_FRAME_PREFIX..total,
+                kind: BlockKind::Frame,
+                seq: first,
+                len: frame_len as u64,
                 last: false,
-            });
+            }));
         }
         if buf.len() < FINAL_FRAME_PREFIX {
             return Ok(Step::NeedMore(FINAL_FRAME_PREFIX));
@@ -250,10 +353,10 @@ impl Opener {
             return Err(FormatError::BadFrame("final frame longer than the frame length").into());
         }
         let end = FINAL_FRAME_PREFIX + len as usize + TAG_LEN;
-        self.finish_block(buf, BlockKind::FinalFrame, seq, FINAL_FRAME_PREFIX, end)
+        self.parse_last(buf, BlockKind::FinalFrame, seq, FINAL_FRAME_PREFIX, end)
     }
 
-    fn open_single_block(&mut self, buf: &mut [u8]) -> Result<Step, Error> {
+    fn parse_single_block(&mut self, buf: &[u8]) -> Result<Step, Error> {
         if buf.len() < NON_FRAMED_PREFIX {
             return Ok(Step::NeedMore(NON_FRAMED_PREFIX));
         }
@@ -270,46 +373,44 @@ impl Opener {
             .into());
         }
         let end = NON_FRAMED_PREFIX + len as usize + TAG_LEN;
-        self.finish_block(buf, BlockKind::SingleBlock, 1, NON_FRAMED_PREFIX, end)
+        self.parse_last(buf, BlockKind::SingleBlock, 1, NON_FRAMED_PREFIX, end)
     }
 
-    /// Opens the last block (`buf[..end]`, ciphertext from `ct_start`), then checks the footer
-    /// of signed suites, all before releasing anything.
-    fn finish_block(
+    /// The last block (`buf[..end]`, ciphertext from `ct_start`) and, for signed suites, the
+    /// footer, whose signature is verified here, before anything is released.
+    fn parse_last(
         &mut self,
-        buf: &mut [u8],
+        buf: &[u8],
         kind: BlockKind,
         seq: u32,
         ct_start: usize,
         end: usize,
     ) -> Result<Step, Error> {
         let mut consumed = end;
-        let mut signature = None;
         if self.verifier.is_some() {
             if buf.len() < end + 2 {
                 return Ok(Step::NeedMore(end + 2));
             }
             let sig_len = u16::from_be_bytes([buf[end], buf[end + 1]]) as usize;
             consumed = end + 2 + sig_len;
-            signature = Some(end + 2..consumed);
         }
         if buf.len() < consumed {
             return Ok(Step::NeedMore(consumed));
         }
-        if let Some(v) = &mut self.verifier {
+        if let Some(mut v) = self.verifier.take() {
             v.update(&buf[..end]);
-        }
-        let len = (end - ct_start - TAG_LEN) as u64;
-        self.cipher.open(kind, seq, len, &mut buf[ct_start..end])?;
-        if let (Some(v), Some(range)) = (self.verifier.take(), signature) {
-            v.verify(&buf[range]).map_err(|_| Error::DecryptionFailed)?;
+            v.verify(&buf[end + 2..consumed])
+                .map_err(|_| Error::DecryptionFailed)?;
         }
         self.done = true;
-        Ok(Step::Block {
+        Ok(Step::Block(Block {
             consumed,
-            plaintext: ct_start..end - TAG_LEN,
+            sealed: ct_start..end,
+            kind,
+            seq,
+            len: (end - ct_start - TAG_LEN) as u64,
             last: true,
-        })
+        }))
     }
 
     fn check_iv(&self, iv: &[u8], seq: u32) -> Result<(), Error> {
@@ -325,70 +426,81 @@ mod tests {
     use super::*;
     use crate::crypto::AeadBackend;
 
-    fn sealed_message(backend: AeadBackend, pt: &[u8], frame: usize) -> Vec<u8> {
+    fn sealer(backend: AeadBackend, frame: usize) -> Sealer {
         let key = AeadKey::new(backend, &[9; 32]).unwrap();
-        let mut sealer = Sealer::new(FrameCipher::new(key, vec![1; 32], frame as u32), None);
-        let mut out = Vec::new();
-        let chunks = pt.chunks(frame);
-        let mut last: &[u8] = &[];
-        for chunk in chunks {
-            if chunk.len() < frame {
-                last = chunk;
-                break;
-            }
-            let mut buf = vec![0u8; HEADROOM];
-            buf.extend_from_slice(chunk);
-            buf.resize(buf.len() + TAG_LEN, 0);
-            out.extend_from_slice(sealer.seal_frame(&mut buf).unwrap());
+        Sealer::new(FrameCipher::new(key, vec![1; 32], frame as u32), None)
+    }
+
+    /// Seals `pt` frame by frame, with or without a pool.
+    fn sealed_body(backend: AeadBackend, pt: &[u8], frame: usize, pool: &Workers) -> Vec<u8> {
+        let mut sealer = sealer(backend, frame);
+        let full = pt.len() / frame;
+        let mut body = Vec::new();
+        for chunk in pt.chunks(frame).take(full) {
+            body.resize(body.len() + REGULAR_FRAME_PREFIX, 0);
+            body.extend_from_slice(chunk);
+            body.resize(body.len() + TAG_LEN, 0);
         }
-        let mut buf = vec![0u8; HEADROOM];
-        buf.extend_from_slice(last);
-        buf.resize(buf.len() + TAG_LEN, 0);
-        let (frame, footer) = sealer.seal_last(&mut buf).unwrap();
-        out.extend_from_slice(frame);
-        out.extend_from_slice(&footer);
-        out
+        sealer.seal_frames(&mut body, pool).unwrap();
+        let mut last = vec![0u8; FINAL_FRAME_PREFIX];
+        last.extend_from_slice(&pt[full * frame..]);
+        last.resize(last.len() + TAG_LEN, 0);
+        let footer = sealer.seal_last(&mut last).unwrap();
+        body.extend_from_slice(&last);
+        body.extend_from_slice(&footer);
+        body
+    }
+
+    fn open_all(backend: AeadBackend, mut body: Vec<u8>, frame: usize, pool: &Workers) -> Vec<u8> {
+        let key = AeadKey::new(backend, &[9; 32]).unwrap();
+        let mut opener = Opener::new(
+            FrameCipher::new(key, vec![1; 32], frame as u32),
+            ContentType::Framed,
+            None,
+            0,
+        );
+        let mut blocks = Vec::new();
+        let mut at = 0;
+        while !opener.is_done() {
+            match opener.parse(&body[at..]).unwrap() {
+                Step::NeedMore(_) => panic!("the whole body is present"),
+                Step::Block(b) => {
+                    let n = b.consumed;
+                    blocks.push(b.shifted(at));
+                    at += n;
+                }
+            }
+        }
+        assert_eq!(at, body.len());
+        opener.open_blocks(&mut body, &blocks, pool).unwrap();
+        blocks
+            .iter()
+            .flat_map(|b| body[b.plaintext()].to_vec())
+            .collect()
     }
 
     #[test]
-    fn backends_write_byte_identical_bodies_and_read_each_other() {
+    fn backends_and_thread_counts_write_byte_identical_bodies() {
         let pt: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
-        let bodies: Vec<_> = AeadBackend::all()
-            .iter()
-            .map(|&b| sealed_message(b, &pt, 512))
-            .collect();
+        let pool = Workers::new(3);
+        let mut bodies = Vec::new();
+        for &backend in AeadBackend::all() {
+            bodies.push(sealed_body(backend, &pt, 512, &Workers::Caller));
+            bodies.push(sealed_body(backend, &pt, 512, &pool));
+        }
         assert!(bodies.windows(2).all(|w| w[0] == w[1]));
         for &backend in AeadBackend::all() {
-            let key = AeadKey::new(backend, &[9; 32]).unwrap();
-            let cipher = FrameCipher::new(key, vec![1; 32], 512);
-            let mut opener = Opener::new(cipher, ContentType::Framed, None, 0);
-            let mut body = bodies[0].clone();
-            let mut at = 0;
-            let mut out = Vec::new();
-            loop {
-                match opener.open(&mut body[at..]).unwrap() {
-                    Step::NeedMore(_) => panic!("whole body is present"),
-                    Step::Block {
-                        consumed,
-                        plaintext,
-                        last,
-                    } => {
-                        out.extend_from_slice(&body[at + plaintext.start..at + plaintext.end]);
-                        at += consumed;
-                        if last {
-                            break;
-                        }
-                    }
-                }
-            }
-            assert_eq!(at, body.len());
-            assert_eq!(out, pt);
+            assert_eq!(
+                open_all(backend, bodies[0].clone(), 512, &Workers::Caller),
+                pt
+            );
+            assert_eq!(open_all(backend, bodies[0].clone(), 512, &pool), pt);
         }
     }
 
     #[test]
     fn opener_asks_for_exactly_what_it_needs() {
-        let body = sealed_message(AeadBackend::AwsLc, &[5u8; 100], 64);
+        let body = sealed_body(AeadBackend::AwsLc, &[5u8; 100], 64, &Workers::Caller);
         let key = AeadKey::new(AeadBackend::AwsLc, &[9; 32]).unwrap();
         let mut opener = Opener::new(
             FrameCipher::new(key, vec![1; 32], 64),
@@ -397,35 +509,55 @@ mod tests {
             0,
         );
         let mut buf = body.clone();
-        assert_eq!(opener.open(&mut buf[..2]).unwrap(), Step::NeedMore(4));
+        assert_eq!(opener.parse(&buf[..2]).unwrap(), Step::NeedMore(4));
         assert_eq!(
-            opener.open(&mut buf[..10]).unwrap(),
+            opener.parse(&buf[..10]).unwrap(),
             Step::NeedMore(16 + 64 + 16)
         );
-        assert!(matches!(
-            opener.open(&mut buf).unwrap(),
-            Step::Block {
-                consumed: 96,
-                last: false,
-                ..
-            }
-        ));
+        let first = opener.open(&mut buf).unwrap().unwrap();
+        assert_eq!((first.consumed, first.last), (96, false));
         let rest = &mut buf[96..];
         assert_eq!(
-            opener.open(&mut rest[..8]).unwrap(),
+            opener.parse(&rest[..8]).unwrap(),
             Step::NeedMore(FINAL_FRAME_PREFIX)
         );
         assert_eq!(
-            opener.open(&mut rest[..30]).unwrap(),
+            opener.parse(&rest[..30]).unwrap(),
             Step::NeedMore(24 + 36 + 16)
         );
-        assert!(matches!(
-            opener.open(rest).unwrap(),
-            Step::Block { last: true, .. }
-        ));
+        assert!(opener.open(rest).unwrap().unwrap().last);
         assert!(
-            opener.open(&mut [0u8; 4]).is_err(),
+            opener.parse(&[0u8; 4]).is_err(),
             "nothing after the last block"
         );
+    }
+
+    #[test]
+    fn a_bad_tag_in_any_block_of_a_batch_fails_the_batch() {
+        let pt = vec![1u8; 64 * 8];
+        let mut body = sealed_body(AeadBackend::AwsLc, &pt, 64, &Workers::Caller);
+        body[96 * 5 + 20] ^= 1;
+        let key = AeadKey::new(AeadBackend::AwsLc, &[9; 32]).unwrap();
+        let mut opener = Opener::new(
+            FrameCipher::new(key, vec![1; 32], 64),
+            ContentType::Framed,
+            None,
+            0,
+        );
+        let mut blocks = Vec::new();
+        let mut at = 0;
+        for _ in 0..8 {
+            let Step::Block(b) = opener.parse(&body[at..]).unwrap() else {
+                panic!()
+            };
+            let n = b.consumed;
+            blocks.push(b.shifted(at));
+            at += n;
+        }
+        let pool = Workers::new(2);
+        assert!(matches!(
+            opener.open_blocks(&mut body, &blocks, &pool),
+            Err(Error::DecryptionFailed)
+        ));
     }
 }

@@ -3,6 +3,7 @@
 #[cfg(feature = "tokio")]
 mod async_io;
 mod decoder;
+mod encoder;
 mod layout;
 pub(crate) mod machine;
 mod message;

@@ -3,14 +3,11 @@
 use std::io::{self, Read, Write};
 
 use super::decoder::{BodyDecoder, HeaderBuffer, Need};
-use super::machine::{Sealer, HEADROOM};
+use super::encoder::FrameEncoder;
 use super::message::{begin_decrypt, begin_encrypt};
 use super::options::{Decryptor, Encryptor};
-use crate::format::{HeaderBody, HeaderLimits, TAG_LEN};
+use crate::format::{HeaderBody, HeaderLimits};
 use crate::Error;
-
-/// Largest frame buffer reserved up front; bigger frames grow as data arrives.
-const MAX_PREALLOCATED_FRAME: usize = 4 * 1024 * 1024;
 
 /// Encrypts everything written to it into `W`. Call [`finish`](Self::finish) at the end:
 /// it writes the final frame (and the signature); without it the message is incomplete and
@@ -19,31 +16,25 @@ const MAX_PREALLOCATED_FRAME: usize = 4 * 1024 * 1024;
 #[derive(Debug)]
 pub struct EncryptingWriter<W: Write> {
     inner: W,
-    sealer: Sealer,
-    /// `[HEADROOM][plaintext of the current frame]`, reused for every frame.
-    buf: Vec<u8>,
+    enc: FrameEncoder,
     poisoned: bool,
 }
 
 impl<W: Write> EncryptingWriter<W> {
-    pub(crate) fn new(mut inner: W, header: &[u8], sealer: Sealer) -> Result<Self, Error> {
+    pub(crate) fn new(mut inner: W, header: &[u8], enc: FrameEncoder) -> Result<Self, Error> {
         inner.write_all(header)?;
-        let cap = HEADROOM + sealer.frame_length().min(MAX_PREALLOCATED_FRAME) + TAG_LEN;
-        let mut buf = Vec::with_capacity(cap);
-        buf.resize(HEADROOM, 0);
         Ok(EncryptingWriter {
             inner,
-            sealer,
-            buf,
+            enc,
             poisoned: false,
         })
     }
 
-    fn seal_full_frame(&mut self) -> Result<(), Error> {
-        self.buf.resize(self.buf.len() + TAG_LEN, 0);
-        let out = self.sealer.seal_frame(&mut self.buf)?;
-        self.inner.write_all(out)?;
-        self.buf.truncate(HEADROOM);
+    fn write_pending(&mut self) -> io::Result<()> {
+        if !self.enc.pending().is_empty() {
+            self.inner.write_all(self.enc.pending())?;
+            self.enc.consume_pending();
+        }
         Ok(())
     }
 
@@ -54,8 +45,7 @@ impl<W: Write> EncryptingWriter<W> {
     pub fn finish(self) -> Result<W, Error> {
         let EncryptingWriter {
             mut inner,
-            sealer,
-            mut buf,
+            enc,
             poisoned,
         } = self;
         if poisoned {
@@ -63,10 +53,7 @@ impl<W: Write> EncryptingWriter<W> {
                 "an earlier write failed, so this message is incomplete: encrypt it again",
             )));
         }
-        buf.resize(buf.len() + TAG_LEN, 0);
-        let (frame, footer) = sealer.seal_last(&mut buf)?;
-        inner.write_all(frame)?;
-        inner.write_all(&footer)?;
+        inner.write_all(&enc.finish()?)?;
         inner.flush()?;
         Ok(inner)
     }
@@ -82,17 +69,15 @@ impl<W: Write> Write for EncryptingWriter<W> {
         if self.poisoned {
             return Err(io::Error::other("an earlier write failed"));
         }
-        let frame = self.sealer.frame_length();
-        let room = frame - (self.buf.len() - HEADROOM);
-        let take = room.min(data.len());
-        self.buf.extend_from_slice(&data[..take]);
-        if self.buf.len() - HEADROOM == frame {
-            if let Err(e) = self.seal_full_frame() {
-                self.poisoned = true;
-                return Err(e.into());
-            }
+        let result = self
+            .enc
+            .write(data)
+            .map_err(io::Error::from)
+            .and_then(|n| self.write_pending().map(|()| n));
+        if result.is_err() {
+            self.poisoned = true;
         }
-        Ok(take)
+        result
     }
 
     /// Flushes the inner writer. A partly filled frame stays buffered: frames are sealed whole.
@@ -139,7 +124,7 @@ impl<R: Read> DecryptingReader<R> {
         let hold = header.body.suite.signature().is_some() && !opts.release_unverified_signed;
         Ok(DecryptingReader {
             inner,
-            body: BodyDecoder::new(opener, leftover, hold, opts.max_buffered_len),
+            body: BodyDecoder::new(opener, leftover, hold, opts.max_buffered_len, opts.threads),
             header: header.body,
             poisoned: false,
         })
@@ -200,7 +185,7 @@ impl<'k> Encryptor<'k> {
     /// Invalid options, a keyring failure, or a failed write of the header.
     pub fn writer<W: Write>(&self, inner: W) -> Result<EncryptingWriter<W>, Error> {
         let (header, sealer) = pollster::block_on(begin_encrypt(self))?;
-        EncryptingWriter::new(inner, &header, sealer)
+        EncryptingWriter::new(inner, &header, FrameEncoder::new(sealer, self.threads))
     }
 
     /// Encrypts `plaintext` into a new message.

@@ -102,6 +102,9 @@ struct EncryptArgs {
     /// Algorithm suite: 0x0478 (default) or 0x0578 (adds an ECDSA P-384 signature).
     #[arg(long, value_name = "ID", value_parser = parse_suite)]
     suite: Option<AlgorithmSuite>,
+    /// Threads that seal frames (default: all cores).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     /// Replace OUT if it exists.
     #[arg(long)]
     force: bool,
@@ -129,6 +132,9 @@ struct DecryptArgs {
     /// Also read legacy messages without key commitment (ESDK 1.x suites).
     #[arg(long)]
     allow_legacy_suites: bool,
+    /// Threads that open frames (default: all cores).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     /// Replace OUT if it exists.
     #[arg(long)]
     force: bool,
@@ -435,6 +441,9 @@ fn encrypt(aws: &AwsArgs, a: &EncryptArgs) -> Result<(), Failure> {
     if let Some(s) = a.suite {
         enc = enc.suite(s);
     }
+    if let Some(t) = a.threads {
+        enc = enc.threads(t.into());
+    }
     let out_name = shown(&a.output);
     let sink = BufWriter::with_capacity(1 << 20, out.writer());
     let mut w = enc
@@ -479,6 +488,9 @@ fn decrypt(aws: &AwsArgs, a: &DecryptArgs) -> Result<(), Failure> {
     let mut dec = Decryptor::new(&*keyring).expected_context(context);
     if a.allow_legacy_suites {
         dec = dec.commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt);
+    }
+    if let Some(t) = a.threads {
+        dec = dec.threads(t.into());
     }
     let in_name = shown(&a.input);
     // Header, key and context are checked before OUT is created.
