@@ -5,8 +5,12 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kms_envelope::keyring::KmsKeyring;
+use kms_envelope::materials::{CacheLimits, CachingKeyring, DataKeyCache};
 use kms_envelope::{Decryptor, Encryptor, RawAesKeyring};
 
 fn kms(c: &mut Criterion) {
@@ -24,6 +28,7 @@ fn kms(c: &mut Criterion) {
     let msg = Encryptor::new(&keyring).encrypt(&record).unwrap();
 
     let mut g = c.benchmark_group("kms_1KiB_message");
+    g.throughput(Throughput::Elements(1));
     g.bench_function("raw_aes_encrypt", |b| {
         b.iter(|| Encryptor::new(&raw).encrypt(&record).unwrap())
     });
@@ -46,6 +51,28 @@ fn kms(c: &mut Criterion) {
     });
     g.bench_function("kms_decrypt_Decrypt", |b| {
         b.iter(|| Decryptor::new(&keyring).decrypt(&msg).unwrap())
+    });
+    // With the data-key cache: one GenerateDataKey per 10,000 messages.
+    let cached = CachingKeyring::new(
+        Arc::new(keyring.clone()),
+        DataKeyCache::new(NonZeroUsize::new(64).unwrap()),
+        "bench",
+        CacheLimits {
+            max_messages: 10_000,
+            ..CacheLimits::default()
+        },
+    );
+    g.bench_function("kms_encrypt_cached", |b| {
+        b.iter(|| Encryptor::new(&cached).threads(1).encrypt(&record).unwrap())
+    });
+    let cached_msg = Encryptor::new(&cached).encrypt(&record).unwrap();
+    g.bench_function("kms_decrypt_cached", |b| {
+        b.iter(|| {
+            Decryptor::new(&cached)
+                .threads(1)
+                .decrypt(&cached_msg)
+                .unwrap()
+        })
     });
     g.finish();
 }

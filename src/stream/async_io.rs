@@ -185,7 +185,7 @@ impl<'k> Encryptor<'k> {
         inner.write_all(&header).await?;
         Ok(AsyncEncryptingWriter {
             inner,
-            enc: FrameEncoder::new(sealer, self.threads),
+            enc: FrameEncoder::new(sealer, self.threads, self.plaintext_len),
             written: 0,
             poisoned: false,
         })

@@ -63,10 +63,13 @@ pub(crate) struct FrameEncoder {
     sealed: usize,
     threads: usize,
     workers: Option<Workers>,
+    /// The declared plaintext length, and how much has come so far.
+    declared: Option<u64>,
+    taken: u64,
 }
 
 impl FrameEncoder {
-    pub(crate) fn new(sealer: Sealer, threads: usize) -> Self {
+    pub(crate) fn new(sealer: Sealer, threads: usize, declared: Option<u64>) -> Self {
         let frame = sealer.frame_length();
         let slot = sealer.regular_frame_len();
         let batch_frames = batch_frames(slot, threads);
@@ -81,6 +84,8 @@ impl FrameEncoder {
             sealed: 0,
             threads,
             workers: None,
+            declared,
+            taken: 0,
         }
     }
 
@@ -103,6 +108,13 @@ impl FrameEncoder {
         if self.sealed > 0 {
             return Ok(0);
         }
+        if let Some(limit) = self.declared {
+            if self.taken + data.len() as u64 > limit {
+                return Err(Error::InvalidArgument(format!(
+                    "more plaintext than the {limit} bytes declared with plaintext_len"
+                )));
+            }
+        }
         let mut taken = 0;
         while taken < data.len() {
             if self.partial == 0 {
@@ -124,6 +136,7 @@ impl FrameEncoder {
                 }
             }
         }
+        self.taken += taken as u64;
         Ok(taken)
     }
 
@@ -144,6 +157,12 @@ impl FrameEncoder {
     /// plaintext, then the footer. Returns the bytes to write last.
     pub(crate) fn finish(mut self) -> Result<Vec<u8>, Error> {
         debug_assert_eq!(self.sealed, 0, "pending output was written first");
+        if let Some(limit) = self.declared.filter(|&l| l != self.taken) {
+            return Err(Error::InvalidArgument(format!(
+                "{} bytes of plaintext, not the {limit} declared with plaintext_len",
+                self.taken
+            )));
+        }
         self.seal_full(false)?;
         let start = self.full * self.slot;
         let plaintext = if self.partial > 0 {
@@ -172,7 +191,7 @@ mod tests {
     fn encode(pt: &[u8], frame: u32, threads: usize, piece: usize) -> Vec<u8> {
         let key = AeadKey::new(AeadBackend::AwsLc, &[4; 32]).unwrap();
         let sealer = Sealer::new(FrameCipher::new(key, vec![2; 32], frame), None);
-        let mut enc = FrameEncoder::new(sealer, threads);
+        let mut enc = FrameEncoder::new(sealer, threads, None);
         let mut out = Vec::new();
         for chunk in pt.chunks(piece) {
             let mut rest = chunk;

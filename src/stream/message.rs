@@ -75,6 +75,7 @@ pub(crate) async fn begin_encrypt(opts: &Encryptor<'_>) -> Result<(Vec<u8>, Seal
     full.serialize()?;
 
     let mut materials = EncryptionMaterials::new(suite, full.clone());
+    materials.plaintext_len = opts.plaintext_len;
     opts.keyring.on_encrypt(&mut materials).await?;
     let data_key = materials
         .data_key

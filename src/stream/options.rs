@@ -39,6 +39,7 @@ pub struct Encryptor<'k> {
     pub(crate) backend: AeadBackend,
     pub(crate) max_encrypted_data_keys: u16,
     pub(crate) threads: usize,
+    pub(crate) plaintext_len: Option<u64>,
 }
 
 /// The default worker count: the machine's cores.
@@ -59,7 +60,15 @@ impl<'k> Encryptor<'k> {
             backend: AeadBackend::default(),
             max_encrypted_data_keys: DEFAULT_MAX_ENCRYPTED_DATA_KEYS,
             threads: default_threads(),
+            plaintext_len: None,
         }
+    }
+
+    /// Declares the plaintext length up front. A data-key cache needs it to enforce its byte
+    /// limit; the writer then refuses to write more or to finish with less.
+    pub fn plaintext_len(mut self, len: u64) -> Self {
+        self.plaintext_len = Some(len);
+        self
     }
 
     /// Threads that seal frames (default: the machine's cores). Output is byte-for-byte the

@@ -185,7 +185,11 @@ impl<'k> Encryptor<'k> {
     /// Invalid options, a keyring failure, or a failed write of the header.
     pub fn writer<W: Write>(&self, inner: W) -> Result<EncryptingWriter<W>, Error> {
         let (header, sealer) = pollster::block_on(begin_encrypt(self))?;
-        EncryptingWriter::new(inner, &header, FrameEncoder::new(sealer, self.threads))
+        EncryptingWriter::new(
+            inner,
+            &header,
+            FrameEncoder::new(sealer, self.threads, self.plaintext_len),
+        )
     }
 
     /// Encrypts `plaintext` into a new message.
@@ -194,7 +198,10 @@ impl<'k> Encryptor<'k> {
     /// Invalid options or a keyring failure.
     pub fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
         let out = Vec::with_capacity(plaintext.len() + 1024);
-        let mut w = self.writer(out)?;
+        let mut w = self
+            .clone()
+            .plaintext_len(plaintext.len() as u64)
+            .writer(out)?;
         w.write_all(plaintext)?;
         w.finish()
     }

@@ -1,4 +1,10 @@
-//! What keyrings exchange with the message layer: the data key and the materials around it.
+//! What keyrings exchange with the message layer: the data key and the materials around it,
+//! and the data-key cache (feature `cache`).
+
+#[cfg(feature = "cache")]
+mod cache;
+#[cfg(feature = "cache")]
+pub use cache::{CacheLimits, CachingKeyring, DataKeyCache};
 
 use zeroize::Zeroizing;
 
@@ -69,6 +75,9 @@ pub struct EncryptionMaterials {
     pub data_key: Option<DataKey>,
     /// Each keyring appends its wrapped copy here.
     pub encrypted_data_keys: Vec<EncryptedDataKey>,
+    /// The plaintext length, when known before encryption (one-shot calls, or declared with
+    /// `Encryptor::plaintext_len`); caches use it to enforce their byte limits.
+    pub plaintext_len: Option<u64>,
 }
 
 impl EncryptionMaterials {
@@ -79,6 +88,7 @@ impl EncryptionMaterials {
             context,
             data_key: None,
             encrypted_data_keys: Vec::new(),
+            plaintext_len: None,
         }
     }
 

@@ -1,0 +1,283 @@
+//! A data-key cache (ESDK-style caching): reuse one data key for several messages, within
+//! limits, so that hot paths encrypting many small records do not call KMS for each.
+//!
+//! Safe because every message still derives its own content key (HKDF salted with a fresh
+//! message ID). That is also why suites without a KDF are never cached, nor signed suites,
+//! whose per-message signing key is part of the context.
+
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lru::LruCache;
+
+use crate::format::{EncryptedDataKey, EncryptionContext, Kdf, PUBLIC_KEY_FIELD};
+use crate::keyring::Keyring;
+use crate::materials::{DataKey, DecryptionMaterials, EncryptionMaterials};
+use crate::Error;
+
+/// How long and how much one cached data key may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheLimits {
+    /// Entries older than this are not used (and are dropped).
+    pub max_age: Duration,
+    /// Messages encrypted under one data key, at most.
+    pub max_messages: u64,
+    /// Plaintext bytes encrypted under one data key, at most. Messages whose length is not
+    /// declared up front bypass the cache unless this is `u64::MAX`.
+    pub max_bytes: u64,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        CacheLimits {
+            max_age: Duration::from_secs(300),
+            max_messages: 1 << 32,
+            max_bytes: u64::MAX,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum EntryKey {
+    Encrypt {
+        partition: Arc<str>,
+        suite: u16,
+        context: Vec<u8>,
+    },
+    Decrypt {
+        partition: Arc<str>,
+        suite: u16,
+        context: Vec<u8>,
+        edks: Vec<u8>,
+    },
+}
+
+struct Entry {
+    key: DataKey,
+    edks: Vec<EncryptedDataKey>,
+    created: Instant,
+    messages: u64,
+    bytes: u64,
+}
+
+/// Cached data keys, shared by any number of [`CachingKeyring`]s and threads. Evicted and
+/// expired keys are zeroized as they are dropped.
+pub struct DataKeyCache {
+    entries: Mutex<LruCache<EntryKey, Entry>>,
+    /// Held while a miss is filled, so that concurrent misses make one keyring call, not many,
+    /// and the limits hold exactly under load.
+    filling: futures_util::lock::Mutex<()>,
+}
+
+impl std::fmt::Debug for DataKeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let len = self.entries.lock().map(|e| e.len()).unwrap_or(0);
+        f.debug_struct("DataKeyCache")
+            .field("entries", &len)
+            .finish()
+    }
+}
+
+impl DataKeyCache {
+    /// A cache holding at most `capacity` data keys (least recently used are evicted).
+    pub fn new(capacity: NonZeroUsize) -> Arc<Self> {
+        Arc::new(DataKeyCache {
+            entries: Mutex::new(LruCache::new(capacity)),
+            filling: futures_util::lock::Mutex::new(()),
+        })
+    }
+
+    /// Data keys held now.
+    pub fn len(&self) -> usize {
+        self.entries.lock().expect("cache lock").len()
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Wraps a keyring with a [`DataKeyCache`]: a hit costs no call to the wrapped keyring.
+#[derive(Debug, Clone)]
+pub struct CachingKeyring {
+    inner: Arc<dyn Keyring>,
+    cache: Arc<DataKeyCache>,
+    partition: Arc<str>,
+    limits: CacheLimits,
+}
+
+fn serialized_edks(edks: &[EncryptedDataKey]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in edks {
+        for field in [e.provider_id.as_bytes(), &e.provider_info, &e.ciphertext] {
+            out.extend_from_slice(&(field.len() as u32).to_be_bytes());
+            out.extend_from_slice(field);
+        }
+    }
+    out
+}
+
+fn cacheable(suite: crate::AlgorithmSuite, context: &EncryptionContext) -> bool {
+    suite.kdf() != Kdf::Identity && !context.contains_key(PUBLIC_KEY_FIELD)
+}
+
+impl CachingKeyring {
+    /// Caches `inner`'s data keys in `cache` under `partition` (keyrings that must not share
+    /// keys use different partitions), within `limits`.
+    pub fn new(
+        inner: Arc<dyn Keyring>,
+        cache: Arc<DataKeyCache>,
+        partition: impl Into<String>,
+        limits: CacheLimits,
+    ) -> Self {
+        CachingKeyring {
+            inner,
+            cache,
+            partition: Arc::from(partition.into()),
+            limits,
+        }
+    }
+
+    fn fresh(&self, e: &Entry, now: Instant) -> bool {
+        now.duration_since(e.created) < self.limits.max_age
+    }
+
+    /// Uses a cached data key for one more message of `bytes`, if one is within its limits.
+    fn take_encrypt_hit(
+        &self,
+        key: &EntryKey,
+        bytes: u64,
+        materials: &mut EncryptionMaterials,
+    ) -> bool {
+        let mut entries = self.cache.entries.lock().expect("cache lock");
+        let Some(e) = entries.get_mut(key) else {
+            return false;
+        };
+        let usable = self.fresh(e, Instant::now())
+            && e.messages < self.limits.max_messages
+            && e.bytes.saturating_add(bytes) <= self.limits.max_bytes;
+        if !usable {
+            entries.pop(key); // used up or stale: its key is zeroized as it drops
+            return false;
+        }
+        e.messages += 1;
+        e.bytes += bytes;
+        materials.data_key = Some(e.key.duplicate());
+        materials.encrypted_data_keys.extend(e.edks.iter().cloned());
+        true
+    }
+
+    fn take_decrypt_hit(
+        &self,
+        key: &EntryKey,
+        materials: &mut DecryptionMaterials,
+    ) -> Result<bool, Error> {
+        let mut entries = self.cache.entries.lock().expect("cache lock");
+        let Some(e) = entries.get(key) else {
+            return Ok(false);
+        };
+        if !self.fresh(e, Instant::now()) {
+            entries.pop(key);
+            return Ok(false);
+        }
+        materials.set_data_key(e.key.duplicate())?;
+        Ok(true)
+    }
+}
+
+#[async_trait::async_trait]
+impl Keyring for CachingKeyring {
+    async fn on_encrypt(&self, materials: &mut EncryptionMaterials) -> Result<(), Error> {
+        let len = materials.plaintext_len;
+        let bounded = self.limits.max_bytes == u64::MAX || len.is_some();
+        if materials.data_key.is_some()
+            || !bounded
+            || !cacheable(materials.suite, &materials.context)
+        {
+            return self.inner.on_encrypt(materials).await;
+        }
+        let bytes = len.unwrap_or(0);
+        if bytes > self.limits.max_bytes {
+            return self.inner.on_encrypt(materials).await;
+        }
+        let key = EntryKey::Encrypt {
+            partition: self.partition.clone(),
+            suite: materials.suite.id(),
+            context: materials.context.serialize()?,
+        };
+        if self.take_encrypt_hit(&key, bytes, materials) {
+            return Ok(());
+        }
+        let _filling = self.cache.filling.lock().await;
+        if self.take_encrypt_hit(&key, bytes, materials) {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let before = materials.encrypted_data_keys.len();
+        self.inner.on_encrypt(materials).await?;
+        let data_key = materials
+            .data_key
+            .as_ref()
+            .expect("the keyring made a data key");
+        let entry = Entry {
+            key: data_key.duplicate(),
+            edks: materials.encrypted_data_keys[before..].to_vec(),
+            created: now,
+            messages: 1,
+            bytes,
+        };
+        // A data key good for one message only is not worth keeping.
+        if self.limits.max_messages > 1 {
+            self.cache
+                .entries
+                .lock()
+                .expect("cache lock")
+                .put(key, entry);
+        }
+        Ok(())
+    }
+
+    async fn on_decrypt(
+        &self,
+        materials: &mut DecryptionMaterials,
+        edks: &[EncryptedDataKey],
+    ) -> Result<(), Error> {
+        if !cacheable(materials.suite, &materials.context) {
+            return self.inner.on_decrypt(materials, edks).await;
+        }
+        let key = EntryKey::Decrypt {
+            partition: self.partition.clone(),
+            suite: materials.suite.id(),
+            context: materials.context.serialize()?,
+            edks: serialized_edks(edks),
+        };
+        if self.take_decrypt_hit(&key, materials)? {
+            return Ok(());
+        }
+        let _filling = self.cache.filling.lock().await;
+        if self.take_decrypt_hit(&key, materials)? {
+            return Ok(());
+        }
+        let now = Instant::now();
+        self.inner.on_decrypt(materials, edks).await?;
+        let data_key = materials
+            .data_key
+            .as_ref()
+            .expect("the keyring set a data key");
+        let entry = Entry {
+            key: data_key.duplicate(),
+            edks: Vec::new(),
+            created: now,
+            messages: 0,
+            bytes: 0,
+        };
+        self.cache
+            .entries
+            .lock()
+            .expect("cache lock")
+            .put(key, entry);
+        Ok(())
+    }
+}

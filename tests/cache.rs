@@ -1,0 +1,292 @@
+//! The data-key cache: each limit is enforced exactly, entries are partitioned, unsafe cases
+//! bypass it, it holds under concurrent use, and a hit makes no KMS call (against moto).
+#![cfg(all(feature = "cache", feature = "kms"))]
+
+mod support;
+
+use std::io::Write;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kms_envelope::format::EncryptedDataKey;
+use kms_envelope::keyring::KmsKeyring;
+use kms_envelope::materials::{
+    CacheLimits, CachingKeyring, DataKeyCache, DecryptionMaterials, EncryptionMaterials,
+};
+use kms_envelope::{
+    AlgorithmSuite, CommitmentPolicy, Decryptor, EncryptionContext, Encryptor, Error, Keyring,
+    RawAesKeyring,
+};
+
+/// Counts the calls that reach the wrapped keyring.
+#[derive(Debug)]
+struct Counting {
+    inner: RawAesKeyring,
+    encrypts: AtomicUsize,
+    decrypts: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Keyring for Counting {
+    async fn on_encrypt(&self, m: &mut EncryptionMaterials) -> Result<(), Error> {
+        self.encrypts.fetch_add(1, Ordering::SeqCst);
+        self.inner.on_encrypt(m).await
+    }
+    async fn on_decrypt(
+        &self,
+        m: &mut DecryptionMaterials,
+        e: &[EncryptedDataKey],
+    ) -> Result<(), Error> {
+        self.decrypts.fetch_add(1, Ordering::SeqCst);
+        self.inner.on_decrypt(m, e).await
+    }
+}
+
+fn counting() -> Arc<Counting> {
+    Arc::new(Counting {
+        inner: RawAesKeyring::new("cache", "key", &[8; 32]).unwrap(),
+        encrypts: AtomicUsize::new(0),
+        decrypts: AtomicUsize::new(0),
+    })
+}
+
+fn caching(inner: &Arc<Counting>, capacity: usize, limits: CacheLimits) -> CachingKeyring {
+    let cache = DataKeyCache::new(NonZeroUsize::new(capacity).unwrap());
+    CachingKeyring::new(inner.clone(), cache, "test", limits)
+}
+
+fn ctx(v: &str) -> EncryptionContext {
+    EncryptionContext::new().with("tenant", v)
+}
+
+#[test]
+fn message_byte_and_age_limits() {
+    let inner = counting();
+    let kr = caching(
+        &inner,
+        10,
+        CacheLimits {
+            max_messages: 3,
+            ..CacheLimits::default()
+        },
+    );
+    for _ in 0..10 {
+        Encryptor::new(&kr)
+            .context(ctx("a"))
+            .encrypt(b"record")
+            .unwrap();
+    }
+    assert_eq!(inner.encrypts.load(Ordering::SeqCst), 4, "ceil(10 / 3)");
+
+    let inner = counting();
+    let kr = caching(
+        &inner,
+        10,
+        CacheLimits {
+            max_bytes: 2500,
+            ..CacheLimits::default()
+        },
+    );
+    for _ in 0..10 {
+        Encryptor::new(&kr)
+            .context(ctx("a"))
+            .encrypt(&[0u8; 1000])
+            .unwrap();
+    }
+    assert_eq!(
+        inner.encrypts.load(Ordering::SeqCst),
+        5,
+        "two 1000-byte messages per key"
+    );
+    // A message larger than the byte limit never uses the cache.
+    Encryptor::new(&kr)
+        .context(ctx("a"))
+        .encrypt(&[0u8; 3000])
+        .unwrap();
+    assert_eq!(inner.encrypts.load(Ordering::SeqCst), 6);
+    // A stream of undeclared length bypasses a byte-limited cache; declared, it is counted.
+    let mut w = Encryptor::new(&kr)
+        .context(ctx("a"))
+        .writer(Vec::new())
+        .unwrap();
+    w.write_all(b"x").unwrap();
+    w.finish().unwrap();
+    assert_eq!(inner.encrypts.load(Ordering::SeqCst), 7);
+    let enc = Encryptor::new(&kr).context(ctx("b")).plaintext_len(10);
+    let mut w = enc.writer(Vec::new()).unwrap();
+    assert!(w.write_all(&[0u8; 11]).is_err(), "more than declared");
+    let mut w = enc.writer(Vec::new()).unwrap();
+    w.write_all(&[0u8; 9]).unwrap();
+    assert!(w.finish().is_err(), "less than declared");
+
+    let inner = counting();
+    let kr = caching(
+        &inner,
+        10,
+        CacheLimits {
+            max_age: Duration::from_millis(100),
+            ..CacheLimits::default()
+        },
+    );
+    Encryptor::new(&kr).context(ctx("a")).encrypt(b"1").unwrap();
+    Encryptor::new(&kr).context(ctx("a")).encrypt(b"2").unwrap();
+    assert_eq!(inner.encrypts.load(Ordering::SeqCst), 1);
+    std::thread::sleep(Duration::from_millis(150));
+    Encryptor::new(&kr).context(ctx("a")).encrypt(b"3").unwrap();
+    assert_eq!(inner.encrypts.load(Ordering::SeqCst), 2, "expired");
+}
+
+#[test]
+fn partitions_contexts_capacity_and_unsafe_suites() {
+    let inner = counting();
+    let cache = DataKeyCache::new(NonZeroUsize::new(2).unwrap());
+    let a = CachingKeyring::new(inner.clone(), cache.clone(), "a", CacheLimits::default());
+    let b = CachingKeyring::new(inner.clone(), cache.clone(), "b", CacheLimits::default());
+    Encryptor::new(&a).context(ctx("x")).encrypt(b"1").unwrap();
+    Encryptor::new(&b).context(ctx("x")).encrypt(b"1").unwrap();
+    assert_eq!(
+        inner.encrypts.load(Ordering::SeqCst),
+        2,
+        "partitions do not share keys"
+    );
+    Encryptor::new(&a).context(ctx("y")).encrypt(b"1").unwrap();
+    assert_eq!(
+        inner.encrypts.load(Ordering::SeqCst),
+        3,
+        "contexts do not share keys"
+    );
+    assert_eq!(cache.len(), 2, "capacity 2: the oldest entry was evicted");
+    Encryptor::new(&a).context(ctx("x")).encrypt(b"1").unwrap();
+    assert_eq!(
+        inner.encrypts.load(Ordering::SeqCst),
+        4,
+        "evicted entry is gone"
+    );
+
+    let inner = counting();
+    let kr = caching(&inner, 10, CacheLimits::default());
+    for _ in 0..3 {
+        Encryptor::new(&kr)
+            .suite(AlgorithmSuite::Aes256GcmHkdfSha512CommitKeyEcdsaP384)
+            .encrypt(b"signed")
+            .unwrap();
+        Encryptor::new(&kr)
+            .suite(AlgorithmSuite::Aes256GcmIv12Tag16NoKdf)
+            .commitment_policy(CommitmentPolicy::ForbidEncryptAllowDecrypt)
+            .encrypt(b"no kdf")
+            .unwrap();
+    }
+    assert_eq!(
+        inner.encrypts.load(Ordering::SeqCst),
+        6,
+        "signed and no-KDF suites bypass"
+    );
+}
+
+#[test]
+fn decrypt_side_cache_and_distinct_messages_under_one_key() {
+    let inner = counting();
+    let kr = caching(&inner, 10, CacheLimits::default());
+    let m1 = Encryptor::new(&kr)
+        .context(ctx("a"))
+        .encrypt(b"one")
+        .unwrap();
+    let m2 = Encryptor::new(&kr)
+        .context(ctx("a"))
+        .encrypt(b"two")
+        .unwrap();
+    assert_ne!(m1, m2);
+    assert_ne!(
+        m1[1..35],
+        m2[1..35],
+        "each message has its own ID, so its own content key"
+    );
+    for _ in 0..5 {
+        assert_eq!(Decryptor::new(&kr).decrypt(&m1).unwrap(), b"one");
+        assert_eq!(Decryptor::new(&kr).decrypt(&m2).unwrap(), b"two");
+    }
+    assert_eq!(
+        inner.decrypts.load(Ordering::SeqCst),
+        1,
+        "same wrapped key and context"
+    );
+}
+
+#[test]
+fn concurrent_use_keeps_the_limits_exactly() {
+    let inner = counting();
+    let kr = Arc::new(caching(
+        &inner,
+        200,
+        CacheLimits {
+            max_messages: 10,
+            ..CacheLimits::default()
+        },
+    ));
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            let kr = kr.clone();
+            s.spawn(move || {
+                for i in 0..100 {
+                    let m = Encryptor::new(&*kr)
+                        .context(ctx("shared"))
+                        .encrypt(&[i as u8; 64])
+                        .unwrap();
+                    assert_eq!(Decryptor::new(&*kr).decrypt(&m).unwrap(), [i as u8; 64]);
+                }
+            });
+        }
+    });
+    assert_eq!(
+        inner.encrypts.load(Ordering::SeqCst),
+        80,
+        "800 messages, 10 per data key"
+    );
+    assert_eq!(
+        inner.decrypts.load(Ordering::SeqCst),
+        80,
+        "one unwrap per data key"
+    );
+}
+
+#[test]
+fn a_cache_hit_makes_no_kms_call() {
+    let m = support::moto();
+    let config = support::sdk_config(&m.endpoint(), "us-east-1");
+    let key = support::create_key(&aws_sdk_kms::Client::new(&config), false);
+    let proxy = support::proxy::Proxy::start(m.port, |_| support::proxy::Fault::Forward);
+    let kms = KmsKeyring::builder()
+        .sdk_config(support::sdk_config(&proxy.endpoint(), "us-east-1"))
+        .generator(&key)
+        .build()
+        .unwrap();
+    let cache = DataKeyCache::new(NonZeroUsize::new(16).unwrap());
+    let kr = CachingKeyring::new(
+        Arc::new(kms),
+        cache,
+        "kms",
+        CacheLimits {
+            max_messages: 50,
+            ..CacheLimits::default()
+        },
+    );
+    let mut msgs = Vec::new();
+    for i in 0..120u32 {
+        msgs.push(
+            Encryptor::new(&kr)
+                .context(ctx("kms"))
+                .encrypt(&i.to_be_bytes())
+                .unwrap(),
+        );
+    }
+    assert_eq!(proxy.count("GenerateDataKey"), 3, "ceil(120 / 50)");
+    for (i, msg) in msgs.iter().enumerate() {
+        assert_eq!(
+            Decryptor::new(&kr).decrypt(msg).unwrap(),
+            (i as u32).to_be_bytes()
+        );
+    }
+    assert_eq!(proxy.count("Decrypt"), 3, "one Decrypt per data key");
+}
