@@ -42,9 +42,11 @@ pub struct Encryptor<'k> {
     pub(crate) plaintext_len: Option<u64>,
 }
 
-/// The default worker count: the machine's cores.
+/// The default worker count: the machine's cores. Asked once: on Linux the answer comes from
+/// reading cgroup files, far too slow to repeat for every small message.
 fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 impl<'k> Encryptor<'k> {
