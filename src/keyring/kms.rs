@@ -516,6 +516,25 @@ impl KmsKeyring {
             .clone()
     }
 
+    /// Sends one KMS request on the keyring's runtime, naming the operation and key on failure.
+    async fn call<T, E, R>(
+        &self,
+        operation: &'static str,
+        key: &str,
+        request: impl Future<Output = Result<T, SdkError<E, R>>> + Send + 'static,
+    ) -> Result<T, KmsError>
+    where
+        T: Send + 'static,
+        E: ProvideErrorMetadata + std::error::Error + Send + 'static,
+        R: std::fmt::Debug + Send + 'static,
+    {
+        self.0
+            .runtime
+            .run(request)
+            .await
+            .map_err(|e| KmsError::from_sdk(operation, key, e))
+    }
+
     fn client_for_key(&self, key: &str) -> Client {
         let arn = KmsArn::parse(key);
         self.client(arn.as_ref().map(|a| a.region.as_str()))
@@ -534,12 +553,7 @@ impl KmsKeyring {
             .number_of_bytes(len as i32)
             .set_encryption_context(Some(kms_context(ec)))
             .set_grant_tokens(Some(self.0.grant_tokens.clone()));
-        let out = self
-            .0
-            .runtime
-            .run(call.send())
-            .await
-            .map_err(|e| KmsError::from_sdk("GenerateDataKey", key, e))?;
+        let out = self.call("GenerateDataKey", key, call.send()).await?;
         let plaintext = out
             .plaintext
             .map(|b| Zeroizing::new(b.into_inner()))
@@ -569,12 +583,7 @@ impl KmsKeyring {
             .set_encryption_context(Some(ec))
             .set_grant_tokens(Some(self.0.grant_tokens.clone()));
         drop(data_key);
-        let out = self
-            .0
-            .runtime
-            .run(call.send())
-            .await
-            .map_err(|e| KmsError::from_sdk("Encrypt", &key, e))?;
+        let out = self.call("Encrypt", &key, call.send()).await?;
         Self::edk("Encrypt", &key, out.key_id, out.ciphertext_blob)
     }
 
@@ -607,12 +616,7 @@ impl KmsKeyring {
             return Ok(arn.clone());
         }
         let call = self.client_for_key(key).describe_key().key_id(key);
-        let out = self
-            .0
-            .runtime
-            .run(call.send())
-            .await
-            .map_err(|e| KmsError::from_sdk("DescribeKey", key, e))?;
+        let out = self.call("DescribeKey", key, call.send()).await?;
         let arn = out
             .key_metadata
             .and_then(|m| m.arn)
@@ -641,12 +645,7 @@ impl KmsKeyring {
             .ciphertext_blob(Blob::new(edk.ciphertext.clone()))
             .set_encryption_context(Some(kms_context(ec)))
             .set_grant_tokens(Some(self.0.grant_tokens.clone()));
-        let out = self
-            .0
-            .runtime
-            .run(call.send())
-            .await
-            .map_err(|e| KmsError::from_sdk("Decrypt", &key, e))?;
+        let out = self.call("Decrypt", &key, call.send()).await?;
         let plaintext = out.plaintext.map(|b| Zeroizing::new(b.into_inner()));
         if out.key_id.as_deref() != Some(key.as_str()) {
             return Err(KmsError::bad_response(

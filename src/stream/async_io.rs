@@ -11,6 +11,7 @@ use super::decoder::{BodyDecoder, HeaderBuffer, Need};
 use super::encoder::FrameEncoder;
 use super::message::{begin_decrypt, begin_encrypt};
 use super::options::{Decryptor, Encryptor};
+use super::sync::unfinishable;
 use crate::format::{HeaderBody, HeaderLimits};
 use crate::Error;
 
@@ -58,9 +59,7 @@ impl<W: AsyncWrite + Unpin> AsyncEncryptingWriter<W> {
             ..
         } = self;
         if poisoned {
-            return Err(Error::Io(io::Error::other(
-                "an earlier write failed, so this message is incomplete: encrypt it again",
-            )));
+            return Err(unfinishable());
         }
         inner.write_all(&enc.finish()?).await?;
         inner.flush().await?;

@@ -49,9 +49,7 @@ impl<W: Write> EncryptingWriter<W> {
             poisoned,
         } = self;
         if poisoned {
-            return Err(Error::Io(io::Error::other(
-                "an earlier write failed, so this message is incomplete: encrypt it again",
-            )));
+            return Err(unfinishable());
         }
         inner.write_all(&enc.finish()?)?;
         inner.flush()?;
@@ -62,6 +60,13 @@ impl<W: Write> EncryptingWriter<W> {
     pub fn get_ref(&self) -> &W {
         &self.inner
     }
+}
+
+/// The error of `finish` after a failed write.
+pub(crate) fn unfinishable() -> Error {
+    Error::Io(io::Error::other(
+        "an earlier write failed, so this message is incomplete: encrypt it again",
+    ))
 }
 
 impl<W: Write> Write for EncryptingWriter<W> {
