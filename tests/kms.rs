@@ -423,3 +423,39 @@ async fn async_and_sync_kms_messages_interoperate() {
         b"sync"
     );
 }
+
+#[test]
+fn rewrap_to_another_kms_key_survives_the_old_key_being_disabled() {
+    let m = moto();
+    let client = kms_client(&m.endpoint(), "us-east-1");
+    let (old, new) = (create_key(&client, false), create_key(&client, false));
+    let msg = Encryptor::new(&builder(&m.endpoint()).generator(&old).build().unwrap())
+        .encrypt(b"rotated")
+        .unwrap();
+    let rotated = Decryptor::new(&builder(&m.endpoint()).key(&old).build().unwrap())
+        .rewrap(
+            &msg[..],
+            Vec::new(),
+            Some(&builder(&m.endpoint()).generator(&new).build().unwrap()),
+            &[old.clone()],
+        )
+        .unwrap();
+    // moto does not enforce key state: the proxy answers for it, as KMS would for a disabled key.
+    let old_id = old.rsplit('/').next().unwrap().to_owned();
+    let proxy = Proxy::start(m.port, move |req| {
+        if req.operation == "Decrypt" && req.body.contains(&old_id) {
+            Fault::Error(400, "DisabledException")
+        } else {
+            Fault::Forward
+        }
+    });
+    let both = builder(&proxy.endpoint())
+        .key(&old)
+        .key(&new)
+        .build()
+        .unwrap();
+    assert_eq!(Decryptor::new(&both).decrypt(&rotated).unwrap(), b"rotated");
+    assert_eq!(proxy.count("Decrypt"), 1, "only the new key was asked");
+    let err = Decryptor::new(&both).decrypt(&msg).unwrap_err();
+    assert_eq!(kms_kind(&err), Some(KmsErrorKind::Disabled), "{err}");
+}

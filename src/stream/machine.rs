@@ -81,6 +81,15 @@ impl FrameCipher {
         Ok(())
     }
 
+    /// Finds frame `seq` at the start of `buf` and opens it in place: random access.
+    pub(crate) fn open_frame(&self, buf: &mut [u8], seq: u32) -> Result<Step, Error> {
+        let step = locate_frame(buf, seq, self.frame_length)?;
+        if let Step::Block(b) = &step {
+            self.open(b, &mut buf[b.sealed.clone()])?;
+        }
+        Ok(step)
+    }
+
     /// Opens a parsed block in place: `sealed` is exactly its ciphertext and tag.
     fn open(&self, block: &Block, sealed: &mut [u8]) -> Result<(), Error> {
         let aad = BodyAad::new(&self.message_id, block.kind, block.seq, block.len);
@@ -110,6 +119,64 @@ fn each<T: Send>(
             .enumerate()
             .try_for_each(|(i, item)| f(i, item)),
     }
+}
+
+fn check_iv(iv: &[u8], seq: u32) -> Result<(), Error> {
+    if iv != frame_iv(seq) {
+        return Err(FormatError::BadFrame("unexpected IV").into());
+    }
+    Ok(())
+}
+
+/// Finds frame number `seq` at the start of `buf`: a regular frame, or the final one (its
+/// block then ends before any footer). Checks the sequence number, the IV and the final
+/// frame's length; decrypts nothing.
+pub(crate) fn locate_frame(buf: &[u8], seq: u32, frame_length: u32) -> Result<Step, Error> {
+    if buf.len() < 4 {
+        return Ok(Step::NeedMore(4));
+    }
+    let first = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes"));
+    if first != FINAL_FRAME_MARKER {
+        let total = REGULAR_FRAME_PREFIX + frame_length as usize + TAG_LEN;
+        if first != seq {
+            return Err(FormatError::BadFrame("frame out of sequence").into());
+        }
+        if buf.len() < total {
+            return Ok(Step::NeedMore(total));
+        }
+        check_iv(&buf[4..4 + IV_LEN], seq)?;
+        return Ok(Step::Block(Block {
+            consumed: total,
+            sealed: REGULAR_FRAME_PREFIX..total,
+            kind: BlockKind::Frame,
+            seq,
+            len: u64::from(frame_length),
+            last: false,
+        }));
+    }
+    if buf.len() < FINAL_FRAME_PREFIX {
+        return Ok(Step::NeedMore(FINAL_FRAME_PREFIX));
+    }
+    if u32::from_be_bytes(buf[4..8].try_into().expect("4 bytes")) != seq {
+        return Err(FormatError::BadFrame("final frame out of sequence").into());
+    }
+    check_iv(&buf[8..8 + IV_LEN], seq)?;
+    let len = u32::from_be_bytes(buf[20..24].try_into().expect("4 bytes"));
+    if len > frame_length {
+        return Err(FormatError::BadFrame("final frame longer than the frame length").into());
+    }
+    let end = FINAL_FRAME_PREFIX + len as usize + TAG_LEN;
+    if buf.len() < end {
+        return Ok(Step::NeedMore(end));
+    }
+    Ok(Step::Block(Block {
+        consumed: end,
+        sealed: FINAL_FRAME_PREFIX..end,
+        kind: BlockKind::FinalFrame,
+        seq,
+        len: u64::from(len),
+        last: true,
+    }))
 }
 
 /// Encrypting side: sequence numbers, the final frame, the signature.
@@ -310,57 +377,29 @@ impl Opener {
     }
 
     fn parse_frame(&mut self, buf: &[u8]) -> Result<Step, Error> {
-        if buf.len() < 4 {
-            return Ok(Step::NeedMore(4));
+        let block = match locate_frame(buf, self.next_seq, self.cipher.frame_length())? {
+            Step::Block(b) => b,
+            need => return Ok(need),
+        };
+        if block.last {
+            let (seq, end) = (block.seq, block.consumed);
+            return self.parse_last(buf, BlockKind::FinalFrame, seq, FINAL_FRAME_PREFIX, end);
         }
-        let first = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes"));
-        if first != FINAL_FRAME_MARKER {
-            let frame_len = self.cipher.frame_length() as usize;
-            let total = REGULAR_FRAME_PREFIX + frame_len + TAG_LEN;
-            if first != self.next_seq {
-                return Err(FormatError::BadFrame("frame out of sequence").into());
-            }
-            if buf.len() < total {
-                return Ok(Step::NeedMore(total));
-            }
-            self.check_iv(&buf[4..4 + IV_LEN], first)?;
-            if self.next_seq >= MAX_FRAMES {
-                return Err(FormatError::BadFrame("too many frames").into());
-            }
-            if let Some(v) = &mut self.verifier {
-                v.update(&buf[..total]);
-            }
-            self.next_seq += 1;
-            return Ok(Step::Block(Block {
-                consumed: total,
-                sealed: REGULAR_FRAME_PREFIX..total,
-                kind: BlockKind::Frame,
-                seq: first,
-                len: frame_len as u64,
-                last: false,
-            }));
+        if self.next_seq >= MAX_FRAMES {
+            return Err(FormatError::BadFrame("too many frames").into());
         }
-        if buf.len() < FINAL_FRAME_PREFIX {
-            return Ok(Step::NeedMore(FINAL_FRAME_PREFIX));
+        if let Some(v) = &mut self.verifier {
+            v.update(&buf[..block.consumed]);
         }
-        let seq = u32::from_be_bytes(buf[4..8].try_into().expect("4 bytes"));
-        if seq != self.next_seq {
-            return Err(FormatError::BadFrame("final frame out of sequence").into());
-        }
-        self.check_iv(&buf[8..8 + IV_LEN], seq)?;
-        let len = u32::from_be_bytes(buf[20..24].try_into().expect("4 bytes"));
-        if len > self.cipher.frame_length() {
-            return Err(FormatError::BadFrame("final frame longer than the frame length").into());
-        }
-        let end = FINAL_FRAME_PREFIX + len as usize + TAG_LEN;
-        self.parse_last(buf, BlockKind::FinalFrame, seq, FINAL_FRAME_PREFIX, end)
+        self.next_seq += 1;
+        Ok(Step::Block(block))
     }
 
     fn parse_single_block(&mut self, buf: &[u8]) -> Result<Step, Error> {
         if buf.len() < NON_FRAMED_PREFIX {
             return Ok(Step::NeedMore(NON_FRAMED_PREFIX));
         }
-        self.check_iv(&buf[..IV_LEN], 1)?;
+        check_iv(&buf[..IV_LEN], 1)?;
         let len = u64::from_be_bytes(buf[IV_LEN..NON_FRAMED_PREFIX].try_into().expect("8 bytes"));
         if len > MAX_NON_FRAMED_LEN {
             return Err(FormatError::BadFrame("non-framed body over the AES-GCM limit").into());
@@ -411,13 +450,6 @@ impl Opener {
             len: (end - ct_start - TAG_LEN) as u64,
             last: true,
         }))
-    }
-
-    fn check_iv(&self, iv: &[u8], seq: u32) -> Result<(), Error> {
-        if iv != frame_iv(seq) {
-            return Err(FormatError::BadFrame("unexpected IV").into());
-        }
-        Ok(())
     }
 }
 

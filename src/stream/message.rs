@@ -7,7 +7,7 @@ use crate::format::{
     ContentType, EncryptionContext, FormatError, Header, HeaderBody, IV_LEN, PUBLIC_KEY_FIELD,
     TAG_LEN,
 };
-use crate::materials::{DecryptionMaterials, EncryptionMaterials};
+use crate::materials::{DataKey, DecryptionMaterials, EncryptionMaterials};
 use crate::Error;
 
 use super::machine::{FrameCipher, Opener, Sealer};
@@ -112,18 +112,9 @@ pub(crate) async fn begin_encrypt(opts: &Encryptor<'_>) -> Result<(Vec<u8>, Seal
         frame_length: opts.frame_length,
         commitment: derived.commitment,
     };
-    let mut header = Vec::new();
-    body.encode(&mut header)?;
-    let aad = header_aad(&header, &required_only)?;
     let key = AeadKey::new(opts.backend, &derived.content_key)
         .map_err(|_| Error::Crypto("bad content key length"))?;
-    let tag = key
-        .seal_in_place(&[0; IV_LEN], &aad, &mut [])
-        .map_err(|_| Error::Crypto("AES-GCM seal failed"))?;
-    if body.version() == 1 {
-        header.extend_from_slice(&[0; IV_LEN]);
-    }
-    header.extend_from_slice(&tag);
+    let header = seal_header(&body, &required_only, &key)?;
     if let Some(s) = &mut signer {
         s.update(&header);
     }
@@ -131,9 +122,22 @@ pub(crate) async fn begin_encrypt(opts: &Encryptor<'_>) -> Result<(Vec<u8>, Seal
     Ok((header, Sealer::new(cipher, signer)))
 }
 
+/// A header whose data key was unwrapped and whose commitment and tag verified.
+pub(crate) struct Unwrapped {
+    pub(crate) data_key: DataKey,
+    pub(crate) key: AeadKey,
+    /// The full context the keyrings saw (stored and required-only pairs).
+    pub(crate) context: EncryptionContext,
+    pub(crate) required_only: EncryptionContext,
+    pub(crate) verifier: Option<Verifier>,
+}
+
 /// Checks a parsed header against the options, unwraps its data key with the keyring, checks
-/// the commitment and the header tag. Returns the opener for the body.
-pub(crate) async fn begin_decrypt(header: &Header, opts: &Decryptor<'_>) -> Result<Opener, Error> {
+/// the commitment and the header tag.
+pub(crate) async fn unwrap_header(
+    header: &Header,
+    opts: &Decryptor<'_>,
+) -> Result<Unwrapped, Error> {
     let body = &header.body;
     let suite = body.suite;
     if !opts.policy.allows_decrypt(suite) {
@@ -170,7 +174,7 @@ pub(crate) async fn begin_decrypt(header: &Header, opts: &Decryptor<'_>) -> Resu
         _ => return Err(Error::BadPublicKeyField),
     };
 
-    let mut materials = DecryptionMaterials::new(suite, full);
+    let mut materials = DecryptionMaterials::new(suite, full.clone());
     opts.keyring
         .on_decrypt(&mut materials, &body.encrypted_data_keys)
         .await?;
@@ -197,7 +201,39 @@ pub(crate) async fn begin_decrypt(header: &Header, opts: &Decryptor<'_>) -> Resu
     if let Some(v) = &mut verifier {
         v.update(&header.to_bytes());
     }
+    Ok(Unwrapped {
+        data_key,
+        key,
+        context: full,
+        required_only,
+        verifier,
+    })
+}
+
+/// [`unwrap_header`], then the opener for the body.
+pub(crate) async fn begin_decrypt(header: &Header, opts: &Decryptor<'_>) -> Result<Opener, Error> {
+    let u = unwrap_header(header, opts).await?;
+    let body = &header.body;
     let max_body = opts.max_buffered_len as u64;
-    let cipher = FrameCipher::new(key, body.message_id.clone(), body.frame_length);
-    Ok(Opener::new(cipher, body.content_type, verifier, max_body))
+    let cipher = FrameCipher::new(u.key, body.message_id.clone(), body.frame_length);
+    Ok(Opener::new(cipher, body.content_type, u.verifier, max_body))
+}
+
+/// Seals a header body's tag with `key`, as encryption does.
+pub(crate) fn seal_header(
+    body: &HeaderBody,
+    required_only: &EncryptionContext,
+    key: &AeadKey,
+) -> Result<Vec<u8>, Error> {
+    let mut header = Vec::new();
+    body.encode(&mut header)?;
+    let aad = header_aad(&header, required_only)?;
+    let tag = key
+        .seal_in_place(&[0; IV_LEN], &aad, &mut [])
+        .map_err(|_| Error::Crypto("AES-GCM seal failed"))?;
+    if body.version() == 1 {
+        header.extend_from_slice(&[0; IV_LEN]);
+    }
+    header.extend_from_slice(&tag);
+    Ok(header)
 }

@@ -8,6 +8,8 @@ mod layout;
 pub(crate) mod machine;
 mod message;
 mod options;
+mod rewrap;
+mod seek;
 mod sync;
 
 #[cfg(feature = "tokio")]
@@ -17,4 +19,5 @@ pub use options::{
     Decryptor, Encryptor, DEFAULT_FRAME_LENGTH, DEFAULT_MAX_BUFFERED_LEN,
     DEFAULT_MAX_ENCRYPTED_DATA_KEYS, DEFAULT_MAX_FRAME_LENGTH, DEFAULT_MAX_HEADER_LEN,
 };
+pub use seek::{ReadAt, SeekableReader};
 pub use sync::{DecryptingReader, EncryptingWriter};
