@@ -437,7 +437,7 @@ fn rewrap_to_another_kms_key_survives_the_old_key_being_disabled() {
             &msg[..],
             Vec::new(),
             Some(&builder(&m.endpoint()).generator(&new).build().unwrap()),
-            &[old.clone()],
+            std::slice::from_ref(&old),
         )
         .unwrap();
     // moto does not enforce key state: the proxy answers for it, as KMS would for a disabled key.
