@@ -199,5 +199,29 @@ fn small_messages(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, primitive, stream, esdk, small_messages);
+/// Time to read 4 KiB at a random offset of a 1 GiB message (64 KiB frames): one or two frame
+/// decryptions whatever the message size.
+fn random_read(c: &mut Criterion) {
+    let kr = RawAesKeyring::new("bench", "key", &[3; 32]).unwrap();
+    let len = 1usize << 30;
+    let msg = Encryptor::new(&kr).encrypt(&data(len)).unwrap();
+    let r = Decryptor::new(&kr).seekable(&msg[..]).unwrap();
+    let mut g = c.benchmark_group("random_read_1GiB");
+    g.throughput(Throughput::Bytes(4096));
+    let mut x = 7u64;
+    let mut buf = [0u8; 4096];
+    g.bench_function("read_at_4KiB", |b| {
+        b.iter(|| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let off = (x >> 20) % (len as u64 - 4096);
+            let mut at = 0;
+            while at < buf.len() {
+                at += r.read_at(off + at as u64, &mut buf[at..]).unwrap();
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, primitive, stream, esdk, small_messages, random_read);
 criterion_main!(benches);

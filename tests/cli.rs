@@ -547,3 +547,141 @@ fn key_subcommands() {
         .assert()
         .success();
 }
+
+#[test]
+fn range_reads_and_rewrap() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (old, new) = (d.join("old.key"), d.join("new.key"));
+    std::fs::write(&old, [1u8; 32]).unwrap();
+    std::fs::write(&new, [2u8; 32]).unwrap();
+    let old_spec = format!("ns:old:{}", old.display());
+    let new_spec = format!("ns:new:{}", new.display());
+    let pt: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let input = d.join("in");
+    std::fs::write(&input, &pt).unwrap();
+    let sealed = d.join("in.kms");
+    cli()
+        .args([
+            "encrypt",
+            "--frame-length",
+            "4096",
+            "--raw-aes-key",
+            &old_spec,
+            "-i",
+        ])
+        .arg(&input)
+        .arg("-o")
+        .arg(&sealed)
+        .assert()
+        .success();
+    for (range, want) in [
+        ("5000-9000", &pt[5000..9000]),
+        ("999990-", &pt[999_990..]),
+        ("0-0", &pt[0..0]),
+        ("4096-8192", &pt[4096..8192]),
+    ] {
+        let out = cli()
+            .args([
+                "decrypt",
+                "--raw-aes-key",
+                &old_spec,
+                "--range",
+                range,
+                "-o",
+                "-",
+                "-i",
+            ])
+            .arg(&sealed)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{range}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, want, "{range}");
+    }
+    cli()
+        .args([
+            "decrypt",
+            "--raw-aes-key",
+            &old_spec,
+            "--range",
+            "10-2000000",
+            "-o",
+            "-",
+            "-i",
+        ])
+        .arg(&sealed)
+        .assert()
+        .code(2);
+    cli()
+        .args([
+            "decrypt",
+            "--raw-aes-key",
+            &old_spec,
+            "--range",
+            "9-3",
+            "-o",
+            "-",
+            "-i",
+        ])
+        .arg(&sealed)
+        .assert()
+        .code(2);
+
+    let rotated = d.join("rotated.kms");
+    cli()
+        .args([
+            "rewrap",
+            "--unwrap-raw-aes-key",
+            &old_spec,
+            "--raw-aes-key",
+            &new_spec,
+            "--remove-key",
+            "ns:old",
+            "-i",
+        ])
+        .arg(&sealed)
+        .arg("-o")
+        .arg(&rotated)
+        .assert()
+        .success();
+    let a = std::fs::read(&sealed).unwrap();
+    let b = std::fs::read(&rotated).unwrap();
+    let body = 244 * (4096 + 32) + 24 + 1_000_000 % 4096 + 16;
+    assert_eq!(
+        a[a.len() - body..],
+        b[b.len() - body..],
+        "body copied byte for byte"
+    );
+    let out = cli()
+        .args(["decrypt", "--raw-aes-key", &new_spec, "-o", "-", "-i"])
+        .arg(&rotated)
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, pt);
+    cli()
+        .args(["decrypt", "--raw-aes-key", &old_spec, "-o", "-", "-i"])
+        .arg(&rotated)
+        .assert()
+        .code(1);
+    // No key that can unwrap: exit 1 and no output file.
+    let none = d.join("none.kms");
+    cli()
+        .args([
+            "rewrap",
+            "--unwrap-raw-aes-key",
+            &new_spec,
+            "--raw-aes-key",
+            &new_spec,
+            "-i",
+        ])
+        .arg(&sealed)
+        .arg("-o")
+        .arg(&none)
+        .assert()
+        .code(1);
+    assert!(!none.exists());
+}

@@ -61,6 +61,8 @@ enum Command {
     Encrypt(EncryptArgs),
     /// Decrypt IN to OUT; every byte written has been authenticated.
     Decrypt(DecryptArgs),
+    /// Re-wrap IN's data key under other keys (rotation, a new Region) without touching the body.
+    Rewrap(RewrapArgs),
     /// Print a message's header (and, for files, its frame count and plaintext length) as JSON.
     Inspect {
         /// The message (`-` for stdin).
@@ -135,6 +137,36 @@ struct DecryptArgs {
     /// Threads that open frames (default: all cores).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
+    /// Only these plaintext bytes: START-END (END exclusive) or START- (to the end). Decrypts
+    /// only the frames that cover them; IN must be a file.
+    #[arg(long, value_name = "START-END", value_parser = parse_range)]
+    range: Option<(u64, Option<u64>)>,
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct RewrapArgs {
+    /// Message to read (`-` for stdin).
+    #[arg(short = 'i', long = "input", value_name = "IN")]
+    input: PathBuf,
+    /// Where to write the re-wrapped message (`-` for stdout).
+    #[arg(short = 'o', long = "output", value_name = "OUT")]
+    output: PathBuf,
+    /// New keys to wrap the data key under (as for encrypt).
+    #[command(flatten)]
+    keys: KeyArgs,
+    /// Drop the wrapped key of this KMS key (ARN or key ID) or raw key (NAMESPACE[:NAME]).
+    #[arg(long = "remove-key", value_name = "KEY")]
+    remove: Vec<String>,
+    /// KMS key that unwraps the data key now (repeatable); without it, any KMS key the
+    /// caller may use (discovery).
+    #[arg(long = "unwrap-key", value_name = "KEY")]
+    unwrap_keys: Vec<String>,
+    /// Raw AES key that unwraps the data key now: NAMESPACE:NAME:FILE.
+    #[arg(long = "unwrap-raw-aes-key", value_name = "NAMESPACE:NAME:FILE")]
+    unwrap_raw: Vec<String>,
     /// Replace OUT if it exists.
     #[arg(long)]
     force: bool,
@@ -281,6 +313,26 @@ fn parse_suite(s: &str) -> Result<AlgorithmSuite, String> {
     let id = u16::from_str_radix(hex, 16)
         .map_err(|_| format!("{s:?} is not a suite ID such as 0x0478"))?;
     AlgorithmSuite::from_id(id).map_err(|e| e.to_string())
+}
+
+fn parse_range(s: &str) -> Result<(u64, Option<u64>), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or("write the range as START-END or START-")?;
+    let start = a
+        .parse::<u64>()
+        .map_err(|_| format!("{a:?} is not a byte offset"))?;
+    let end = match b {
+        "" => None,
+        b => Some(
+            b.parse::<u64>()
+                .map_err(|_| format!("{b:?} is not a byte offset"))?,
+        ),
+    };
+    if end.is_some_and(|e| e < start) {
+        return Err(format!("the range {s} ends before it starts"));
+    }
+    Ok((start, end))
 }
 
 fn parse_context(pairs: &[String]) -> Result<EncryptionContext, Failure> {
@@ -493,6 +545,9 @@ fn decrypt(aws: &AwsArgs, a: &DecryptArgs) -> Result<(), Failure> {
         dec = dec.threads(t.into());
     }
     let in_name = shown(&a.input);
+    if let Some(range) = a.range {
+        return decrypt_range(&dec, a, range);
+    }
     // Header, key and context are checked before OUT is created.
     let mut reader = dec
         .reader(input)
@@ -513,6 +568,88 @@ fn decrypt(aws: &AwsArgs, a: &DecryptArgs) -> Result<(), Failure> {
     }
     if let Some(pb) = pb {
         pb.finish_and_clear();
+    }
+    out.commit()
+        .map_err(|e| io_failure("cannot write", &a.output, e))
+}
+
+fn decrypt_range(
+    dec: &Decryptor<'_>,
+    a: &DecryptArgs,
+    (start, end): (u64, Option<u64>),
+) -> Result<(), Failure> {
+    if a.input == Path::new("-") {
+        return Err(usage(
+            "--range needs IN to be a file: random access cannot read stdin",
+        ));
+    }
+    let in_name = shown(&a.input);
+    let file = File::open(&a.input).map_err(|e| io_failure("cannot open input", &a.input, e))?;
+    let reader = dec
+        .seekable(file)
+        .map_err(|e| failure(&format!("decrypting {in_name}"), e))?;
+    let len = reader
+        .plaintext_len()
+        .map_err(|e| failure(&format!("decrypting {in_name}"), e))?;
+    let end = end.unwrap_or(len);
+    if start > len || end > len {
+        return Err(usage(format!(
+            "--range {start}-{end} reaches past the end of the plaintext ({len} bytes)"
+        )));
+    }
+    let mut out = Output::open(&a.output, Some(&a.input), a.force).map_err(usage)?;
+    {
+        let sink = out.writer();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = start;
+        while at < end {
+            let want = ((end - at) as usize).min(buf.len());
+            let n = reader
+                .read_at(at, &mut buf[..want])
+                .map_err(|e| failure(&format!("decrypting {in_name}"), e))?;
+            sink.write_all(&buf[..n])
+                .map_err(|e| io_failure("cannot write", &a.output, e))?;
+            at += n as u64;
+        }
+    }
+    out.commit()
+        .map_err(|e| io_failure("cannot write", &a.output, e))
+}
+
+fn rewrap(aws: &AwsArgs, a: &RewrapArgs) -> Result<(), Failure> {
+    let unwrap_args = KeyArgs {
+        keys: a.unwrap_keys.clone(),
+        raw_aes_keys: a.unwrap_raw.clone(),
+        context: a.keys.context.clone(),
+    };
+    let mode = if unwrap_args.keys.is_empty() && unwrap_args.raw_aes_keys.is_empty() {
+        KmsMode::Discovery(None)
+    } else {
+        KmsMode::Decrypt
+    };
+    let old = build_keyring(aws, &unwrap_args, mode)?;
+    let new = if a.keys.keys.is_empty() && a.keys.raw_aes_keys.is_empty() {
+        None
+    } else {
+        Some(build_keyring(aws, &a.keys, KmsMode::Encrypt)?)
+    };
+    if new.is_none() && a.remove.is_empty() {
+        return Err(usage(
+            "rewrap needs --key/--raw-aes-key to add, or --remove-key to drop",
+        ));
+    }
+    let context = parse_context(&a.keys.context)?;
+    let (input, _) = open_input(&a.input)?;
+    let mut out = Output::open(&a.output, Some(&a.input), a.force).map_err(usage)?;
+    let in_name = shown(&a.input);
+    {
+        let sink = BufWriter::with_capacity(1 << 20, out.writer());
+        let mut sink = Decryptor::new(&*old)
+            .expected_context(context)
+            .rewrap(input, sink, new.as_deref(), &a.remove)
+            .map_err(|e| failure(&format!("re-wrapping {in_name}"), e))?;
+        sink.flush()
+            .map_err(|e| io_failure("cannot write", &a.output, e))?;
     }
     out.commit()
         .map_err(|e| io_failure("cannot write", &a.output, e))
@@ -713,6 +850,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Encrypt(a) => encrypt(&cli.aws, a),
         Command::Decrypt(a) => decrypt(&cli.aws, a),
+        Command::Rewrap(a) => rewrap(&cli.aws, a),
         Command::Inspect { input } => inspect(input),
         Command::Key(k) => key_command(&cli.aws, k),
     };
