@@ -212,7 +212,9 @@ fn random_read(c: &mut Criterion) {
     let mut buf = [0u8; 4096];
     g.bench_function("read_at_4KiB", |b| {
         b.iter(|| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let off = (x >> 20) % (len as u64 - 4096);
             let mut at = 0;
             while at < buf.len() {
@@ -223,5 +225,12 @@ fn random_read(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, primitive, stream, esdk, small_messages, random_read);
+criterion_group!(
+    benches,
+    primitive,
+    stream,
+    esdk,
+    small_messages,
+    random_read
+);
 criterion_main!(benches);

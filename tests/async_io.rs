@@ -82,3 +82,31 @@ async fn shutdown_without_finish_is_refused() {
     let err = w.shutdown().await.unwrap_err();
     assert!(err.to_string().contains("finish()"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_seek_reads_ranges() {
+    use tokio::io::AsyncSeekExt;
+    let kr = keyring();
+    let pt = data(300_000);
+    let msg = Encryptor::new(&kr).frame_length(4096).encrypt(&pt).unwrap();
+    let mut r = Decryptor::new(&kr)
+        .async_seekable(msg.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.plaintext_len(), 300_000);
+    r.seek(std::io::SeekFrom::Start(123_456)).await.unwrap();
+    let mut buf = vec![0u8; 10_000];
+    r.read_exact(&mut buf).await.unwrap();
+    assert_eq!(buf, &pt[123_456..133_456]);
+    r.seek(std::io::SeekFrom::End(-7)).await.unwrap();
+    let mut tail = Vec::new();
+    r.read_to_end(&mut tail).await.unwrap();
+    assert_eq!(tail, &pt[pt.len() - 7..]);
+    let mut bad = msg;
+    let at = bad.len() - 1000;
+    bad[at] ^= 1;
+    assert!(
+        Decryptor::new(&kr).async_seekable(bad).await.is_err(),
+        "final frame altered"
+    );
+}

@@ -292,3 +292,110 @@ impl<'k> Decryptor<'k> {
         SeekableReader::new(source, self)
     }
 }
+
+/// The async face of [`SeekableReader`]: `AsyncRead + AsyncSeek`, each frame read and
+/// decrypted on tokio's blocking pool so the caller's reactor never waits on disk.
+#[cfg(feature = "tokio")]
+#[derive(Debug)]
+pub struct AsyncSeekableReader<S> {
+    inner: std::sync::Arc<SeekableReader<S>>,
+    len: u64,
+    cursor: u64,
+    pending: Option<tokio::task::JoinHandle<Result<Vec<u8>, Error>>>,
+}
+
+#[cfg(feature = "tokio")]
+impl<S: ReadAt + Send + Sync + 'static> AsyncSeekableReader<S> {
+    /// The plaintext length (authenticated when the reader was opened).
+    pub fn plaintext_len(&self) -> u64 {
+        self.len
+    }
+
+    /// The synchronous reader underneath, for `read_at` from any thread.
+    pub fn get_ref(&self) -> &SeekableReader<S> {
+        &self.inner
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl<S: ReadAt + Send + Sync + 'static> tokio::io::AsyncRead for AsyncSeekableReader<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
+        if self.pending.is_none() {
+            if out.remaining() == 0 || self.cursor >= self.len {
+                return Poll::Ready(Ok(()));
+            }
+            let (inner, at, want) = (self.inner.clone(), self.cursor, out.remaining());
+            self.pending = Some(tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; want];
+                let n = inner.read_at(at, &mut buf)?;
+                buf.truncate(n);
+                Ok(buf)
+            }));
+        }
+        let handle = self.pending.as_mut().expect("set above");
+        let done = std::task::ready!(std::future::Future::poll(std::pin::Pin::new(handle), cx));
+        self.pending = None;
+        let bytes = done.map_err(io::Error::other)??;
+        out.put_slice(&bytes);
+        self.cursor += bytes.len() as u64;
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl<S: ReadAt + Send + Sync + 'static> tokio::io::AsyncSeek for AsyncSeekableReader<S> {
+    fn start_seek(mut self: std::pin::Pin<&mut Self>, pos: SeekFrom) -> io::Result<()> {
+        if self.pending.is_some() {
+            return Err(io::Error::other("a read is in progress"));
+        }
+        let target = match pos {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::Current(d) => self.cursor.checked_add_signed(d),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+        };
+        self.cursor = target.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the plaintext",
+            )
+        })?;
+        Ok(())
+    }
+
+    fn poll_complete(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<u64>> {
+        std::task::Poll::Ready(Ok(self.cursor))
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl<'k> Decryptor<'k> {
+    /// [`seekable`](Self::seekable) for async code: opens the message (header, data key and the
+    /// final frame, so the length is authenticated) on tokio's blocking pool.
+    ///
+    /// # Errors
+    /// As [`seekable`](Self::seekable), and a final frame that does not authenticate.
+    pub async fn async_seekable<S: ReadAt + Send + Sync + 'static>(
+        &self,
+        source: S,
+    ) -> Result<AsyncSeekableReader<S>, Error> {
+        let inner = std::sync::Arc::new(tokio::task::block_in_place(|| self.seekable(source))?);
+        let r = inner.clone();
+        let len = tokio::task::spawn_blocking(move || r.plaintext_len())
+            .await
+            .map_err(|e| Error::Io(io::Error::other(e)))??;
+        Ok(AsyncSeekableReader {
+            inner,
+            len,
+            cursor: 0,
+            pending: None,
+        })
+    }
+}
