@@ -58,7 +58,6 @@ impl HeaderBuffer {
 }
 
 /// The body's buffer and release rules on top of the [`Opener`].
-#[derive(Debug)]
 pub(crate) struct BodyDecoder {
     opener: Opener,
     buf: Vec<u8>,
@@ -86,6 +85,17 @@ pub(crate) struct BodyDecoder {
     threads: usize,
     workers: Option<Workers>,
     blocks: Vec<Block>,
+}
+
+// By hand: the buffers hold plaintext, which has no place in logs.
+impl std::fmt::Debug for BodyDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodyDecoder")
+            .field("buffered", &(self.end - self.start))
+            .field("hold", &self.hold)
+            .field("complete", &self.complete)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BodyDecoder {
