@@ -290,3 +290,65 @@ fn a_cache_hit_makes_no_kms_call() {
     }
     assert_eq!(proxy.count("Decrypt"), 3, "one Decrypt per data key");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_concurrent_tasks_share_one_keyring_cache_and_client() {
+    let m = support::moto();
+    let port = m.port;
+    let (key, proxy) = tokio::task::spawn_blocking(move || {
+        let config = support::sdk_config(&format!("http://127.0.0.1:{port}"), "us-east-1");
+        let key = support::create_key(&aws_sdk_kms::Client::new(&config), false);
+        (
+            key,
+            support::proxy::Proxy::start(port, |_| support::proxy::Fault::Forward),
+        )
+    })
+    .await
+    .unwrap();
+    let endpoint = proxy.endpoint();
+    let config = tokio::task::spawn_blocking(move || support::sdk_config(&endpoint, "us-east-1"))
+        .await
+        .unwrap();
+    let kms = KmsKeyring::builder()
+        .sdk_config(config)
+        .generator(&key)
+        .build_async()
+        .await
+        .unwrap();
+    let kr = Arc::new(CachingKeyring::new(
+        Arc::new(kms),
+        DataKeyCache::new(NonZeroUsize::new(256).unwrap()),
+        "load",
+        CacheLimits {
+            max_messages: 16,
+            ..CacheLimits::default()
+        },
+    ));
+    let mut tasks = Vec::new();
+    for i in 0..64u32 {
+        let kr = kr.clone();
+        tasks.push(tokio::spawn(async move {
+            let pt = vec![i as u8; 10_000 + i as usize];
+            let msg = Encryptor::new(&*kr)
+                .context(ctx("load"))
+                .encrypt_async(&pt)
+                .await
+                .unwrap();
+            let back = Decryptor::new(&*kr)
+                .expected_context(ctx("load"))
+                .decrypt_async(&msg)
+                .await
+                .unwrap();
+            assert_eq!(back, pt);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        proxy.count("GenerateDataKey"),
+        4,
+        "64 messages, 16 per data key"
+    );
+    assert_eq!(proxy.count("Decrypt"), 4, "one Decrypt per data key");
+}

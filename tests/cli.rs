@@ -685,3 +685,35 @@ fn range_reads_and_rewrap() {
         .code(1);
     assert!(!none.exists());
 }
+
+#[test]
+fn a_full_output_device_leaves_nothing_and_the_input_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = d.join("k");
+    std::fs::write(&key, [6u8; 32]).unwrap();
+    let input = d.join("in");
+    let pt = vec![0x42u8; 3 << 20];
+    std::fs::write(&input, &pt).unwrap();
+    let out_dir = d.join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    // A 1 MiB file-size limit: writes past it fail (or SIGXFSZ ends the process).
+    let status = StdCommand::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -f 1024; exec "$@""#)
+        .arg("sh")
+        .arg(assert_cmd::cargo::cargo_bin("kms-envelope"))
+        .args(["encrypt", "-q", "--raw-aes-key"])
+        .arg(format!("ns:n:{}", key.display()))
+        .arg("-i")
+        .arg(&input)
+        .arg("-o")
+        .arg(out_dir.join("out.kms"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!status.status.success());
+    assert!(entries(&out_dir).is_empty(), "left {:?}", entries(&out_dir));
+    assert_eq!(std::fs::read(&input).unwrap(), pt, "input untouched");
+}
