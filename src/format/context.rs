@@ -118,9 +118,17 @@ impl EncryptionContext {
                 .map_err(|_| FormatError::BadContext("truncated"))?;
             let k = std::str::from_utf8(k).map_err(|_| FormatError::BadContext("invalid UTF-8"))?;
             let v = std::str::from_utf8(v).map_err(|_| FormatError::BadContext("invalid UTF-8"))?;
-            if map.insert(k.to_owned(), v.to_owned()).is_some() {
-                return Err(FormatError::BadContext("duplicate key"));
+            // Canonical order is strictly increasing key bytes; this also refuses duplicates.
+            if map
+                .keys()
+                .next_back()
+                .is_some_and(|last: &String| last.as_bytes() >= k.as_bytes())
+            {
+                return Err(FormatError::BadContext(
+                    "keys duplicated or not in canonical order",
+                ));
             }
+            map.insert(k.to_owned(), v.to_owned());
         }
         if r.remaining() != 0 {
             return Err(FormatError::BadContext("bytes left after the last pair"));
@@ -181,6 +189,11 @@ mod tests {
         assert!(EncryptionContext::parse(&[0, 0]).unwrap().is_empty());
         let dup = [0, 2, 0, 1, b'a', 0, 0, 0, 1, b'a', 0, 0];
         assert!(EncryptionContext::parse(&dup).is_err());
+        let unsorted = [0, 2, 0, 1, b'b', 0, 0, 0, 1, b'a', 0, 0];
+        assert!(
+            EncryptionContext::parse(&unsorted).is_err(),
+            "found by fuzzing the header"
+        );
         let bad_utf8 = [0, 1, 0, 1, 0xFF, 0, 0];
         assert!(EncryptionContext::parse(&bad_utf8).is_err());
         let trailing = [0, 1, 0, 1, b'a', 0, 0, 9];
