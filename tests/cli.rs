@@ -370,6 +370,7 @@ fn exit_codes_and_output_rules() {
         .unwrap();
     assert_eq!(r.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&r.stderr).contains(missing));
+    assert!(!d.join("o3").exists(), "a KMS failure writes no output");
     let dead = format!("http://127.0.0.1:{}", support::free_port());
     cli_at(&dead)
         .args(["encrypt", "--key", missing, "-i"])

@@ -56,6 +56,15 @@ impl DataKey {
     }
 }
 
+impl zeroize::Zeroize for DataKey {
+    fn zeroize(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+/// The bytes are overwritten when a `DataKey` drops (its buffer is `Zeroizing`).
+impl zeroize::ZeroizeOnDrop for DataKey {}
+
 impl std::fmt::Debug for DataKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "DataKey({} bytes, redacted)", self.0.len())
@@ -147,6 +156,19 @@ impl DecryptionMaterials {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_keys_zeroize() {
+        fn zeroized_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        zeroized_on_drop::<DataKey>();
+        let mut key = DataKey::from_slice(&[7; 32]);
+        zeroize::Zeroize::zeroize(&mut key);
+        assert!(key.as_bytes().iter().all(|&b| b == 0));
+        assert!(
+            key.is_empty(),
+            "zeroizing also empties it, so it cannot be used by mistake"
+        );
+    }
 
     #[test]
     fn debug_never_shows_key_bytes() {
