@@ -308,3 +308,18 @@ fn no_key_bytes_in_debug_or_display() {
     }
     drop(writer);
 }
+
+#[test]
+fn inspect_survives_a_non_framed_length_near_u64_max() {
+    // Found by fuzzing `inspect`: the offset arithmetic overflowed.
+    let crash = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/inspect-overflow.bin"
+    ))
+    .unwrap();
+    let limits = HeaderLimits {
+        max_encrypted_data_keys: 8,
+        max_header_len: 1 << 16,
+    };
+    assert!(kms_envelope::stream::scan_layout(&mut std::io::Cursor::new(crash), &limits).is_err());
+}

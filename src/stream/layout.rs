@@ -6,7 +6,7 @@ use std::io::{Read, Seek, SeekFrom};
 use super::decoder::HeaderBuffer;
 use crate::format::{
     ContentType, FormatError, HeaderBody, HeaderLimits, FINAL_FRAME_MARKER, FINAL_FRAME_PREFIX,
-    NON_FRAMED_PREFIX, REGULAR_FRAME_PREFIX, TAG_LEN,
+    MAX_NON_FRAMED_LEN, NON_FRAMED_PREFIX, REGULAR_FRAME_PREFIX, TAG_LEN,
 };
 use crate::Error;
 
@@ -87,11 +87,13 @@ pub fn scan_layout<R: Read + Seek>(
             let mut prefix = [0u8; NON_FRAMED_PREFIX];
             read_exact_at(r, &mut prefix)?;
             let len = u64::from_be_bytes(prefix[12..20].try_into().expect("8 bytes"));
+            // Checked first: a hostile length must not overflow the offsets below.
+            if len > MAX_NON_FRAMED_LEN {
+                return Err(FormatError::BadFrame("non-framed body over the AES-GCM limit").into());
+            }
             frames = 1;
             plaintext_len = len;
-            at = at
-                .checked_add(NON_FRAMED_PREFIX as u64 + len + TAG_LEN as u64)
-                .ok_or(FormatError::BadFrame("length overflow"))?;
+            at += NON_FRAMED_PREFIX as u64 + len + TAG_LEN as u64;
         }
     }
     let mut footer_len = 0;
