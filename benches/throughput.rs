@@ -8,6 +8,9 @@
 //!
 //! `cargo bench --bench throughput` (a filter such as `-- stream/` runs a part).
 
+#[path = "../tests/support/data.rs"]
+mod data;
+
 use std::io::{Read, Write};
 use std::time::Duration;
 
@@ -19,17 +22,7 @@ const FRAMES: [(u32, &str); 3] = [(4096, "4KiB"), (65_536, "64KiB"), (1 << 20, "
 const STREAM_LEN: usize = 256 << 20;
 const ESDK_LEN: usize = 64 << 20;
 
-fn data(len: usize) -> Vec<u8> {
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use data::pseudo_random as data;
 
 fn primitive(c: &mut Criterion) {
     let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[7; 32]).unwrap());

@@ -1,5 +1,8 @@
 //! Round trips across lengths, frame lengths, suites and backends; context and policy rules.
 
+#[path = "support/data.rs"]
+mod data;
+
 use std::io::{Read, Write};
 
 use kms_envelope::format::framed_body_len;
@@ -12,18 +15,7 @@ fn keyring() -> RawAesKeyring {
     RawAesKeyring::new("test-namespace", "test-key", &[0x11; 32]).unwrap()
 }
 
-fn data(len: usize) -> Vec<u8> {
-    // xorshift: cheap bytes that do not repeat with the frame length.
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use data::pseudo_random as data;
 
 fn context() -> EncryptionContext {
     EncryptionContext::new()

@@ -1,5 +1,8 @@
 //! Random access and re-wrap.
 
+#[path = "support/data.rs"]
+mod data;
+
 use std::io::{Read, Seek, SeekFrom};
 
 use kms_envelope::{
@@ -12,17 +15,7 @@ fn keyring() -> RawAesKeyring {
     RawAesKeyring::new("seek", "key", &[0x21; 32]).unwrap()
 }
 
-fn data(len: usize) -> Vec<u8> {
-    let mut x = 0x1234_5678_9ABC_DEF1u64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use data::pseudo_random as data;
 
 #[test]
 fn random_ranges_of_a_256_mib_message() {
