@@ -270,6 +270,8 @@ fn no_key_bytes_in_debug_or_display() {
     let mut reader = Decryptor::new(&kr).reader(&msg[..]).unwrap();
     let mut first = [0u8; 4];
     reader.read_exact(&mut first).unwrap(); // plaintext now sits in the reader's buffer
+    let seekable = Decryptor::new(&kr).seekable(&msg[..]).unwrap();
+    seekable.read_at(0, &mut [0u8; 4]).unwrap(); // a decrypted frame now sits in its cache
     let mut writer = Encryptor::new(&kr).writer(Vec::new()).unwrap();
     std::io::Write::write_all(&mut writer, b"ZQXJ plaintext").unwrap();
     let errors = [
@@ -284,6 +286,7 @@ fn no_key_bytes_in_debug_or_display() {
         format!("{kr:?}"),
         format!("{dk:?}"),
         format!("{reader:?}"),
+        format!("{seekable:?}"),
         format!("{writer:?}"),
         format!("{:?} {}", errors[0], errors[0]),
         format!("{:?} {}", errors[1], errors[1]),

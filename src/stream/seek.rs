@@ -79,7 +79,6 @@ fn eof_is_truncation(e: io::Error) -> Error {
 
 /// Decrypts any range of a framed message held in a [`ReadAt`] source. `Read` and `Seek` keep
 /// a cursor; [`read_at`](Self::read_at) needs none and may be called from many threads.
-#[derive(Debug)]
 pub struct SeekableReader<S> {
     source: S,
     header: HeaderBody,
@@ -94,6 +93,17 @@ pub struct SeekableReader<S> {
     /// The last frame decrypted, for sequential reads: (sequence number, plaintext).
     recent: Mutex<Option<(u64, Vec<u8>)>>,
     cursor: u64,
+}
+
+// By hand: the frame cache holds plaintext, which has no place in logs.
+impl<S> std::fmt::Debug for SeekableReader<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeekableReader")
+            .field("suite", &self.header.suite)
+            .field("frames", &(self.regular + 1))
+            .field("cursor", &self.cursor)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S: ReadAt> SeekableReader<S> {
