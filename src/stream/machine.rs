@@ -205,15 +205,19 @@ impl Sealer {
     }
 
     /// Seals the next regular frames, laid out back to back as on the wire (each
-    /// `[prefix][frame_length plaintext bytes][tag spare]`), on the workers.
+    /// `[prefix][frame_length plaintext bytes][tag spare]`), on the workers. With `plaintext`,
+    /// the slots' plaintext is copied from it first (by the workers).
     pub(crate) fn seal_frames(
         &mut self,
         frames: &mut [u8],
+        plaintext: Option<&[u8]>,
         workers: &Workers,
     ) -> Result<(), Error> {
         let slot = self.regular_frame_len();
+        let frame = self.frame_length();
         debug_assert_eq!(frames.len() % slot, 0);
         let count = frames.len() / slot;
+        debug_assert!(plaintext.is_none_or(|p| p.len() == count * frame));
         // The final frame takes a sequence number too, so regular ones stop one short.
         if u64::from(self.next_seq) + count as u64 > u64::from(MAX_FRAMES) {
             return Err(Error::InvalidArgument(format!(
@@ -223,8 +227,13 @@ impl Sealer {
         let base = self.next_seq;
         let mut slots: Vec<&mut [u8]> = frames.chunks_mut(slot).collect();
         let cipher = &self.cipher;
-        each(workers, &mut slots, |i, frame| {
-            cipher.seal(base + i as u32, false, frame)
+        each(workers, &mut slots, |i, slot| {
+            // The copy into the slot runs on the worker too, beside the sealing.
+            if let Some(p) = plaintext {
+                slot[REGULAR_FRAME_PREFIX..REGULAR_FRAME_PREFIX + frame]
+                    .copy_from_slice(&p[i * frame..(i + 1) * frame]);
+            }
+            cipher.seal(base + i as u32, false, slot)
         })?;
         self.next_seq += count as u32;
         if let Some(s) = &mut self.signer {
@@ -473,7 +482,7 @@ mod tests {
             body.extend_from_slice(chunk);
             body.resize(body.len() + TAG_LEN, 0);
         }
-        sealer.seal_frames(&mut body, pool).unwrap();
+        sealer.seal_frames(&mut body, None, pool).unwrap();
         let mut last = vec![0u8; FINAL_FRAME_PREFIX];
         last.extend_from_slice(&pt[full * frame..]);
         last.resize(last.len() + TAG_LEN, 0);
