@@ -12,7 +12,7 @@ use super::encoder::FrameEncoder;
 use super::message::{begin_decrypt, begin_encrypt};
 use super::options::{Decryptor, Encryptor};
 use super::sync::unfinishable;
-use crate::format::{HeaderBody, HeaderLimits};
+use crate::format::HeaderBody;
 use crate::Error;
 
 /// Encrypts everything written to it into `W`, asynchronously. Call
@@ -213,10 +213,7 @@ impl<'k> Decryptor<'k> {
         &self,
         mut inner: R,
     ) -> Result<AsyncDecryptingReader<R>, Error> {
-        let limits = HeaderLimits {
-            max_encrypted_data_keys: self.max_encrypted_data_keys,
-            max_header_len: self.max_header_len,
-        };
+        let limits = self.header_limits();
         let mut hb = HeaderBuffer::default();
         let (header, leftover) = loop {
             let n = inner.read(hb.input_space()).await?;

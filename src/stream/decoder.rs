@@ -57,6 +57,31 @@ impl HeaderBuffer {
     }
 }
 
+/// One read from a blocking source, retried when interrupted by a signal.
+pub(crate) fn read_retrying<R: std::io::Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match r.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Reads a header from a blocking source (retrying interrupted reads); returns it and the bytes
+/// read past it.
+pub(crate) fn read_header<R: std::io::Read>(
+    r: &mut R,
+    limits: &HeaderLimits,
+) -> Result<(Header, Vec<u8>), Error> {
+    let mut hb = HeaderBuffer::default();
+    loop {
+        let n = read_retrying(r, hb.input_space())?;
+        if let Some(done) = hb.input_filled(n, limits)? {
+            return Ok(done);
+        }
+    }
+}
+
 /// The body's buffer and release rules on top of the [`Opener`].
 pub(crate) struct BodyDecoder {
     opener: Opener,

@@ -3,7 +3,7 @@
 
 use std::io::{Read, Seek, SeekFrom};
 
-use super::decoder::HeaderBuffer;
+use super::decoder::read_header;
 use crate::format::{
     ContentType, FormatError, HeaderBody, HeaderLimits, FINAL_FRAME_MARKER, FINAL_FRAME_PREFIX,
     MAX_NON_FRAMED_LEN, NON_FRAMED_PREFIX, REGULAR_FRAME_PREFIX, TAG_LEN,
@@ -44,13 +44,7 @@ pub fn scan_layout<R: Read + Seek>(
     limits: &HeaderLimits,
 ) -> Result<MessageLayout, Error> {
     r.seek(SeekFrom::Start(0))?;
-    let mut hb = HeaderBuffer::default();
-    let (header, leftover) = loop {
-        let n = r.read(hb.input_space())?;
-        if let Some(done) = hb.input_filled(n, limits)? {
-            break done;
-        }
-    };
+    let (header, leftover) = read_header(r, limits)?;
     // Everything read so far is the header and what followed it in the last read.
     let header_len = r.stream_position()? - leftover.len() as u64;
     let end = r.seek(SeekFrom::End(0))?;

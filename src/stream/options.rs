@@ -171,6 +171,14 @@ impl<'k> Decryptor<'k> {
         }
     }
 
+    /// The header limits these options set.
+    pub(crate) fn header_limits(&self) -> crate::format::HeaderLimits {
+        crate::format::HeaderLimits {
+            max_encrypted_data_keys: self.max_encrypted_data_keys,
+            max_header_len: self.max_header_len,
+        }
+    }
+
     /// Threads that open frames (default: the machine's cores). A message of a single frame
     /// never starts a thread.
     pub fn threads(mut self, threads: usize) -> Self {

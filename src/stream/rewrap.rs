@@ -4,10 +4,10 @@
 
 use std::io::{Read, Write};
 
-use super::decoder::HeaderBuffer;
+use super::decoder::read_header;
 use super::message::{seal_header, unwrap_header};
 use super::options::Decryptor;
-use crate::format::{EncryptedDataKey, FormatError, HeaderLimits};
+use crate::format::{EncryptedDataKey, FormatError};
 use crate::keyring::Keyring;
 use crate::materials::EncryptionMaterials;
 use crate::Error;
@@ -41,17 +41,7 @@ impl<'k> Decryptor<'k> {
         new_keys: Option<&dyn Keyring>,
         remove: &[String],
     ) -> Result<W, Error> {
-        let limits = HeaderLimits {
-            max_encrypted_data_keys: self.max_encrypted_data_keys,
-            max_header_len: self.max_header_len,
-        };
-        let mut hb = HeaderBuffer::default();
-        let (header, leftover) = loop {
-            let n = input.read(hb.input_space())?;
-            if let Some(done) = hb.input_filled(n, &limits)? {
-                break done;
-            }
-        };
+        let (header, leftover) = read_header(&mut input, &self.header_limits())?;
         if header.body.suite.signature().is_some() {
             return Err(Error::InvalidArgument(format!(
                 "suite {} signs the whole message, header included, and the signing key is not \

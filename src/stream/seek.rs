@@ -9,8 +9,8 @@ use super::machine::{FrameCipher, Step};
 use super::message::unwrap_header;
 use super::options::Decryptor;
 use crate::format::{
-    ContentType, FormatError, Header, HeaderBody, HeaderLimits, FINAL_FRAME_MARKER,
-    FINAL_FRAME_PREFIX, REGULAR_FRAME_PREFIX, TAG_LEN,
+    ContentType, FormatError, Header, HeaderBody, FINAL_FRAME_MARKER, FINAL_FRAME_PREFIX,
+    REGULAR_FRAME_PREFIX, TAG_LEN,
 };
 use crate::Error;
 
@@ -108,10 +108,7 @@ impl<S> std::fmt::Debug for SeekableReader<S> {
 
 impl<S: ReadAt> SeekableReader<S> {
     fn new(source: S, opts: &Decryptor<'_>) -> Result<Self, Error> {
-        let limits = HeaderLimits {
-            max_encrypted_data_keys: opts.max_encrypted_data_keys,
-            max_header_len: opts.max_header_len,
-        };
+        let limits = opts.header_limits();
         let total = source.size()?;
         let mut buf = vec![0u8; 4096.min(total as usize)];
         let (header, header_len) = loop {

@@ -2,11 +2,11 @@
 
 use std::io::{self, Read, Write};
 
-use super::decoder::{BodyDecoder, HeaderBuffer, Need};
+use super::decoder::{read_header, read_retrying, BodyDecoder, Need};
 use super::encoder::FrameEncoder;
 use super::message::{begin_decrypt, begin_encrypt};
 use super::options::{Decryptor, Encryptor};
-use crate::format::{HeaderBody, HeaderLimits};
+use crate::format::HeaderBody;
 use crate::Error;
 
 /// Encrypts everything written to it into `W`. Call [`finish`](Self::finish) at the end:
@@ -103,28 +103,9 @@ pub struct DecryptingReader<R: Read> {
     poisoned: bool,
 }
 
-fn read_retrying<R: Read>(inner: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        match inner.read(buf) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            other => return other,
-        }
-    }
-}
-
 impl<R: Read> DecryptingReader<R> {
     pub(crate) fn new(mut inner: R, opts: &Decryptor<'_>) -> Result<Self, Error> {
-        let limits = HeaderLimits {
-            max_encrypted_data_keys: opts.max_encrypted_data_keys,
-            max_header_len: opts.max_header_len,
-        };
-        let mut hb = HeaderBuffer::default();
-        let (header, leftover) = loop {
-            let n = read_retrying(&mut inner, hb.input_space())?;
-            if let Some(done) = hb.input_filled(n, &limits)? {
-                break done;
-            }
-        };
+        let (header, leftover) = read_header(&mut inner, &opts.header_limits())?;
         let opener = pollster::block_on(begin_decrypt(&header, opts))?;
         let hold = header.body.suite.signature().is_some() && !opts.release_unverified_signed;
         Ok(DecryptingReader {
