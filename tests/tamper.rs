@@ -248,3 +248,105 @@ fn wrapped_key_swap_and_context_change_fail() {
         Err(Error::ContextMismatch { .. })
     ));
 }
+
+/// A source that hands out at most `max` bytes per read, varying below that.
+struct Trickle<'a> {
+    rest: &'a [u8],
+    max: usize,
+    turn: usize,
+}
+
+impl Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.turn += 1;
+        let n = (self.max - self.turn * 7919 % (self.max / 2))
+            .min(buf.len())
+            .min(self.rest.len());
+        buf[..n].copy_from_slice(&self.rest[..n]);
+        self.rest = &self.rest[n..];
+        Ok(n)
+    }
+}
+
+/// Large reads take the path that opens frames straight into the caller's buffer, on the
+/// workers, while the next input is read: every byte it ever leaves in that buffer is either
+/// the true plaintext at its position or untouched (or zeroed), whatever the damage, read size
+/// or source.
+#[test]
+fn frames_opened_into_the_callers_buffer_are_never_unauthenticated() {
+    const BIG: u32 = 65_536;
+    let pt = plaintext(6 << 20 | 12_345);
+    let msg = Encryptor::new(&keyring())
+        .frame_length(BIG)
+        .context(context())
+        .encrypt(&pt)
+        .unwrap();
+    let offsets = frame_offsets(&msg, header_len(&msg));
+    let mut flipped = msg.clone();
+    flipped[offsets[40] + 3000] ^= 0x10;
+    let trailing = [&msg[..], &[0]].concat();
+    let cases: [(&str, &[u8], Option<ErrorKind>); 5] = [
+        ("intact", &msg, None),
+        (
+            "bit flipped in frame 40",
+            &flipped,
+            Some(ErrorKind::InvalidData),
+        ),
+        (
+            "cut at frame 70",
+            &msg[..offsets[70]],
+            Some(ErrorKind::UnexpectedEof),
+        ),
+        (
+            "cut in the final frame",
+            &msg[..msg.len() - 9],
+            Some(ErrorKind::UnexpectedEof),
+        ),
+        ("trailing byte", &trailing, Some(ErrorKind::InvalidData)),
+    ];
+    let kr = keyring();
+    for (what, m, expected) in cases {
+        for threads in [1, 2] {
+            let dec = Decryptor::new(&kr)
+                .expected_context(context())
+                .threads(threads);
+            for (read, source_max) in [
+                (BIG as usize, m.len()),
+                (1 << 20, 300_000),
+                (5 << 20, m.len()),
+            ] {
+                let case = format!("{what}, {threads} threads, reads of {read}");
+                let source = Trickle {
+                    rest: m,
+                    max: source_max,
+                    turn: 0,
+                };
+                let mut r = dec.reader(source).unwrap();
+                let mut at = 0;
+                let mut buf = vec![0u8; read];
+                let outcome = loop {
+                    buf.fill(0xEE);
+                    let result = r.read(&mut buf);
+                    let stray = buf
+                        .iter()
+                        .enumerate()
+                        .filter(|&(i, &b)| b != 0xEE && b != 0 && pt.get(at + i) != Some(&b))
+                        .count();
+                    assert_eq!(stray, 0, "{case}: bytes that are not the plaintext");
+                    match result {
+                        Ok(0) => break None,
+                        Ok(n) => {
+                            assert!(buf[..n] == pt[at..at + n], "{case}: wrong plaintext");
+                            at += n;
+                        }
+                        Err(e) => break Some(e.kind()),
+                    }
+                };
+                assert_eq!(outcome, expected, "{case}");
+                if outcome.is_none() {
+                    assert_eq!(at, pt.len(), "{case}");
+                }
+            }
+        }
+    }
+}

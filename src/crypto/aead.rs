@@ -1,5 +1,6 @@
-//! The AEAD backend: AES-GCM seal and open in place, behind one small type with two
-//! implementations (aws-lc-rs, and RustCrypto `aes-gcm` with the `rustcrypto` feature).
+//! The AEAD backend: AES-GCM seal and open, in place or from one buffer into another, behind
+//! one small type with two implementations (aws-lc-rs, and RustCrypto `aes-gcm` with the
+//! `rustcrypto` feature).
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_192_GCM, AES_256_GCM};
 
@@ -92,6 +93,71 @@ impl AeadKey {
         }
     }
 
+    /// Encrypts `plaintext` into `out`, which must be `plaintext.len() + TAG_LEN` bytes: the
+    /// ciphertext, then the tag. One pass over the data, where a copy and an in-place seal
+    /// would take two.
+    pub(crate) fn seal_into(
+        &self,
+        iv: &[u8; IV_LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), AeadError> {
+        if out.len() != plaintext.len() + TAG_LEN {
+            return Err(AeadError);
+        }
+        match &self.0 {
+            Inner::AwsLc(key) => key
+                .seal_in_place_scatter(
+                    Nonce::assume_unique_for_key(*iv),
+                    Aad::from(aad),
+                    &mut [],
+                    plaintext,
+                    out,
+                )
+                .map_err(|_| AeadError),
+            #[cfg(feature = "rustcrypto")]
+            Inner::RustCrypto(key) => {
+                let (ct, tag) = out.split_at_mut(plaintext.len());
+                tag.copy_from_slice(&key.seal_into(iv, aad, plaintext, ct)?);
+                Ok(())
+            }
+        }
+    }
+
+    /// Decrypts `sealed` (ciphertext followed by its 16-byte tag) into `out`, which must be
+    /// `sealed.len() - TAG_LEN` bytes. On failure `out` is zeroed: whatever a backend wrote
+    /// there before the tag check failed is never left for the caller to see.
+    pub(crate) fn open_into(
+        &self,
+        iv: &[u8; IV_LEN],
+        aad: &[u8],
+        sealed: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), AeadError> {
+        if sealed.len() != out.len() + TAG_LEN {
+            return Err(AeadError);
+        }
+        let (ct, tag) = sealed.split_at(out.len());
+        let result = match &self.0 {
+            Inner::AwsLc(key) => key
+                .open_separate_gather(
+                    Nonce::assume_unique_for_key(*iv),
+                    Aad::from(aad),
+                    ct,
+                    tag,
+                    out,
+                )
+                .map_err(|_| AeadError),
+            #[cfg(feature = "rustcrypto")]
+            Inner::RustCrypto(key) => key.open_into(iv, aad, ct, tag, out),
+        };
+        if result.is_err() {
+            out.fill(0);
+        }
+        result
+    }
+
     /// Decrypts `in_out` (ciphertext followed by its 16-byte tag) in place. On success the
     /// plaintext is the first `in_out.len() - 16` bytes; on failure their content is unspecified
     /// and must not be released.
@@ -117,6 +183,7 @@ impl AeadKey {
 
 #[cfg(feature = "rustcrypto")]
 mod rustcrypto {
+    use aes_gcm::aead::inout::InOutBuf;
     use aes_gcm::aead::AeadInOut;
     use aes_gcm::aes::Aes192;
     use aes_gcm::{Aes128Gcm, Aes256Gcm, AesGcm, KeyInit};
@@ -170,6 +237,35 @@ mod rustcrypto {
             Ok(tag.into())
         }
 
+        pub(super) fn seal_into(
+            &self,
+            iv: &[u8; IV_LEN],
+            aad: &[u8],
+            plaintext: &[u8],
+            out: &mut [u8],
+        ) -> Result<[u8; TAG_LEN], AeadError> {
+            let buf = InOutBuf::new(plaintext, out).map_err(|_| AeadError)?;
+            let tag = each!(self, k => k
+                .encrypt_inout_detached(iv.into(), aad, buf)
+                .map_err(|_| AeadError)?);
+            Ok(tag.into())
+        }
+
+        pub(super) fn open_into(
+            &self,
+            iv: &[u8; IV_LEN],
+            aad: &[u8],
+            ct: &[u8],
+            tag: &[u8],
+            out: &mut [u8],
+        ) -> Result<(), AeadError> {
+            let tag: &[u8; TAG_LEN] = tag.try_into().map_err(|_| AeadError)?;
+            let buf = InOutBuf::new(ct, out).map_err(|_| AeadError)?;
+            each!(self, k => k
+                .decrypt_inout_detached(iv.into(), aad, buf, tag.into())
+                .map_err(|_| AeadError))
+        }
+
         pub(super) fn open(
             &self,
             iv: &[u8; IV_LEN],
@@ -215,5 +311,29 @@ mod tests {
             assert!(outputs.windows(2).all(|w| w[0] == w[1]));
         }
         assert!(AeadKey::new(AeadBackend::AwsLc, &[0; 20]).is_err());
+    }
+
+    #[test]
+    fn out_of_place_matches_in_place_and_zeroes_on_failure() {
+        let iv = [3u8; IV_LEN];
+        let pt: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        for &backend in AeadBackend::all() {
+            let k = AeadKey::new(backend, &[0x17; 32]).unwrap();
+            let mut in_place = pt.clone();
+            let tag = k.seal_in_place(&iv, b"aad", &mut in_place).unwrap();
+            in_place.extend_from_slice(&tag);
+            let mut sealed = vec![0u8; pt.len() + TAG_LEN];
+            k.seal_into(&iv, b"aad", &pt, &mut sealed).unwrap();
+            assert_eq!(sealed, in_place, "{backend:?}");
+            let mut out = vec![0u8; pt.len()];
+            k.open_into(&iv, b"aad", &sealed, &mut out).unwrap();
+            assert_eq!(out, pt);
+            sealed[500] ^= 1;
+            let mut out = vec![0xAAu8; pt.len()];
+            assert_eq!(k.open_into(&iv, b"aad", &sealed, &mut out), Err(AeadError));
+            assert!(out.iter().all(|&b| b == 0), "{backend:?} left bytes behind");
+            assert!(k.seal_into(&iv, b"", &pt, &mut [0u8; 10]).is_err());
+            assert!(k.open_into(&iv, b"", &sealed, &mut [0u8; 10]).is_err());
+        }
     }
 }

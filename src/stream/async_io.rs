@@ -128,6 +128,13 @@ impl<R: AsyncRead + Unpin> AsyncDecryptingReader<R> {
         out: &mut ReadBuf<'_>,
     ) -> Poll<Result<(), Error>> {
         loop {
+            if self.body.can_read_direct(out.remaining()) {
+                let n = self.body.read_direct(out.initialize_unfilled(), None)?;
+                if n > 0 {
+                    out.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+            }
             match self.body.advance()? {
                 Need::Output => {
                     let avail = self.body.available();

@@ -1,5 +1,8 @@
 //! The decrypting side's buffer discipline, shared by the sync and async readers: where input
-//! goes, when plaintext may be released, and the end-of-message checks. No I/O here.
+//! goes, when plaintext may be released, and the end-of-message checks. Frames open straight
+//! into the caller's buffer when it is large enough (out of place, on the workers), otherwise
+//! in place and copied out. No I/O here: blocking adaptors may lend a read function, run on
+//! their own thread while the workers decrypt.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -13,6 +16,9 @@ use crate::Error;
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
 /// Fewest ciphertext bytes in one batch for it to be opened on several threads.
 const PARALLEL_MIN: usize = 512 * 1024;
+
+/// A blocking read from the source, as `Read::read`.
+pub(crate) type Fill<'a> = &'a mut dyn FnMut(&mut [u8]) -> std::io::Result<usize>;
 
 /// What a reader adaptor must do next.
 #[derive(Debug, PartialEq, Eq)]
@@ -107,6 +113,8 @@ pub(crate) struct BodyDecoder {
     /// Largest read: a batch of frames, reached only as the message proves that large.
     max_read: usize,
     total_in: usize,
+    /// Where the next input is read while a batch opens (blocking adaptors, with workers).
+    spare: Vec<u8>,
     threads: usize,
     workers: Option<Workers>,
     blocks: Vec<Block>,
@@ -151,6 +159,7 @@ impl BodyDecoder {
             batch_frames,
             max_read: READ_CHUNK.max(batch_frames * slot),
             total_in: 0,
+            spare: Vec::new(),
             threads,
             workers: None,
             blocks: Vec::new(),
@@ -207,9 +216,121 @@ impl BodyDecoder {
     /// Parses the complete blocks buffered (a batch at most), opens them together, and queues
     /// their plaintext. Returns false when not even one block is complete.
     fn open_batch(&mut self) -> Result<bool, Error> {
+        let pos = self.parse_blocks(self.batch_frames)?;
+        if self.blocks.is_empty() {
+            return Ok(false);
+        }
+        let workers = self.workers_for(pos);
+        self.opener
+            .open_blocks(&mut self.buf, &self.blocks, &workers)?;
+        self.start = pos;
+        let blocks = std::mem::take(&mut self.blocks);
+        let queued = blocks.iter().try_for_each(|b| self.queue(b));
+        self.blocks = blocks;
+        queued?;
+        Ok(true)
+    }
+
+    /// Opens whole regular frames straight from the buffered ciphertext into `out` (out of
+    /// place, on the workers: no copy of the plaintext after the decryption), when nothing
+    /// waits to be handed out, plaintext needs no holding back, and `out` has room for a frame.
+    /// Returns how many bytes of `out` it filled: 0 when that path does not apply now, and the
+    /// adaptor goes on with [`advance`](Self::advance).
+    ///
+    /// With `fill` (a blocking source) and workers running, the next input is read by `fill`
+    /// on the caller's thread into a second buffer while the workers open this batch, so the
+    /// reading and the decrypting overlap. `fill` reads like `Read::read`; its 0 (the end of
+    /// input) is left for the next ordinary read to find.
+    pub(crate) fn read_direct(
+        &mut self,
+        out: &mut [u8],
+        fill: Option<Fill<'_>>,
+    ) -> Result<usize, Error> {
+        if !self.can_read_direct(out.len()) {
+            return Ok(0);
+        }
+        let frame = self.opener.frame_length();
+        let pos = self.parse_blocks(self.batch_frames.min(out.len() / frame))?;
+        // The final frame waits for the end of input like anywhere else: it goes to the queue.
+        let last = match self.blocks.last() {
+            Some(b) if b.last => self.blocks.pop(),
+            _ => None,
+        };
+        let n = self.blocks.len() * frame;
+        if n > 0 {
+            match fill {
+                Some(fill) if last.is_none() => {
+                    self.open_direct_overlapped(pos, &mut out[..n], fill)?;
+                    return Ok(n);
+                }
+                _ => {
+                    let workers = self.workers_for(pos);
+                    self.opener.open_blocks_into(
+                        &self.buf,
+                        &self.blocks,
+                        &mut out[..n],
+                        &workers,
+                    )?;
+                }
+            }
+        }
+        if let Some(b) = last {
+            self.opener
+                .open_blocks(&mut self.buf, std::slice::from_ref(&b), &Workers::Caller)?;
+            self.queue(&b)?;
+        }
+        self.start = pos;
+        Ok(n)
+    }
+
+    /// Opens the parsed blocks (ending at `pos`) into `out` on the workers while `fill` reads
+    /// the next input into the spare buffer, behind a copy of the unparsed tail; then the
+    /// buffers swap.
+    fn open_direct_overlapped(
+        &mut self,
+        pos: usize,
+        out: &mut [u8],
+        fill: Fill<'_>,
+    ) -> Result<(), Error> {
+        let workers = self.workers_for(pos);
+        let tail = self.end - pos;
+        let chunk = self.total_in.clamp(READ_CHUNK, self.max_read);
+        if self.spare.len() < tail + chunk {
+            self.spare.resize(tail + chunk, 0);
+        }
+        self.spare[..tail].copy_from_slice(&self.buf[pos..self.end]);
+        let (opener, buf, blocks) = (&self.opener, &self.buf, &self.blocks);
+        let space = &mut self.spare[tail..tail + chunk];
+        let (opened, read) = workers.overlap(
+            || opener.open_blocks_into(buf, blocks, out, &workers),
+            || fill(space),
+        );
+        opened?;
+        let read = read?;
+        std::mem::swap(&mut self.buf, &mut self.spare);
+        self.start = 0;
+        self.end = tail + read;
+        self.total_in += read;
+        Ok(())
+    }
+
+    /// Whether [`read_direct`](Self::read_direct) into `room` bytes may fill any.
+    pub(crate) fn can_read_direct(&self, room: usize) -> bool {
+        let frame = self.opener.frame_length();
+        !self.hold
+            && frame > 0
+            && room >= frame
+            && self.ready.is_empty()
+            && !self.awaiting_eof
+            && !self.opener.is_done()
+    }
+
+    /// Parses up to `limit` complete blocks from the buffered ciphertext into `self.blocks`;
+    /// returns where the parsed bytes end.
+    fn parse_blocks(&mut self, limit: usize) -> Result<usize, Error> {
         self.blocks.clear();
         let mut pos = self.start;
-        while self.blocks.len() < self.batch_frames {
+        while self.blocks.len() < limit {
             match self.opener.parse(&self.buf[pos..self.end])? {
                 Step::NeedMore(n) => {
                     self.need = n;
@@ -225,43 +346,44 @@ impl BodyDecoder {
                 }
             }
         }
-        if self.blocks.is_empty() {
-            return Ok(false);
-        }
-        // Threads only for a batch worth them, so small messages never start any.
+        Ok(pos)
+    }
+
+    /// The workers for opening `buf[start..pos]`: threads start only for a batch worth them,
+    /// so small messages never start any.
+    fn workers_for(&mut self, pos: usize) -> Workers {
         if self.workers.is_none() && pos - self.start >= PARALLEL_MIN {
             self.workers = Some(Workers::new(self.threads));
         }
-        let workers = self.workers.clone().unwrap_or_default();
-        self.opener
-            .open_blocks(&mut self.buf, &self.blocks, &workers)?;
-        self.start = pos;
-        for b in &self.blocks {
-            let pt = b.plaintext();
-            if self.hold {
-                if self.held.len() + pt.len() > self.max_held {
-                    return Err(Error::InvalidArgument(format!(
-                        "this signed message is larger than {} bytes, the most that is held back \
-                         until its signature verifies: raise max_buffered_len, or opt in to \
-                         dangerous_release_unverified_signed_frames",
-                        self.max_held
-                    )));
-                }
-                self.held.extend_from_slice(&self.buf[pt]);
-            } else if b.last {
-                self.last = Some(pt);
-            } else {
-                self.ready.push_back(pt);
+        self.workers.clone().unwrap_or_default()
+    }
+
+    /// Queues an opened block's plaintext (held back, or kept until the end of input).
+    fn queue(&mut self, b: &Block) -> Result<(), Error> {
+        let pt = b.plaintext();
+        if self.hold {
+            if self.held.len() + pt.len() > self.max_held {
+                return Err(Error::InvalidArgument(format!(
+                    "this signed message is larger than {} bytes, the most that is held back \
+                     until its signature verifies: raise max_buffered_len, or opt in to \
+                     dangerous_release_unverified_signed_frames",
+                    self.max_held
+                )));
             }
-            if b.last {
-                if self.hold {
-                    self.last = Some(0..self.held.len());
-                }
-                // The final plaintext waits until the source confirms nothing follows.
-                self.awaiting_eof = true;
-            }
+            self.held.extend_from_slice(&self.buf[pt]);
+        } else if b.last {
+            self.last = Some(pt);
+        } else {
+            self.ready.push_back(pt);
         }
-        Ok(true)
+        if b.last {
+            if self.hold {
+                self.last = Some(0..self.held.len());
+            }
+            // The final plaintext waits until the source confirms nothing follows.
+            self.awaiting_eof = true;
+        }
+        Ok(())
     }
 
     /// Where the adaptor should read input to.

@@ -1,6 +1,8 @@
-//! The encrypting side's buffer discipline, shared by the sync and async writers: plaintext is
-//! copied once into frame slots laid out as they go on the wire, a batch of full frames is
-//! sealed in place (on a thread pool when there is one), then handed out to be written.
+//! The encrypting side's buffer discipline, shared by the sync and async writers: whole frames
+//! of a large write are sealed straight from the caller's data into frame slots laid out as
+//! they go on the wire (out of place: the copy is the encryption); smaller writes are gathered
+//! into slots and sealed in place. Batches of frames are sealed on a thread pool when there is
+//! one, and blocking writers write one batch out while the next is sealed.
 
 use std::sync::Arc;
 
@@ -47,6 +49,48 @@ impl Workers {
             .build()
             .map_or(Workers::Caller, |p| Workers::Own(Arc::new(p)))
     }
+
+    /// Whether batches run on more than the caller's thread.
+    pub(crate) fn is_parallel(&self) -> bool {
+        !matches!(self, Workers::Caller)
+    }
+
+    /// Runs `work` on the workers while `beside` runs on the caller's thread (which need not
+    /// be `Send`: it is where the I/O happens); returns both results. With no workers, `beside`
+    /// runs first.
+    pub(crate) fn overlap<A: Send, B>(
+        &self,
+        work: impl FnOnce() -> A + Send,
+        beside: impl FnOnce() -> B,
+    ) -> (A, B) {
+        let mut a = None;
+        let b = match self {
+            Workers::Caller => {
+                let b = beside();
+                a = Some(work());
+                b
+            }
+            Workers::Shared => rayon::in_place_scope(|s| {
+                s.spawn(|_| a = Some(work()));
+                beside()
+            }),
+            Workers::Own(pool) => pool.in_place_scope(|s| {
+                s.spawn(|_| a = Some(work()));
+                beside()
+            }),
+        };
+        (a.expect("the scope ran `work` to completion"), b)
+    }
+}
+
+/// Sealed output that waits to be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    None,
+    /// `buf[..n]`.
+    Buf(usize),
+    /// `direct[i][..n]`.
+    Direct(usize, usize),
 }
 
 pub(crate) struct FrameEncoder {
@@ -54,16 +98,16 @@ pub(crate) struct FrameEncoder {
     frame: usize,
     slot: usize,
     batch_frames: usize,
-    /// `full` sealed-or-to-seal frame slots, then the slot being filled.
+    /// `full` frame slots (sealed when `pending` is `Buf`), then the slot being filled.
     buf: Vec<u8>,
     full: usize,
     partial: usize,
-    /// `buf[..sealed]` (or `direct[..sealed]`) is sealed and waits to be written.
-    sealed: usize,
-    /// Frames sealed straight from the caller's data; kept at its largest size so that it is
+    pending: Pending,
+    /// Two buffers for frames sealed straight from the caller's data, so that one can be
+    /// written out while the other is sealed; kept at their largest size so that each is
     /// zero-filled once, not for every batch.
-    direct: Vec<u8>,
-    sealed_direct: bool,
+    direct: [Vec<u8>; 2],
+    next_direct: usize,
     threads: usize,
     workers: Option<Workers>,
     /// The declared plaintext length, and how much has come so far.
@@ -94,9 +138,9 @@ impl FrameEncoder {
             buf: Vec::new(),
             full: 0,
             partial: 0,
-            sealed: 0,
-            direct: Vec::new(),
-            sealed_direct: false,
+            pending: Pending::None,
+            direct: [Vec::new(), Vec::new()],
+            next_direct: 0,
             threads,
             workers: None,
             declared,
@@ -106,38 +150,44 @@ impl FrameEncoder {
 
     /// Sealed bytes to write out; `write` takes no input until they are consumed.
     pub(crate) fn pending(&self) -> &[u8] {
-        if self.sealed_direct {
-            &self.direct[..self.sealed]
-        } else {
-            &self.buf[..self.sealed]
+        match self.pending {
+            Pending::None => &[],
+            Pending::Buf(n) => &self.buf[..n],
+            Pending::Direct(i, n) => &self.direct[i][..n],
         }
     }
 
     /// Marks all pending bytes as written.
     pub(crate) fn consume_pending(&mut self) {
-        if self.sealed > 0 {
-            if !self.sealed_direct {
-                self.buf.clear();
-                self.full = 0;
-            }
-            self.sealed = 0;
-            self.sealed_direct = false;
+        if let Pending::Buf(_) = self.pending {
+            self.buf.clear();
+            self.full = 0;
+        }
+        self.pending = Pending::None;
+    }
+
+    fn check_declared(&self, more: usize) -> Result<(), Error> {
+        match self.declared {
+            Some(limit) if self.taken + more as u64 > limit => Err(Error::InvalidArgument(
+                format!("more plaintext than the {limit} bytes declared with plaintext_len"),
+            )),
+            _ => Ok(()),
         }
     }
 
-    /// Copies plaintext in; returns how much it took (0 only while output is pending).
+    /// Whether no plaintext waits in `buf` to be sealed, so that whole frames may be sealed
+    /// straight from the caller's data without changing their order.
+    fn nothing_unsealed(&self) -> bool {
+        self.partial == 0 && (self.full == 0 || matches!(self.pending, Pending::Buf(_)))
+    }
+
+    /// Takes plaintext; returns how much it took (0 only while output is pending).
     pub(crate) fn write(&mut self, data: &[u8]) -> Result<usize, Error> {
-        if self.sealed > 0 {
+        if self.pending != Pending::None {
             return Ok(0);
         }
-        if let Some(limit) = self.declared {
-            if self.taken + data.len() as u64 > limit {
-                return Err(Error::InvalidArgument(format!(
-                    "more plaintext than the {limit} bytes declared with plaintext_len"
-                )));
-            }
-        }
-        if self.full == 0 && self.partial == 0 && data.len() >= self.frame {
+        self.check_declared(data.len())?;
+        if self.nothing_unsealed() && data.len() >= self.frame {
             return self.seal_direct(data);
         }
         let mut taken = 0;
@@ -165,8 +215,66 @@ impl FrameEncoder {
         Ok(taken)
     }
 
-    /// With an empty batch and whole frames in `data`: copies and seals them in one pass, the
-    /// copies spread over the workers with the sealing. The bytes are the same as frame by frame.
+    /// For blocking adaptors: as [`write`](Self::write), with the pending output written by
+    /// `drain` first. When `data` holds a whole batch and the workers run, its frames are
+    /// sealed on them while `drain` writes the previous batch on the caller's thread, so the
+    /// sealing and the writing overlap. Never returns 0 for non-empty `data`.
+    pub(crate) fn write_draining(
+        &mut self,
+        data: &[u8],
+        drain: impl FnOnce(&[u8]) -> std::io::Result<()>,
+    ) -> Result<usize, Error> {
+        let workers = match &self.workers {
+            Some(w) if w.is_parallel() => w.clone(),
+            _ => Workers::Caller,
+        };
+        let overlap = self.pending != Pending::None
+            && workers.is_parallel()
+            && self.nothing_unsealed()
+            && data.len() >= self.batch_frames * self.frame;
+        if !overlap {
+            if self.pending != Pending::None {
+                drain(self.pending())?;
+                self.consume_pending();
+            }
+            return self.write(data);
+        }
+        self.check_declared(data.len())?;
+        let (taken, len) = (
+            self.batch_frames * self.frame,
+            self.batch_frames * self.slot,
+        );
+        let i = self.next_direct;
+        if self.direct[i].len() < len {
+            self.direct[i].resize(len, 0);
+        }
+        let [first, second] = &mut self.direct;
+        let (target, other) = if i == 0 {
+            (first, &*second)
+        } else {
+            (second, &*first)
+        };
+        let out = match self.pending {
+            Pending::Direct(_, n) => &other[..n],
+            Pending::Buf(n) => &self.buf[..n],
+            Pending::None => &[][..],
+        };
+        let sealer = &mut self.sealer;
+        let (sealed, drained) = workers.overlap(
+            || sealer.seal_frames(&mut target[..len], Some(&data[..taken]), &workers),
+            || drain(out),
+        );
+        self.consume_pending();
+        drained?;
+        sealed?;
+        self.pending = Pending::Direct(i, len);
+        self.next_direct = 1 - i;
+        self.taken += taken as u64;
+        Ok(taken)
+    }
+
+    /// With nothing unsealed and whole frames in `data`: seals them straight from it (out of
+    /// place, one pass), spread over the workers. The bytes are the same as frame by frame.
     fn seal_direct(&mut self, data: &[u8]) -> Result<usize, Error> {
         let count = (data.len() / self.frame).min(self.batch_frames);
         if count == self.batch_frames && self.workers.is_none() {
@@ -174,14 +282,15 @@ impl FrameEncoder {
         }
         let taken = count * self.frame;
         let len = count * self.slot;
-        if self.direct.len() < len {
-            self.direct.resize(len, 0);
+        let i = self.next_direct;
+        if self.direct[i].len() < len {
+            self.direct[i].resize(len, 0);
         }
         let workers = self.workers.clone().unwrap_or_default();
         self.sealer
-            .seal_frames(&mut self.direct[..len], Some(&data[..taken]), &workers)?;
-        self.sealed = len;
-        self.sealed_direct = true;
+            .seal_frames(&mut self.direct[i][..len], Some(&data[..taken]), &workers)?;
+        self.pending = Pending::Direct(i, len);
+        self.next_direct = 1 - i;
         self.taken += taken as u64;
         Ok(taken)
     }
@@ -196,14 +305,18 @@ impl FrameEncoder {
         let workers = self.workers.clone().unwrap_or_default();
         self.sealer
             .seal_frames(&mut self.buf[..end], None, &workers)?;
-        self.sealed = end;
+        self.pending = Pending::Buf(end);
         Ok(())
     }
 
     /// Seals what is left: the full frames, then the final frame with the partial one's
     /// plaintext, then the footer. Returns the bytes to write last.
     pub(crate) fn finish(mut self) -> Result<Vec<u8>, Error> {
-        debug_assert_eq!(self.sealed, 0, "pending output was written first");
+        debug_assert_eq!(
+            self.pending,
+            Pending::None,
+            "pending output was written first"
+        );
         if let Some(limit) = self.declared.filter(|&l| l != self.taken) {
             return Err(Error::InvalidArgument(format!(
                 "{} bytes of plaintext, not the {limit} declared with plaintext_len",
@@ -243,14 +356,34 @@ mod tests {
         for chunk in pt.chunks(piece) {
             let mut rest = chunk;
             while !rest.is_empty() {
-                let n = enc.write(rest).unwrap();
+                // As the blocking writer does: pending output is drained beside the sealing.
+                let n = enc
+                    .write_draining(rest, |p| {
+                        out.extend_from_slice(p);
+                        Ok(())
+                    })
+                    .unwrap();
+                assert!(n > 0);
                 rest = &rest[n..];
-                out.extend_from_slice(enc.pending());
-                enc.consume_pending();
             }
         }
+        out.extend_from_slice(enc.pending());
+        enc.consume_pending();
         out.extend_from_slice(&enc.finish().unwrap());
         out
+    }
+
+    #[test]
+    fn a_failed_drain_beside_the_sealing_is_reported() {
+        let key = AeadKey::new(AeadBackend::AwsLc, &[4; 32]).unwrap();
+        let sealer = Sealer::new(FrameCipher::new(key, vec![2; 32], 65_536), None);
+        let mut enc = FrameEncoder::new(sealer, 2, None);
+        let data = vec![7u8; 3 << 20];
+        assert!(enc.write_draining(&data, |_| Ok(())).unwrap() > 0);
+        let err = enc
+            .write_draining(&data, |_| Err(std::io::Error::other("disk full")))
+            .unwrap_err();
+        assert!(err.to_string().contains("disk full"), "{err}");
     }
 
     #[test]
@@ -269,6 +402,12 @@ mod tests {
                 );
                 assert_eq!(
                     encode(&pt[..len], frame, 3, 1 << 20),
+                    one,
+                    "F={frame} L={len}"
+                );
+                // Writes of more than a batch: sealed while the previous batch drains.
+                assert_eq!(
+                    encode(&pt[..len], frame, 2, 4 << 20),
                     one,
                     "F={frame} L={len}"
                 );

@@ -45,10 +45,18 @@ impl FrameCipher {
         REGULAR_FRAME_PREFIX + self.frame_length as usize + TAG_LEN
     }
 
-    /// Seals block `seq` in place. `frame` is `[prefix][plaintext][TAG_LEN spare]`, the prefix
-    /// being [`REGULAR_FRAME_PREFIX`] or, for the last frame, [`FINAL_FRAME_PREFIX`] bytes; the
-    /// frame header goes into the prefix and the tag into the spare bytes.
-    pub(crate) fn seal(&self, seq: u32, last: bool, frame: &mut [u8]) -> Result<(), Error> {
+    /// Seals block `seq`. `frame` is `[prefix][plaintext][TAG_LEN spare]`, the prefix being
+    /// [`REGULAR_FRAME_PREFIX`] or, for the last frame, [`FINAL_FRAME_PREFIX`] bytes; the frame
+    /// header goes into the prefix and the tag into the spare bytes. With `src`, the plaintext
+    /// is read from it (one pass, out of place) and the slot's plaintext bytes are only written;
+    /// without, it is sealed in place.
+    pub(crate) fn seal(
+        &self,
+        seq: u32,
+        last: bool,
+        frame: &mut [u8],
+        src: Option<&[u8]>,
+    ) -> Result<(), Error> {
         let prefix = if last {
             FINAL_FRAME_PREFIX
         } else {
@@ -72,13 +80,16 @@ impl FrameCipher {
             head[4..].copy_from_slice(&iv);
         }
         let aad = BodyAad::new(&self.message_id, kind, seq, len as u64);
-        let (body, tag) = rest.split_at_mut(len);
-        let t = self
-            .key
-            .seal_in_place(&iv, aad.as_ref(), body)
-            .map_err(|_| Error::Crypto("AES-GCM seal failed"))?;
-        tag.copy_from_slice(&t);
-        Ok(())
+        let sealed = match src {
+            Some(plaintext) => self.key.seal_into(&iv, aad.as_ref(), plaintext, rest),
+            None => {
+                let (body, tag) = rest.split_at_mut(len);
+                self.key
+                    .seal_in_place(&iv, aad.as_ref(), body)
+                    .map(|t| tag.copy_from_slice(&t))
+            }
+        };
+        sealed.map_err(|_| Error::Crypto("AES-GCM seal failed"))
     }
 
     /// Finds frame `seq` at the start of `buf` and opens it in place: random access.
@@ -95,6 +106,15 @@ impl FrameCipher {
         let aad = BodyAad::new(&self.message_id, block.kind, block.seq, block.len);
         self.key
             .open_in_place(&frame_iv(block.seq), aad.as_ref(), sealed)
+            .map_err(|_| Error::DecryptionFailed)
+    }
+
+    /// Opens a parsed block into `out` (exactly its plaintext length); `sealed` is its
+    /// ciphertext and tag. On failure `out` holds zeros.
+    fn open_into(&self, block: &Block, sealed: &[u8], out: &mut [u8]) -> Result<(), Error> {
+        let aad = BodyAad::new(&self.message_id, block.kind, block.seq, block.len);
+        self.key
+            .open_into(&frame_iv(block.seq), aad.as_ref(), sealed, out)
             .map_err(|_| Error::DecryptionFailed)
     }
 }
@@ -206,7 +226,7 @@ impl Sealer {
 
     /// Seals the next regular frames, laid out back to back as on the wire (each
     /// `[prefix][frame_length plaintext bytes][tag spare]`), on the workers. With `plaintext`,
-    /// the slots' plaintext is copied from it first (by the workers).
+    /// each slot is sealed from it, out of place; without, the slots' plaintext in place.
     pub(crate) fn seal_frames(
         &mut self,
         frames: &mut [u8],
@@ -228,12 +248,8 @@ impl Sealer {
         let mut slots: Vec<&mut [u8]> = frames.chunks_mut(slot).collect();
         let cipher = &self.cipher;
         each(workers, &mut slots, |i, slot| {
-            // The copy into the slot runs on the worker too, beside the sealing.
-            if let Some(p) = plaintext {
-                slot[REGULAR_FRAME_PREFIX..REGULAR_FRAME_PREFIX + frame]
-                    .copy_from_slice(&p[i * frame..(i + 1) * frame]);
-            }
-            cipher.seal(base + i as u32, false, slot)
+            let src = plaintext.map(|p| &p[i * frame..(i + 1) * frame]);
+            cipher.seal(base + i as u32, false, slot, src)
         })?;
         self.next_seq += count as u32;
         if let Some(s) = &mut self.signer {
@@ -245,7 +261,7 @@ impl Sealer {
     /// Seals the final frame (`[FINAL_FRAME_PREFIX][at most frame_length bytes][tag spare]`)
     /// and returns the footer (empty for unsigned suites).
     pub(crate) fn seal_last(mut self, frame: &mut [u8]) -> Result<Vec<u8>, Error> {
-        self.cipher.seal(self.next_seq, true, frame)?;
+        self.cipher.seal(self.next_seq, true, frame, None)?;
         let mut footer = Vec::new();
         if let Some(mut s) = self.signer.take() {
             s.update(frame);
@@ -328,6 +344,14 @@ impl Opener {
         self.done
     }
 
+    /// Plaintext bytes of one regular frame (0 for a non-framed body).
+    pub(crate) fn frame_length(&self) -> usize {
+        match self.content_type {
+            ContentType::Framed => self.cipher.frame_length() as usize,
+            ContentType::NonFramed => 0,
+        }
+    }
+
     /// Bytes of one regular frame (0 for a non-framed body).
     pub(crate) fn regular_frame_len(&self) -> usize {
         match self.content_type {
@@ -371,6 +395,31 @@ impl Opener {
         }
         let cipher = &self.cipher;
         each(workers, &mut parts, |_, (sealed, b)| cipher.open(b, sealed))
+    }
+
+    /// Opens regular frames parsed from `buf` (in order, each relative to `buf`) into `out`, one
+    /// after the other, on the workers; `out` is exactly their plaintext length. On success
+    /// every byte of `out` is authentic; on failure no block's unauthenticated plaintext is
+    /// left in it (a failed block is zeroed, the others are authentic).
+    pub(crate) fn open_blocks_into(
+        &self,
+        buf: &[u8],
+        blocks: &[Block],
+        out: &mut [u8],
+        workers: &Workers,
+    ) -> Result<(), Error> {
+        let mut parts: Vec<(&mut [u8], &Block)> = Vec::with_capacity(blocks.len());
+        let mut rest: &mut [u8] = out;
+        for b in blocks {
+            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(b.len as usize);
+            parts.push((mine, b));
+            rest = tail;
+        }
+        debug_assert!(rest.is_empty());
+        let cipher = &self.cipher;
+        each(workers, &mut parts, |_, (out, b)| {
+            cipher.open_into(b, &buf[b.sealed.clone()], out)
+        })
     }
 
     /// Parses and opens the block at the start of `buf`: the single-block path.

@@ -32,7 +32,11 @@ impl<W: Write> EncryptingWriter<W> {
 
     fn write_pending(&mut self) -> io::Result<()> {
         if !self.enc.pending().is_empty() {
-            self.inner.write_all(self.enc.pending())?;
+            let result = self.inner.write_all(self.enc.pending());
+            if result.is_err() {
+                self.poisoned = true;
+            }
+            result?;
             self.enc.consume_pending();
         }
         Ok(())
@@ -42,7 +46,10 @@ impl<W: Write> EncryptingWriter<W> {
     ///
     /// # Errors
     /// When writing fails, or after an earlier write failed (the message is then unusable).
-    pub fn finish(self) -> Result<W, Error> {
+    pub fn finish(mut self) -> Result<W, Error> {
+        if !self.poisoned {
+            self.write_pending()?;
+        }
         let EncryptingWriter {
             mut inner,
             enc,
@@ -74,19 +81,26 @@ impl<W: Write> Write for EncryptingWriter<W> {
         if self.poisoned {
             return Err(io::Error::other("an earlier write failed"));
         }
+        // Sealed frames are written out on the next write (beside the sealing of the next
+        // batch, when the workers run), on flush, or on finish.
+        let inner = &mut self.inner;
         let result = self
             .enc
-            .write(data)
-            .map_err(io::Error::from)
-            .and_then(|n| self.write_pending().map(|()| n));
+            .write_draining(data, |pending| inner.write_all(pending))
+            .map_err(io::Error::from);
         if result.is_err() {
             self.poisoned = true;
         }
         result
     }
 
-    /// Flushes the inner writer. A partly filled frame stays buffered: frames are sealed whole.
+    /// Writes out the sealed frames and flushes the inner writer. A partly filled frame stays
+    /// buffered: frames are sealed whole.
     fn flush(&mut self) -> io::Result<()> {
+        if self.poisoned {
+            return Err(io::Error::other("an earlier write failed"));
+        }
+        self.write_pending()?;
         self.inner.flush()
     }
 }
@@ -128,6 +142,13 @@ impl<R: Read> DecryptingReader<R> {
 
     fn step(&mut self, out: &mut [u8]) -> Result<usize, Error> {
         loop {
+            let inner = &mut self.inner;
+            let n = self
+                .body
+                .read_direct(out, Some(&mut |space| read_retrying(inner, space)))?;
+            if n > 0 {
+                return Ok(n);
+            }
             match self.body.advance()? {
                 Need::Output => {
                     let avail = self.body.available();
