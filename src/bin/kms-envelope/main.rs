@@ -88,14 +88,34 @@ struct KeyArgs {
     context: Vec<String>,
 }
 
+/// Where a command's result goes.
+#[derive(Args)]
+struct OutArgs {
+    /// Where to write the result (`-` for stdout).
+    #[arg(short = 'o', long = "output", value_name = "OUT")]
+    output: PathBuf,
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Skip the fsync before OUT is linked into place: faster, and OUT still appears whole or
+    /// not at all to other programs, but after a power loss or OS crash it may be incomplete.
+    #[arg(long)]
+    no_fsync: bool,
+}
+
+impl OutArgs {
+    fn open(&self, input: &Path) -> Result<Output, Failure> {
+        Output::open(&self.output, Some(input), self.force, !self.no_fsync).map_err(usage)
+    }
+}
+
 #[derive(Args)]
 struct EncryptArgs {
     /// Plaintext to read (`-` for stdin).
     #[arg(short = 'i', long = "input", value_name = "IN")]
     input: PathBuf,
-    /// Where to write the message (`-` for stdout).
-    #[arg(short = 'o', long = "output", value_name = "OUT")]
-    output: PathBuf,
+    #[command(flatten)]
+    out: OutArgs,
     #[command(flatten)]
     keys: KeyArgs,
     /// Plaintext bytes per frame (1 to 4294967295).
@@ -107,9 +127,6 @@ struct EncryptArgs {
     /// Threads that seal frames (default: all cores).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
-    /// Replace OUT if it exists.
-    #[arg(long)]
-    force: bool,
 }
 
 #[derive(Args)]
@@ -117,9 +134,8 @@ struct DecryptArgs {
     /// Message to read (`-` for stdin).
     #[arg(short = 'i', long = "input", value_name = "IN")]
     input: PathBuf,
-    /// Where to write the plaintext (`-` for stdout).
-    #[arg(short = 'o', long = "output", value_name = "OUT")]
-    output: PathBuf,
+    #[command(flatten)]
+    out: OutArgs,
     #[command(flatten)]
     keys: KeyArgs,
     /// Use whichever KMS key wrapped the data key (with --account to limit it).
@@ -141,9 +157,6 @@ struct DecryptArgs {
     /// only the frames that cover them; IN must be a file.
     #[arg(long, value_name = "START-END", value_parser = parse_range)]
     range: Option<(u64, Option<u64>)>,
-    /// Replace OUT if it exists.
-    #[arg(long)]
-    force: bool,
 }
 
 #[derive(Args)]
@@ -151,9 +164,8 @@ struct RewrapArgs {
     /// Message to read (`-` for stdin).
     #[arg(short = 'i', long = "input", value_name = "IN")]
     input: PathBuf,
-    /// Where to write the re-wrapped message (`-` for stdout).
-    #[arg(short = 'o', long = "output", value_name = "OUT")]
-    output: PathBuf,
+    #[command(flatten)]
+    out: OutArgs,
     /// New keys to wrap the data key under (as for encrypt).
     #[command(flatten)]
     keys: KeyArgs,
@@ -167,9 +179,6 @@ struct RewrapArgs {
     /// Raw AES key that unwraps the data key now: NAMESPACE:NAME:FILE.
     #[arg(long = "unwrap-raw-aes-key", value_name = "NAMESPACE:NAME:FILE")]
     unwrap_raw: Vec<String>,
-    /// Replace OUT if it exists.
-    #[arg(long)]
-    force: bool,
 }
 
 #[derive(Subcommand)]
@@ -433,9 +442,9 @@ fn build_keyring(
     }
 }
 
-fn open_input(path: &Path) -> Result<(Box<dyn Read>, Option<u64>), Failure> {
+fn open_input(path: &Path) -> Result<(Box<dyn Read + Send>, Option<u64>), Failure> {
     if path == Path::new("-") {
-        return Ok((Box::new(io::stdin().lock()), None));
+        return Ok((Box::new(io::stdin()), None));
     }
     let f = File::open(path).map_err(|e| io_failure("cannot open input", path, e))?;
     let len = f.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
@@ -458,34 +467,70 @@ fn progress(aws: &AwsArgs, len: Option<u64>, what: &str) -> Option<indicatif::Pr
     Some(pb)
 }
 
-/// Copies `reader` into `writer`, telling read failures from write failures.
+/// Bytes handed from the reading thread to the writing one at a time.
+const PUMP_CHUNK: usize = 4 << 20;
+
+/// Copies `reader` into `writer`, telling read failures from write failures. The reading runs
+/// on a thread of its own, a chunk ahead of the writing, so that reading the input (and, when
+/// decrypting, opening it) overlaps writing the output (and, when encrypting, sealing it).
+/// Two chunks circulate between the threads: memory stays bounded.
 fn pump(
-    reader: &mut dyn Read,
+    reader: &mut (dyn Read + Send),
     writer: &mut dyn Write,
     on_read_error: impl Fn(io::Error) -> Failure,
     on_write_error: impl Fn(io::Error) -> Failure,
     pb: Option<&indicatif::ProgressBar>,
 ) -> Result<(), Failure> {
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(on_read_error(e)),
-        };
-        writer.write_all(&buf[..n]).map_err(&on_write_error)?;
-        if let Some(pb) = pb {
-            pb.inc(n as u64);
+    use std::sync::mpsc::sync_channel;
+    std::thread::scope(|s| {
+        let (full_tx, full) = sync_channel::<io::Result<(Vec<u8>, usize)>>(1);
+        let (empty, empty_rx) = sync_channel::<Vec<u8>>(2);
+        for _ in 0..2 {
+            empty
+                .send(vec![0u8; PUMP_CHUNK])
+                .expect("the receiver is alive");
         }
-    }
+        s.spawn(move || {
+            // Ends when the input ends or fails, or when the writing side hangs up.
+            while let Ok(mut buf) = empty_rx.recv() {
+                let read = loop {
+                    match reader.read(&mut buf) {
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        other => break other,
+                    }
+                };
+                let last = !matches!(read, Ok(n) if n > 0);
+                if full_tx.send(read.map(|n| (buf, n))).is_err() || last {
+                    return;
+                }
+            }
+        });
+        loop {
+            let (buf, n) = match full.recv() {
+                Ok(Ok((_, 0))) => return Ok(()),
+                Ok(Ok(chunk)) => chunk,
+                Ok(Err(e)) => return Err(on_read_error(e)),
+                Err(_) => {
+                    return Err(on_read_error(io::Error::other(
+                        "the reading thread stopped",
+                    )))
+                }
+            };
+            writer.write_all(&buf[..n]).map_err(&on_write_error)?;
+            if let Some(pb) = pb {
+                pb.inc(n as u64);
+            }
+            // The reader may have stopped already; then the chunk is not needed.
+            let _ = empty.send(buf);
+        }
+    })
 }
 
 fn encrypt(aws: &AwsArgs, a: &EncryptArgs) -> Result<(), Failure> {
     let keyring = build_keyring(aws, &a.keys, KmsMode::Encrypt)?;
     let context = parse_context(&a.keys.context)?;
     let (mut input, len) = open_input(&a.input)?;
-    let mut out = Output::open(&a.output, Some(&a.input), a.force).map_err(usage)?;
+    let mut out = a.out.open(&a.input)?;
     let mut enc = Encryptor::new(&*keyring).context(context);
     if let Some(f) = a.frame_length {
         enc = enc.frame_length(f);
@@ -496,7 +541,7 @@ fn encrypt(aws: &AwsArgs, a: &EncryptArgs) -> Result<(), Failure> {
     if let Some(t) = a.threads {
         enc = enc.threads(t.into());
     }
-    let out_name = shown(&a.output);
+    let out_name = shown(&a.out.output);
     let sink = BufWriter::with_capacity(1 << 20, out.writer());
     let mut w = enc
         .writer(sink)
@@ -516,13 +561,13 @@ fn encrypt(aws: &AwsArgs, a: &EncryptArgs) -> Result<(), Failure> {
         .finish()
         .map_err(|e| failure(&format!("cannot write {out_name}"), e))?;
     sink.flush()
-        .map_err(|e| io_failure("cannot write", &a.output, e))?;
+        .map_err(|e| io_failure("cannot write", &a.out.output, e))?;
     drop(sink);
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
     out.commit()
-        .map_err(|e| io_failure("cannot write", &a.output, e))
+        .map_err(|e| io_failure("cannot write", &a.out.output, e))
 }
 
 fn decrypt(aws: &AwsArgs, a: &DecryptArgs) -> Result<(), Failure> {
@@ -552,7 +597,7 @@ fn decrypt(aws: &AwsArgs, a: &DecryptArgs) -> Result<(), Failure> {
     let mut reader = dec
         .reader(input)
         .map_err(|e| failure(&format!("decrypting {in_name}"), e))?;
-    let mut out = Output::open(&a.output, Some(&a.input), a.force).map_err(usage)?;
+    let mut out = a.out.open(&a.input)?;
     let pb = progress(aws, len, "decrypt");
     {
         let mut sink = BufWriter::with_capacity(1 << 20, out.writer());
@@ -560,17 +605,17 @@ fn decrypt(aws: &AwsArgs, a: &DecryptArgs) -> Result<(), Failure> {
             &mut reader,
             &mut sink,
             |e| failure(&format!("decrypting {in_name}"), Error::from(e)),
-            |e| io_failure("cannot write", &a.output, e),
+            |e| io_failure("cannot write", &a.out.output, e),
             pb.as_ref(),
         )?;
         sink.flush()
-            .map_err(|e| io_failure("cannot write", &a.output, e))?;
+            .map_err(|e| io_failure("cannot write", &a.out.output, e))?;
     }
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
     out.commit()
-        .map_err(|e| io_failure("cannot write", &a.output, e))
+        .map_err(|e| io_failure("cannot write", &a.out.output, e))
 }
 
 fn decrypt_range(
@@ -597,7 +642,7 @@ fn decrypt_range(
             "--range {start}-{end} reaches past the end of the plaintext ({len} bytes)"
         )));
     }
-    let mut out = Output::open(&a.output, Some(&a.input), a.force).map_err(usage)?;
+    let mut out = a.out.open(&a.input)?;
     {
         let sink = out.writer();
         let mut buf = vec![0u8; 1 << 20];
@@ -608,12 +653,12 @@ fn decrypt_range(
                 .read_at(at, &mut buf[..want])
                 .map_err(|e| failure(&format!("decrypting {in_name}"), e))?;
             sink.write_all(&buf[..n])
-                .map_err(|e| io_failure("cannot write", &a.output, e))?;
+                .map_err(|e| io_failure("cannot write", &a.out.output, e))?;
             at += n as u64;
         }
     }
     out.commit()
-        .map_err(|e| io_failure("cannot write", &a.output, e))
+        .map_err(|e| io_failure("cannot write", &a.out.output, e))
 }
 
 fn rewrap(aws: &AwsArgs, a: &RewrapArgs) -> Result<(), Failure> {
@@ -640,7 +685,7 @@ fn rewrap(aws: &AwsArgs, a: &RewrapArgs) -> Result<(), Failure> {
     }
     let context = parse_context(&a.keys.context)?;
     let (input, _) = open_input(&a.input)?;
-    let mut out = Output::open(&a.output, Some(&a.input), a.force).map_err(usage)?;
+    let mut out = a.out.open(&a.input)?;
     let in_name = shown(&a.input);
     {
         let sink = BufWriter::with_capacity(1 << 20, out.writer());
@@ -649,10 +694,10 @@ fn rewrap(aws: &AwsArgs, a: &RewrapArgs) -> Result<(), Failure> {
             .rewrap(input, sink, new.as_deref(), &a.remove)
             .map_err(|e| failure(&format!("re-wrapping {in_name}"), e))?;
         sink.flush()
-            .map_err(|e| io_failure("cannot write", &a.output, e))?;
+            .map_err(|e| io_failure("cannot write", &a.out.output, e))?;
     }
     out.commit()
-        .map_err(|e| io_failure("cannot write", &a.output, e))
+        .map_err(|e| io_failure("cannot write", &a.out.output, e))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -1,5 +1,6 @@
 //! Where results go: stdout, or a file written atomically (an unnamed temporary file beside
-//! OUT, fsync, then linked or renamed into place), so OUT is complete or absent.
+//! OUT, fsync unless `--no-fsync`, then linked or renamed into place), so OUT is complete or
+//! absent.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -18,14 +19,25 @@ pub enum Output {
 /// kernel reclaims it and nothing is left behind.
 pub struct AtomicFile {
     file: File,
+    /// Bytes written, and how far writeback has been asked for.
+    written: u64,
+    flushed_to: u64,
+    writeback: Option<Writeback>,
     dest: PathBuf,
     force: bool,
+    durable: bool,
     /// Only where the file system has no unnamed temporary files.
     named: Option<tempfile::TempPath>,
 }
 
 impl Output {
-    pub fn open(out: &Path, input: Option<&Path>, force: bool) -> Result<Output, String> {
+    /// `durable`: fsync OUT (and its directory) before and after linking it into place.
+    pub fn open(
+        out: &Path,
+        input: Option<&Path>,
+        force: bool,
+        durable: bool,
+    ) -> Result<Output, String> {
         if out == Path::new("-") {
             return Ok(Output::Stdout(io::stdout()));
         }
@@ -71,8 +83,12 @@ impl Output {
         };
         Ok(Output::File(AtomicFile {
             file,
+            written: 0,
+            flushed_to: 0,
+            writeback: None,
             dest: out.to_path_buf(),
             force,
+            durable,
             named,
         }))
     }
@@ -80,7 +96,7 @@ impl Output {
     pub fn writer(&mut self) -> &mut dyn Write {
         match self {
             Output::Stdout(s) => s,
-            Output::File(f) => &mut f.file,
+            Output::File(f) => f,
         }
     }
 
@@ -94,9 +110,74 @@ impl Output {
     }
 }
 
+/// Dirty bytes after which the kernel is asked to start writing them back.
+const WRITEBACK_STEP: u64 = 16 << 20;
+
+/// Starts writeback of ranges of a file, on a thread of its own: `posix_fadvise(DONTNEED)`
+/// submits the dirty pages for writing without waiting for them, so the disk works while the
+/// data is still being produced and the fsync in `commit` waits only for the tail; the
+/// submission itself (file-system work) runs beside the writing rather than in it. Advice
+/// only: durability still comes from that fsync, and a file system that ignores the advice
+/// loses nothing but the overlap.
+struct Writeback {
+    ranges: std::sync::mpsc::Sender<(u64, u64)>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Writeback {
+    fn start(file: &File) -> Option<Writeback> {
+        let file = file.try_clone().ok()?;
+        let (ranges, rx) = std::sync::mpsc::channel::<(u64, u64)>();
+        let thread = std::thread::Builder::new()
+            .name("writeback".into())
+            .spawn(move || {
+                for (start, len) in rx {
+                    let len = std::num::NonZeroU64::new(len);
+                    let _ = rustix::fs::fadvise(&file, start, len, rustix::fs::Advice::DontNeed);
+                }
+            })
+            .ok()?;
+        Some(Writeback { ranges, thread })
+    }
+
+    /// Waits for the submissions asked for so far.
+    fn finish(self) {
+        drop(self.ranges);
+        let _ = self.thread.join();
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.durable && self.written - self.flushed_to >= WRITEBACK_STEP {
+            if self.writeback.is_none() {
+                self.writeback = Writeback::start(&self.file);
+            }
+            if let Some(w) = &self.writeback {
+                let _ = w
+                    .ranges
+                    .send((self.flushed_to, self.written - self.flushed_to));
+            }
+            self.flushed_to = self.written;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 impl AtomicFile {
-    fn commit(self) -> io::Result<()> {
-        self.file.sync_all()?;
+    fn commit(mut self) -> io::Result<()> {
+        if let Some(w) = self.writeback.take() {
+            w.finish();
+        }
+        if self.durable {
+            self.file.sync_all()?;
+        }
         match self.named {
             Some(path) => {
                 if self.force {
@@ -133,7 +214,11 @@ impl AtomicFile {
                 }
             }
         }
-        if let Some(dir) = self.dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Some(dir) = self
+            .dest
+            .parent()
+            .filter(|p| self.durable && !p.as_os_str().is_empty())
+        {
             File::open(dir)?.sync_all()?;
         }
         Ok(())
