@@ -80,7 +80,7 @@ fn primitive_in_memory(c: &mut Criterion) {
     let mut g = c.benchmark_group("primitive_256MiB");
     g.sample_size(10).measurement_time(Duration::from_secs(8));
     g.throughput(Throughput::Bytes(STREAM_LEN as u64));
-    let mut seal_all = |sealed: &mut [u8]| {
+    let seal_all = |sealed: &mut [u8]| {
         for (pt, out) in src.chunks(CHUNK).zip(sealed.chunks_mut(CHUNK + 16)) {
             key.seal_in_place_scatter(
                 Nonce::assume_unique_for_key([1; 12]),
