@@ -188,7 +188,8 @@ impl FrameEncoder {
         }
         self.check_declared(data.len())?;
         if self.nothing_unsealed() && data.len() >= self.frame {
-            return self.seal_direct(data);
+            // Nothing is pending here, so there is nothing to drain.
+            return self.seal_direct(data, |_| Ok(()));
         }
         let mut taken = 0;
         while taken < data.len() {
@@ -224,26 +225,35 @@ impl FrameEncoder {
         data: &[u8],
         drain: impl FnOnce(&[u8]) -> std::io::Result<()>,
     ) -> Result<usize, Error> {
-        let workers = match &self.workers {
-            Some(w) if w.is_parallel() => w.clone(),
-            _ => Workers::Caller,
-        };
         let overlap = self.pending != Pending::None
-            && workers.is_parallel()
+            && self.workers.as_ref().is_some_and(Workers::is_parallel)
             && self.nothing_unsealed()
             && data.len() >= self.batch_frames * self.frame;
-        if !overlap {
-            if self.pending != Pending::None {
-                drain(self.pending())?;
-                self.consume_pending();
-            }
-            return self.write(data);
+        if overlap {
+            self.check_declared(data.len())?;
+            return self.seal_direct(data, drain);
         }
-        self.check_declared(data.len())?;
-        let (taken, len) = (
-            self.batch_frames * self.frame,
-            self.batch_frames * self.slot,
-        );
+        if self.pending != Pending::None {
+            drain(self.pending())?;
+            self.consume_pending();
+        }
+        self.write(data)
+    }
+
+    /// With nothing unsealed and whole frames in `data`: seals them straight from it (out of
+    /// place, one pass), spread over the workers, into the direct buffer that is not pending,
+    /// while `drain` writes out what is pending (beside the sealing when the workers run).
+    /// The bytes are the same as frame by frame.
+    fn seal_direct(
+        &mut self,
+        data: &[u8],
+        drain: impl FnOnce(&[u8]) -> std::io::Result<()>,
+    ) -> Result<usize, Error> {
+        let count = (data.len() / self.frame).min(self.batch_frames);
+        if count == self.batch_frames && self.workers.is_none() {
+            self.workers = Some(Workers::new(self.threads));
+        }
+        let (taken, len) = (count * self.frame, count * self.slot);
         let i = self.next_direct;
         if self.direct[i].len() < len {
             self.direct[i].resize(len, 0);
@@ -259,6 +269,7 @@ impl FrameEncoder {
             Pending::Buf(n) => &self.buf[..n],
             Pending::None => &[][..],
         };
+        let workers = self.workers.clone().unwrap_or_default();
         let sealer = &mut self.sealer;
         let (sealed, drained) = workers.overlap(
             || sealer.seal_frames(&mut target[..len], Some(&data[..taken]), &workers),
@@ -267,28 +278,6 @@ impl FrameEncoder {
         self.consume_pending();
         drained?;
         sealed?;
-        self.pending = Pending::Direct(i, len);
-        self.next_direct = 1 - i;
-        self.taken += taken as u64;
-        Ok(taken)
-    }
-
-    /// With nothing unsealed and whole frames in `data`: seals them straight from it (out of
-    /// place, one pass), spread over the workers. The bytes are the same as frame by frame.
-    fn seal_direct(&mut self, data: &[u8]) -> Result<usize, Error> {
-        let count = (data.len() / self.frame).min(self.batch_frames);
-        if count == self.batch_frames && self.workers.is_none() {
-            self.workers = Some(Workers::new(self.threads));
-        }
-        let taken = count * self.frame;
-        let len = count * self.slot;
-        let i = self.next_direct;
-        if self.direct[i].len() < len {
-            self.direct[i].resize(len, 0);
-        }
-        let workers = self.workers.clone().unwrap_or_default();
-        self.sealer
-            .seal_frames(&mut self.direct[i][..len], Some(&data[..taken]), &workers)?;
         self.pending = Pending::Direct(i, len);
         self.next_direct = 1 - i;
         self.taken += taken as u64;
