@@ -294,7 +294,11 @@ impl BodyDecoder {
     ) -> Result<(), Error> {
         let workers = self.workers_for(pos);
         let tail = self.end - pos;
-        let chunk = self.total_in.clamp(READ_CHUNK, self.max_read);
+        // Ask for enough that a full read ends the buffer on a frame boundary: the next batch
+        // then leaves no partial frame behind to copy (up to a frame per batch otherwise).
+        let slot = self.opener.regular_frame_len();
+        let want = self.total_in.clamp(READ_CHUNK, self.max_read);
+        let chunk = (tail + want).next_multiple_of(slot) - tail;
         if self.spare.len() < tail + chunk {
             self.spare.resize(tail + chunk, 0);
         }
