@@ -251,6 +251,73 @@ fn concurrent_use_keeps_the_limits_exactly() {
     );
 }
 
+/// A keyring whose data-key calls for `tenant=slow` wait until the test releases them.
+#[derive(Debug)]
+struct Gated {
+    inner: RawAesKeyring,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    timed_out: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Keyring for Gated {
+    async fn on_encrypt(&self, m: &mut EncryptionMaterials) -> Result<(), Error> {
+        if m.context.get("tenant") == Some("slow") {
+            let rx = self.release.lock().unwrap();
+            if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+                self.timed_out.store(true, Ordering::SeqCst);
+            }
+        }
+        self.inner.on_encrypt(m).await
+    }
+    async fn on_decrypt(
+        &self,
+        m: &mut DecryptionMaterials,
+        e: &[EncryptedDataKey],
+    ) -> Result<(), Error> {
+        self.inner.on_decrypt(m, e).await
+    }
+}
+
+#[test]
+fn a_slow_miss_does_not_hold_up_misses_of_other_entries() {
+    let (release, rx) = std::sync::mpsc::channel();
+    let gated = Arc::new(Gated {
+        inner: RawAesKeyring::new("cache", "key", &[8; 32]).unwrap(),
+        release: std::sync::Mutex::new(rx),
+        timed_out: std::sync::atomic::AtomicBool::new(false),
+    });
+    let cache = DataKeyCache::new(NonZeroUsize::new(8).unwrap());
+    let kr = CachingKeyring::new(gated.clone(), cache, "test", CacheLimits::default());
+    let (started_tx, started) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| {
+            started_tx.send(()).unwrap();
+            Encryptor::new(&kr)
+                .context(ctx("slow"))
+                .encrypt(b"a")
+                .unwrap()
+        });
+        started.recv().unwrap();
+        // Give the slow miss time to take its entry's lock (if it has not, this test passes
+        // without showing anything, never fails wrongly).
+        std::thread::sleep(Duration::from_millis(100));
+        // A miss of another entry completes while the slow one still waits in the keyring.
+        let fast = Encryptor::new(&kr)
+            .context(ctx("fast"))
+            .encrypt(b"b")
+            .unwrap();
+        assert_eq!(Decryptor::new(&kr).decrypt(&fast).unwrap(), b"b");
+        release.send(()).unwrap();
+        let slow = slow.join().unwrap();
+        assert_eq!(Decryptor::new(&kr).decrypt(&slow).unwrap(), b"a");
+    });
+    assert!(
+        !gated.timed_out.load(Ordering::SeqCst),
+        "the fast miss waited for the slow one"
+    );
+}
+
 #[test]
 fn a_cache_hit_makes_no_kms_call() {
     let m = support::moto();

@@ -5,6 +5,7 @@
 //! message ID). That is also why suites without a KDF are never cached, nor signed suites,
 //! whose per-message signing key is part of the context.
 
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -65,9 +66,32 @@ struct Entry {
 /// expired keys are zeroized as they are dropped.
 pub struct DataKeyCache {
     entries: Mutex<LruCache<EntryKey, Entry>>,
-    /// Held while a miss is filled, so that concurrent misses make one keyring call, not many,
-    /// and the limits hold exactly under load.
-    filling: futures_util::lock::Mutex<()>,
+    /// One lock per entry being filled, held while its miss calls the keyring, so that
+    /// concurrent misses of one entry make one keyring call, not many, and the limits hold
+    /// exactly under load; misses of different entries do not wait for each other.
+    filling: Mutex<HashMap<EntryKey, Arc<FillLock>>>,
+}
+
+type FillLock = futures_util::lock::Mutex<()>;
+
+/// Held while one entry's miss is filled; the entry's lock leaves the map with its last user.
+struct Filling<'a> {
+    cache: &'a DataKeyCache,
+    key: &'a EntryKey,
+    _guard: futures_util::lock::OwnedMutexGuard<()>,
+}
+
+impl Drop for Filling<'_> {
+    fn drop(&mut self) {
+        let mut filling = self.cache.filling.lock().expect("cache lock");
+        // Two references: the map's and this guard's. More means others wait for it.
+        if filling
+            .get(self.key)
+            .is_some_and(|l| Arc::strong_count(l) <= 2)
+        {
+            filling.remove(self.key);
+        }
+    }
 }
 
 impl std::fmt::Debug for DataKeyCache {
@@ -84,8 +108,24 @@ impl DataKeyCache {
     pub fn new(capacity: NonZeroUsize) -> Arc<Self> {
         Arc::new(DataKeyCache {
             entries: Mutex::new(LruCache::new(capacity)),
-            filling: futures_util::lock::Mutex::new(()),
+            filling: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Waits until no other task fills `key`, then holds it.
+    async fn fill<'a>(&'a self, key: &'a EntryKey) -> Filling<'a> {
+        let lock = self
+            .filling
+            .lock()
+            .expect("cache lock")
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        Filling {
+            cache: self,
+            key,
+            _guard: lock.lock_owned().await,
+        }
     }
 
     /// Data keys held now.
@@ -210,7 +250,7 @@ impl Keyring for CachingKeyring {
         if self.take_encrypt_hit(&key, bytes, materials) {
             return Ok(());
         }
-        let _filling = self.cache.filling.lock().await;
+        let _filling = self.cache.fill(&key).await;
         if self.take_encrypt_hit(&key, bytes, materials) {
             return Ok(());
         }
@@ -234,7 +274,7 @@ impl Keyring for CachingKeyring {
                 .entries
                 .lock()
                 .expect("cache lock")
-                .put(key, entry);
+                .put(key.clone(), entry);
         }
         Ok(())
     }
@@ -256,7 +296,7 @@ impl Keyring for CachingKeyring {
         if self.take_decrypt_hit(&key, materials)? {
             return Ok(());
         }
-        let _filling = self.cache.filling.lock().await;
+        let _filling = self.cache.fill(&key).await;
         if self.take_decrypt_hit(&key, materials)? {
             return Ok(());
         }
@@ -277,7 +317,7 @@ impl Keyring for CachingKeyring {
             .entries
             .lock()
             .expect("cache lock")
-            .put(key, entry);
+            .put(key.clone(), entry);
         Ok(())
     }
 }
