@@ -12,6 +12,10 @@ use crate::Error;
 /// Encrypts everything written to it into `W`. Call [`finish`](Self::finish) at the end:
 /// it writes the final frame (and the signature); without it the message is incomplete and
 /// every reader will refuse it.
+///
+/// Frames are sealed a batch at a time (a few MiB at most) and a sealed batch reaches `W` on
+/// the next `write` (beside the sealing of the next batch, when several threads run), on
+/// `flush`, or on `finish`.
 #[must_use = "call finish() to write the final frame; an unfinished message does not decrypt"]
 #[derive(Debug)]
 pub struct EncryptingWriter<W: Write> {
