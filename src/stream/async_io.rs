@@ -202,11 +202,10 @@ impl<'k> Encryptor<'k> {
     /// # Errors
     /// As [`encrypt`](Self::encrypt).
     pub async fn encrypt_async(&self, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
-        let mut w = self
-            .async_writer(Vec::with_capacity(plaintext.len() + 1024))
-            .await?;
-        w.write_all(plaintext).await?;
-        w.finish().await
+        let opts = self.clone().plaintext_len(plaintext.len() as u64);
+        let (header, sealer) = begin_encrypt(&opts).await?;
+        FrameEncoder::new(sealer, opts.threads, opts.plaintext_len)
+            .encrypt_whole(&header, plaintext)
     }
 }
 

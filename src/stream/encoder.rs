@@ -284,6 +284,37 @@ impl FrameEncoder {
         Ok(taken)
     }
 
+    /// Encrypts all of `plaintext` as one message behind `header`: the whole frames are sealed
+    /// straight into the message (out of place, on the workers when there are a batch's worth),
+    /// then the final frame and the footer follow. The bytes are those of the streaming path.
+    pub(crate) fn encrypt_whole(
+        mut self,
+        header: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        self.check_declared(plaintext.len())?;
+        let count = plaintext.len() / self.frame;
+        let (taken, body) = (count * self.frame, count * self.slot);
+        // Allocated zeroed, not resized: fresh pages from the allocator are then written once,
+        // by the sealing, rather than zeroed first.
+        let mut out = vec![0u8; header.len() + body];
+        out[..header.len()].copy_from_slice(header);
+        if count >= self.batch_frames {
+            self.workers = Some(Workers::new(self.threads));
+        }
+        let workers = self.workers.clone().unwrap_or_default();
+        self.sealer.seal_frames(
+            &mut out[header.len()..],
+            Some(&plaintext[..taken]),
+            &workers,
+        )?;
+        self.taken = taken as u64;
+        // Less than a frame is left: it is gathered, not sealed, until `finish`.
+        self.write(&plaintext[taken..])?;
+        out.extend_from_slice(&self.finish()?);
+        Ok(out)
+    }
+
     /// Seals the full frames; starts the pool only for a whole batch, so small messages never
     /// pay for threads.
     fn seal_full(&mut self, whole_batch: bool) -> Result<(), Error> {
@@ -360,6 +391,25 @@ mod tests {
         enc.consume_pending();
         out.extend_from_slice(&enc.finish().unwrap());
         out
+    }
+
+    #[test]
+    fn the_whole_message_path_writes_the_streaming_bytes() {
+        let pt: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
+        for frame in [4096u32, 65_536] {
+            for len in [0, 1, frame as usize, 3 * frame as usize + 5, pt.len()] {
+                for threads in [1, 2] {
+                    let key = AeadKey::new(AeadBackend::AwsLc, &[4; 32]).unwrap();
+                    let sealer = Sealer::new(FrameCipher::new(key, vec![2; 32], frame), None);
+                    let whole = FrameEncoder::new(sealer, threads, Some(len as u64))
+                        .encrypt_whole(b"HEADER", &pt[..len])
+                        .unwrap();
+                    let streamed = encode(&pt[..len], frame, 1, 1 << 20);
+                    assert_eq!(&whole[..6], b"HEADER");
+                    assert!(whole[6..] == streamed[..], "F={frame} L={len} T={threads}");
+                }
+            }
+        }
     }
 
     #[test]

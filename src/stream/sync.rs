@@ -208,13 +208,10 @@ impl<'k> Encryptor<'k> {
     /// # Errors
     /// Invalid options or a keyring failure.
     pub fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
-        let out = Vec::with_capacity(plaintext.len() + 1024);
-        let mut w = self
-            .clone()
-            .plaintext_len(plaintext.len() as u64)
-            .writer(out)?;
-        w.write_all(plaintext)?;
-        w.finish()
+        let opts = self.clone().plaintext_len(plaintext.len() as u64);
+        let (header, sealer) = pollster::block_on(begin_encrypt(&opts))?;
+        FrameEncoder::new(sealer, opts.threads, opts.plaintext_len)
+            .encrypt_whole(&header, plaintext)
     }
 }
 
