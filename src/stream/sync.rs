@@ -232,8 +232,25 @@ impl<'k> Decryptor<'k> {
     /// As [`reader`](Self::reader), plus any failure in the body.
     pub fn decrypt(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
         let mut reader = self.reader(message)?;
-        let mut out = Vec::with_capacity(message.len());
-        reader.read_to_end(&mut out)?;
+        // The plaintext is shorter than the message. The output is allocated zeroed (fresh
+        // pages are then written once, as frames open straight into it) rather than grown by
+        // `read_to_end`, which zeroes each stretch before the read fills it; then cut to length.
+        let mut out = vec![0u8; message.len()];
+        let mut filled = 0;
+        loop {
+            if filled == out.len() {
+                // Only for a message that claims more plaintext than it has bytes: the reader
+                // will refuse it, but it must be read to its end to say so.
+                out.resize(filled + 4096, 0);
+            }
+            match reader.read(&mut out[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        out.truncate(filled);
         Ok(out)
     }
 }
