@@ -419,3 +419,34 @@ async fn sixty_four_concurrent_tasks_share_one_keyring_cache_and_client() {
     );
     assert_eq!(proxy.count("Decrypt"), 4, "one Decrypt per data key");
 }
+
+/// A keyring that reports success without producing a data key (a buggy custom keyring).
+#[derive(Debug)]
+struct Empty;
+
+#[async_trait::async_trait]
+impl Keyring for Empty {
+    async fn on_encrypt(&self, _: &mut EncryptionMaterials) -> Result<(), Error> {
+        Ok(())
+    }
+    async fn on_decrypt(
+        &self,
+        _: &mut DecryptionMaterials,
+        _: &[EncryptedDataKey],
+    ) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_keyring_that_produces_no_data_key_is_an_error_not_a_panic() {
+    let cache = DataKeyCache::new(NonZeroUsize::new(4).unwrap());
+    let kr = CachingKeyring::new(Arc::new(Empty), cache.clone(), "t", CacheLimits::default());
+    let err = Encryptor::new(&kr).encrypt(b"x").unwrap_err();
+    assert!(matches!(err, Error::Keyring(_)), "{err:?}");
+    let good = RawAesKeyring::new("cache", "key", &[8; 32]).unwrap();
+    let msg = Encryptor::new(&good).encrypt(b"x").unwrap();
+    let err = Decryptor::new(&kr).decrypt(&msg).unwrap_err();
+    assert!(matches!(err, Error::Keyring(_)), "{err:?}");
+    assert!(cache.is_empty());
+}

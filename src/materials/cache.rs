@@ -112,6 +112,14 @@ impl DataKeyCache {
         })
     }
 
+    /// Keeps an entry (evicting the least recently used one when full).
+    fn keep(&self, key: &EntryKey, entry: Entry) {
+        self.entries
+            .lock()
+            .expect("cache lock")
+            .put(key.clone(), entry);
+    }
+
     /// Waits until no other task fills `key`, then holds it.
     async fn fill<'a>(&'a self, key: &'a EntryKey) -> Filling<'a> {
         let lock = self
@@ -157,6 +165,13 @@ fn serialized_edks(edks: &[EncryptedDataKey]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// A copy of the data key the wrapped keyring just produced, to keep.
+fn produced(data_key: Option<&DataKey>) -> Result<DataKey, Error> {
+    data_key.map(DataKey::duplicate).ok_or_else(|| {
+        Error::Keyring("the wrapped keyring succeeded without producing a data key".into())
+    })
 }
 
 fn cacheable(suite: crate::AlgorithmSuite, context: &EncryptionContext) -> bool {
@@ -257,24 +272,16 @@ impl Keyring for CachingKeyring {
         let now = Instant::now();
         let before = materials.encrypted_data_keys.len();
         self.inner.on_encrypt(materials).await?;
-        let data_key = materials
-            .data_key
-            .as_ref()
-            .expect("the keyring made a data key");
-        let entry = Entry {
-            key: data_key.duplicate(),
-            edks: materials.encrypted_data_keys[before..].to_vec(),
-            created: now,
-            messages: 1,
-            bytes,
-        };
         // A data key good for one message only is not worth keeping.
         if self.limits.max_messages > 1 {
-            self.cache
-                .entries
-                .lock()
-                .expect("cache lock")
-                .put(key.clone(), entry);
+            let entry = Entry {
+                key: produced(materials.data_key.as_ref())?,
+                edks: materials.encrypted_data_keys[before..].to_vec(),
+                created: now,
+                messages: 1,
+                bytes,
+            };
+            self.cache.keep(&key, entry);
         }
         Ok(())
     }
@@ -302,22 +309,14 @@ impl Keyring for CachingKeyring {
         }
         let now = Instant::now();
         self.inner.on_decrypt(materials, edks).await?;
-        let data_key = materials
-            .data_key
-            .as_ref()
-            .expect("the keyring set a data key");
         let entry = Entry {
-            key: data_key.duplicate(),
+            key: produced(materials.data_key.as_ref())?,
             edks: Vec::new(),
             created: now,
             messages: 0,
             bytes: 0,
         };
-        self.cache
-            .entries
-            .lock()
-            .expect("cache lock")
-            .put(key.clone(), entry);
+        self.cache.keep(&key, entry);
         Ok(())
     }
 }
