@@ -107,8 +107,13 @@ impl Keyring for RawAesKeyring {
                 continue;
             }
             tried += 1;
+            // AES-GCM authenticates the wrapped key, so a failure here is no oracle; a key that
+            // does unwrap but does not fit the message is refused like any other, and the
+            // next wrapped key is tried.
             if let Some(key) = self.unwrap_key(edk, &aad) {
-                return materials.set_data_key(key);
+                if materials.offer(key, subtle::Choice::from(1)) {
+                    return Ok(());
+                }
             }
         }
         Err(Error::NoUsableDataKey(vec![Error::Keyring(format!(

@@ -1,14 +1,28 @@
 //! The raw RSA keyring: wraps data keys with RSA (PKCS#1 v1.5 or OAEP) under a key pair the
 //! caller holds (ESDK-compatible; FORMAT.md §10.3). RSA binds no encryption context.
+//!
+//! Unwrapping must not be an oracle (Bleichenbacher 1998; Manger 2001 for OAEP): whoever can
+//! submit messages learns nothing from how one wrapped key failed. Every failure (bad padding,
+//! a key of the wrong length, a key that does not open the header) takes the same path: a random
+//! stand-in of the suite's key length is chosen in constant time (`subtle`) in place of the
+//! unwrapped bytes, tried against the header like a real key, refused, and the keyring goes on
+//! to the message's next wrapped key; the message layer then reports `DecryptionFailed`.
+//! What this cannot hide is the time AWS-LC itself takes to return a padding error rather than
+//! a plaintext (AWS-LC's own notes say its PKCS#1 v1.5 decryption API cannot fully avoid
+//! Bleichenbacher's attack; aws-lc-rs offers no raw RSA operation to do the padding check
+//! here, and `unsafe` is forbidden in this crate). PKCS#1 v1.5 is therefore for reading
+//! existing messages; wrap new data keys with OAEP.
 
 use aws_lc_rs::rsa::{
     OaepAlgorithm, OaepPrivateDecryptingKey, OaepPublicEncryptingKey, Pkcs1PrivateDecryptingKey,
     Pkcs1PublicEncryptingKey, PrivateDecryptingKey, PublicEncryptingKey, OAEP_SHA1_MGF1SHA1,
     OAEP_SHA256_MGF1SHA256, OAEP_SHA384_MGF1SHA384, OAEP_SHA512_MGF1SHA512,
 };
+use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 use zeroize::Zeroizing;
 
 use super::{check_namespace, Keyring};
+use crate::crypto::random_bytes;
 use crate::format::EncryptedDataKey;
 use crate::materials::{DataKey, DecryptionMaterials, EncryptionMaterials};
 use crate::Error;
@@ -17,7 +31,12 @@ use crate::Error;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RsaPadding {
-    /// PKCS#1 v1.5 (legacy; prefer OAEP).
+    /// PKCS#1 v1.5: legacy, for reading messages that use it; prefer OAEP for new ones.
+    ///
+    /// PKCS#1 v1.5 encryption padding is open to Bleichenbacher-style attacks whenever a
+    /// decrypting party's behaviour depends on whether the padding was valid. This keyring
+    /// answers every unwrapping failure the same way, but the time AWS-LC takes to reject bad
+    /// padding is beyond its reach (see the threat model). Do not use it for new keys.
     Pkcs1,
     /// OAEP with SHA-1.
     OaepSha1,
@@ -150,17 +169,41 @@ impl RawRsaKeyring {
         })
     }
 
-    fn unwrap_key(&self, key: &Decrypting, ciphertext: &[u8]) -> Option<DataKey> {
-        let mut out = Zeroizing::new(vec![0u8; ciphertext.len().max(512)]);
-        let len = match key {
-            Decrypting::Oaep(k) => k
-                .decrypt(self.padding.oaep()?, ciphertext, &mut out, None)
-                .ok()?
-                .len(),
-            Decrypting::Pkcs1(k) => k.decrypt(ciphertext, &mut out).ok()?.len(),
+    /// Decrypts one wrapped key into a key of `len` bytes, and whether that worked. On any
+    /// failure (bad padding, a plaintext of another length) the key is a random stand-in, picked
+    /// in constant time, so that what follows does the same work whatever went wrong.
+    fn unwrap_key(
+        &self,
+        key: &Decrypting,
+        ciphertext: &[u8],
+        len: usize,
+    ) -> Result<(DataKey, Choice), Error> {
+        let mut chosen = Zeroizing::new(vec![0u8; len]);
+        random_bytes(&mut chosen)?;
+        let (decrypted, room) = match key {
+            Decrypting::Oaep(k) => {
+                let mut out = Zeroizing::new(vec![0u8; k.min_output_size().max(len)]);
+                let n = match self.padding.oaep() {
+                    Some(alg) => k.decrypt(alg, ciphertext, &mut out, None).map(|p| p.len()),
+                    None => Err(aws_lc_rs::error::Unspecified),
+                };
+                (n, out)
+            }
+            Decrypting::Pkcs1(k) => {
+                let mut out = Zeroizing::new(vec![0u8; k.min_output_size().max(len)]);
+                let n = k.decrypt(ciphertext, &mut out).map(|p| p.len());
+                (n, out)
+            }
         };
-        out.truncate(len);
-        Some(DataKey::new(out))
+        let (ok, n) = match decrypted {
+            Ok(n) => (Choice::from(1), n as u64),
+            Err(_) => (Choice::from(0), 0),
+        };
+        let ok = ok & n.ct_eq(&(len as u64));
+        for (c, d) in chosen.iter_mut().zip(room.iter()) {
+            c.conditional_assign(d, ok);
+        }
+        Ok((DataKey::new(chosen), ok))
     }
 }
 
@@ -209,21 +252,23 @@ impl Keyring for RawRsaKeyring {
                 "{label}: no private key configured"
             ))]));
         };
+        let len = materials.suite.key_len();
         let mut tried = 0;
         for edk in edks {
             if edk.provider_id != self.namespace || edk.provider_info != self.name.as_bytes() {
                 continue;
             }
             tried += 1;
-            if let Some(key) = self.unwrap_key(private, &edk.ciphertext) {
-                return materials.set_data_key(key);
+            let (key, unwrapped) = self.unwrap_key(private, &edk.ciphertext, len)?;
+            if materials.offer(key, unwrapped) {
+                return Ok(());
             }
         }
         Err(Error::NoUsableDataKey(vec![Error::Keyring(
             if tried == 0 {
                 format!("{label}: the message has no data key wrapped under it")
             } else {
-                format!("{label}: {tried} candidate(s) did not unwrap (wrong key or padding)")
+                format!("{label}: {tried} wrapped key(s) under it did not unwrap to this message's data key (another key pair, or an altered message)")
             },
         )]))
     }

@@ -6,9 +6,16 @@ mod cache;
 #[cfg(feature = "cache")]
 pub use cache::{CacheLimits, CachingKeyring, DataKeyCache};
 
+use std::sync::Arc;
+
+use subtle::Choice;
 use zeroize::Zeroizing;
 
-use crate::format::{AlgorithmSuite, EncryptedDataKey, EncryptionContext};
+use crate::crypto::kdf::{commitment_matches, derive};
+use crate::crypto::{AeadBackend, AeadKey};
+use crate::format::{
+    AlgorithmSuite, EncryptedDataKey, EncryptionContext, Header, COMMITMENT_LEN, IV_LEN, TAG_LEN,
+};
 use crate::Error;
 
 /// A plaintext data key. Zeroized on drop, never `Clone`, and its `Debug` shows only its length.
@@ -123,6 +130,10 @@ pub struct DecryptionMaterials {
     pub context: EncryptionContext,
     /// Set by the first keyring that unwraps a data key.
     pub data_key: Option<DataKey>,
+    /// The message's header, which a key must open to be kept (set by the message layer).
+    check: Option<Arc<HeaderCheck>>,
+    /// Whether a keyring unwrapped a key that was then refused.
+    rejected: bool,
 }
 
 impl DecryptionMaterials {
@@ -132,24 +143,122 @@ impl DecryptionMaterials {
             suite,
             context,
             data_key: None,
+            check: None,
+            rejected: false,
         }
     }
 
-    /// Stores an unwrapped key after checking its length against the suite.
+    /// Materials that keep only a key that opens `check`'s header.
+    pub(crate) fn checked(
+        suite: AlgorithmSuite,
+        context: EncryptionContext,
+        check: Arc<HeaderCheck>,
+    ) -> Self {
+        DecryptionMaterials {
+            check: Some(check),
+            ..DecryptionMaterials::new(suite, context)
+        }
+    }
+
+    /// Stores an unwrapped key if it has the suite's length and, when the message is known,
+    /// opens the message's header (its key commitment, then its tag).
     ///
     /// # Errors
-    /// When the key has the wrong length for the suite.
+    /// [`Error::DecryptionFailed`] otherwise, whatever the reason, so that the answer tells
+    /// nothing about the unwrapped bytes. The keyrings of this crate do not return it: they go
+    /// on to the message's next wrapped key, as the ESDK keyrings do.
     pub fn set_data_key(&mut self, key: DataKey) -> Result<(), Error> {
-        if key.len() != self.suite.key_len() {
-            return Err(Error::Keyring(format!(
-                "the unwrapped data key is {} bytes but suite {} needs {}",
-                key.len(),
-                self.suite,
-                self.suite.key_len()
-            )));
+        if self.offer(key, Choice::from(1)) {
+            Ok(())
+        } else {
+            Err(Error::DecryptionFailed)
         }
-        self.data_key = Some(key);
-        Ok(())
+    }
+
+    /// Keeps `key` when `unwrapped` is set and the key has the suite's length and opens the
+    /// header; returns whether it did. The header is tried even when `unwrapped` is not set, so
+    /// that a keyring which hands in a random stand-in for a key it could not unwrap takes the
+    /// same path, and the same time, as one whose key is merely wrong.
+    pub(crate) fn offer(&mut self, key: DataKey, unwrapped: Choice) -> bool {
+        let opens = key.len() == self.suite.key_len()
+            && self
+                .check
+                .as_ref()
+                .is_none_or(|c| c.open(key.as_bytes()).is_ok());
+        if bool::from(unwrapped & Choice::from(u8::from(opens))) {
+            self.data_key = Some(key);
+            true
+        } else {
+            self.rejected = true;
+            false
+        }
+    }
+
+    /// Whether a keyring unwrapped a key that did not open the header. The message layer then
+    /// reports [`Error::DecryptionFailed`], whatever the keyrings said, so that how one wrapped
+    /// key failed to unwrap is never visible.
+    pub(crate) fn rejected_a_key(&self) -> bool {
+        self.rejected
+    }
+}
+
+/// What a data key must open to belong to a message: its key commitment (committing suites)
+/// and its header tag. Built once per message, before the keyrings run, so that a keyring can
+/// try each wrapped key against the message itself and go on to the next when one does not fit.
+pub(crate) struct HeaderCheck {
+    suite: AlgorithmSuite,
+    backend: AeadBackend,
+    message_id: Vec<u8>,
+    commitment: Option<[u8; COMMITMENT_LEN]>,
+    /// The header tag's AAD: the header body as read, then the required-only pairs.
+    aad: Vec<u8>,
+    iv: [u8; IV_LEN],
+    tag: [u8; TAG_LEN],
+}
+
+impl std::fmt::Debug for HeaderCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeaderCheck")
+            .field("suite", &self.suite)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HeaderCheck {
+    /// The check for `header`, whose tag covers `aad`.
+    pub(crate) fn new(header: &Header, aad: Vec<u8>, backend: AeadBackend) -> Self {
+        HeaderCheck {
+            suite: header.body.suite,
+            backend,
+            message_id: header.body.message_id.clone(),
+            commitment: header.body.commitment,
+            aad,
+            iv: header.iv,
+            tag: header.tag,
+        }
+    }
+
+    /// The message's content key, if `data_key` opens the header.
+    ///
+    /// # Errors
+    /// [`Error::DecryptionFailed`] for a key of the wrong length, another commitment or a tag
+    /// that does not verify.
+    pub(crate) fn open(&self, data_key: &[u8]) -> Result<AeadKey, Error> {
+        if data_key.len() != self.suite.key_len() {
+            return Err(Error::DecryptionFailed);
+        }
+        let derived = derive(self.suite, data_key, &self.message_id);
+        if let (Some(expected), Some(stored)) = (&derived.commitment, &self.commitment) {
+            if !commitment_matches(expected, stored) {
+                return Err(Error::DecryptionFailed);
+            }
+        }
+        let key = AeadKey::new(self.backend, &derived.content_key)
+            .map_err(|_| Error::Crypto("bad content key length"))?;
+        let mut tag = self.tag;
+        key.open_in_place(&self.iv, &self.aad, &mut tag)
+            .map_err(|_| Error::DecryptionFailed)?;
+        Ok(key)
     }
 }
 

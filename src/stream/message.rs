@@ -1,13 +1,14 @@
 //! Once per message: materials from the keyring, key derivation, header, header tag.
 
-use crate::crypto::kdf::{commitment_matches, derive};
+use std::sync::Arc;
+
+use crate::crypto::kdf::derive;
 use crate::crypto::signature::{Signer, Verifier};
 use crate::crypto::{random_bytes, AeadKey};
 use crate::format::{
     ContentType, EncryptionContext, FormatError, Header, HeaderBody, IV_LEN, PUBLIC_KEY_FIELD,
-    TAG_LEN,
 };
-use crate::materials::{DataKey, DecryptionMaterials, EncryptionMaterials};
+use crate::materials::{DataKey, DecryptionMaterials, EncryptionMaterials, HeaderCheck};
 use crate::Error;
 
 use super::machine::{FrameCipher, Opener, Sealer};
@@ -174,29 +175,25 @@ pub(crate) async fn unwrap_header(
         _ => return Err(Error::BadPublicKeyField),
     };
 
-    let mut materials = DecryptionMaterials::new(suite, full.clone());
-    opts.keyring
+    let aad = header_aad(&header.body_bytes, &required_only)?;
+    let check = Arc::new(HeaderCheck::new(header, aad, opts.backend));
+    let mut materials = DecryptionMaterials::checked(suite, full.clone(), check.clone());
+    let outcome = opts
+        .keyring
         .on_decrypt(&mut materials, &body.encrypted_data_keys)
-        .await?;
+        .await;
+    // However a refused key failed (bad padding, wrong length, wrong key, altered header), and
+    // whatever else the keyrings said, the answer is the same: no unwrapping oracle.
+    if outcome.is_err() && materials.rejected_a_key() {
+        return Err(Error::DecryptionFailed);
+    }
+    outcome?;
     let data_key = materials
         .data_key
         .take()
         .ok_or_else(|| Error::NoUsableDataKey(Vec::new()))?;
-    if data_key.len() != suite.key_len() {
-        return Err(Error::DecryptionFailed);
-    }
-    let derived = derive(suite, data_key.as_bytes(), &body.message_id);
-    if let (Some(expected), Some(stored)) = (&derived.commitment, &body.commitment) {
-        if !commitment_matches(expected, stored) {
-            return Err(Error::DecryptionFailed);
-        }
-    }
-    let key = AeadKey::new(opts.backend, &derived.content_key)
-        .map_err(|_| Error::Crypto("bad content key length"))?;
-    let aad = header_aad(&header.body_bytes, &required_only)?;
-    let mut tag: [u8; TAG_LEN] = header.tag;
-    key.open_in_place(&header.iv, &aad, &mut tag)
-        .map_err(|_| Error::DecryptionFailed)?;
+    // Again, for a keyring that set the key without offering it.
+    let key = check.open(data_key.as_bytes())?;
     let mut verifier = verifier;
     if let Some(v) = &mut verifier {
         v.update(&header.to_bytes());
