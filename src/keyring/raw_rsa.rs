@@ -268,7 +268,10 @@ impl Keyring for RawRsaKeyring {
             if tried == 0 {
                 format!("{label}: the message has no data key wrapped under it")
             } else {
-                format!("{label}: {tried} wrapped key(s) under it did not unwrap to this message's data key (another key pair, or an altered message)")
+                format!(
+                    "{label}: {tried} wrapped key(s) under it did not unwrap to this message's \
+                     data key (another key pair, or an altered message)"
+                )
             },
         )]))
     }
