@@ -37,6 +37,16 @@ pub enum Error {
     /// A KMS call failed (after the SDK's retries).
     #[cfg(feature = "kms")]
     Kms(crate::keyring::KmsError),
+    /// An `aws-kms` wrapped key in the message names its key in a form a KMS keyring refuses to
+    /// use. The message is corrupted or forged; nothing was asked of KMS.
+    #[cfg(feature = "kms")]
+    BadKmsArn {
+        /// The provider info as the message gives it, escaped with [`str::escape_debug`] (and
+        /// shortened) because it is untrusted.
+        arn: String,
+        /// What is wrong with it.
+        problem: crate::keyring::KmsArnProblem,
+    },
     /// A keyring failed to produce or wrap a data key.
     Keyring(String),
     /// An argument or option is out of range (the message says which).
@@ -101,6 +111,13 @@ impl std::fmt::Display for Error {
             }
             #[cfg(feature = "kms")]
             Error::Kms(e) => e.fmt(f),
+            #[cfg(feature = "kms")]
+            Error::BadKmsArn { arn, problem } => write!(
+                f,
+                "a wrapped data key names \"{arn}\" as its KMS key, {}: the message is corrupted \
+                 or forged",
+                problem.describe()
+            ),
             Error::Keyring(msg) => f.write_str(msg),
             Error::InvalidArgument(msg) => f.write_str(msg),
             Error::Crypto(msg) => write!(f, "cryptographic failure: {msg}"),
@@ -157,5 +174,46 @@ impl From<Error> for std::io::Error {
     }
 }
 
+/// How much of an untrusted string an error message quotes.
+const QUOTED_MAX: usize = 1024;
+
+/// A string from a message (an ARN, a provider ID, a Region, a context key or value) made safe
+/// to put in an error message: control characters, bidirectional overrides and the like escaped
+/// (`\u{1b}`), so that no `Display` of this crate carries a raw terminal escape from a message;
+/// cut after [`QUOTED_MAX`] characters. Non-UTF-8 bytes are shown as `\xNN`.
+pub(crate) fn untrusted(bytes: &[u8]) -> String {
+    let (shown, cut) = match std::str::from_utf8(bytes) {
+        Ok(s) => match s.char_indices().nth(QUOTED_MAX) {
+            Some((at, _)) => (s[..at].escape_debug().to_string(), true),
+            None => (s.escape_debug().to_string(), false),
+        },
+        Err(_) => {
+            let n = bytes.len().min(QUOTED_MAX);
+            (bytes[..n].escape_ascii().to_string(), n < bytes.len())
+        }
+    };
+    if cut {
+        format!("{shown}... ({} bytes in all)", bytes.len())
+    } else {
+        shown
+    }
+}
+
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn untrusted_strings_lose_their_control_characters() {
+        assert_eq!(untrusted(b"key/\x1b[2J\x07"), "key/\\u{1b}[2J\\u{7}");
+        assert_eq!(untrusted("\u{202e}\u{9b}x".as_bytes()), "\\u{202e}\\u{9b}x");
+        assert_eq!(untrusted(b"\xff\x1b"), "\\xff\\x1b");
+        let long = "a".repeat(QUOTED_MAX + 10);
+        let shown = untrusted(long.as_bytes());
+        assert!(shown.starts_with(&long[..QUOTED_MAX]), "{shown}");
+        assert!(shown.ends_with(&format!("... ({} bytes in all)", QUOTED_MAX + 10)));
+    }
+}

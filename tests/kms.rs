@@ -10,8 +10,14 @@ use std::time::Duration;
 
 use aws_sdk_kms::config::retry::RetryConfig;
 use aws_sdk_kms::config::timeout::TimeoutConfig;
-use kms_envelope::keyring::{DiscoveryFilter, KmsErrorKind, KmsKeyring, KmsKeyringBuilder};
-use kms_envelope::{Decryptor, EncryptionContext, Encryptor, Error};
+use kms_envelope::format::EncryptedDataKey;
+use kms_envelope::keyring::{
+    DiscoveryFilter, KmsArnProblem, KmsErrorKind, KmsKeyring, KmsKeyringBuilder,
+};
+use kms_envelope::materials::{DecryptionMaterials, EncryptionMaterials};
+use kms_envelope::{
+    Decryptor, EncryptionContext, Encryptor, Error, Keyring, MultiKeyring, RawAesKeyring,
+};
 use support::proxy::{Fault, Proxy};
 use support::{block_on, create_key, kms_client, moto, sdk_config};
 
@@ -422,6 +428,226 @@ async fn async_and_sync_kms_messages_interoperate() {
             .unwrap(),
         b"sync"
     );
+}
+
+/// Adds a wrapped key of the test's choosing beside the real ones (making the data key when it
+/// comes first), so that the header authenticates with it in place, as a message written by an
+/// attacker would.
+#[derive(Debug)]
+struct Planted(EncryptedDataKey);
+
+#[async_trait::async_trait]
+impl Keyring for Planted {
+    async fn on_encrypt(&self, m: &mut EncryptionMaterials) -> Result<(), Error> {
+        m.data_key_or_generate()?;
+        m.encrypted_data_keys.push(self.0.clone());
+        Ok(())
+    }
+    async fn on_decrypt(
+        &self,
+        _: &mut DecryptionMaterials,
+        _: &[EncryptedDataKey],
+    ) -> Result<(), Error> {
+        Err(Error::NoUsableDataKey(Vec::new()))
+    }
+}
+
+fn kms_edk(provider_info: &[u8], ciphertext: Vec<u8>) -> EncryptedDataKey {
+    EncryptedDataKey {
+        provider_id: "aws-kms".into(),
+        provider_info: provider_info.to_vec(),
+        ciphertext,
+    }
+}
+
+/// A message under `first`, with `planted` wrapped key(s) after its own.
+fn with_planted(first: Arc<dyn Keyring>, planted: Vec<EncryptedDataKey>) -> Vec<u8> {
+    let children: Vec<Arc<dyn Keyring>> = planted
+        .into_iter()
+        .map(|e| Arc::new(Planted(e)) as Arc<dyn Keyring>)
+        .collect();
+    let multi = MultiKeyring::new(Some(first), children).unwrap();
+    Encryptor::new(&multi)
+        .context(context())
+        .encrypt(b"planted")
+        .unwrap()
+}
+
+#[test]
+fn provider_info_that_is_not_a_key_arn_fails_decryption_as_the_esdk_spec_says() {
+    let m = moto();
+    let key = create_key(&kms_client(&m.endpoint(), "us-east-1"), false);
+    let proxy = Proxy::start(m.port, |_| Fault::Forward);
+    let strict = builder(&proxy.endpoint()).key(&key).build().unwrap();
+    let discovery = builder(&proxy.endpoint()).discovery(None).build().unwrap();
+    let writer: Arc<dyn Keyring> =
+        Arc::new(builder(&m.endpoint()).generator(&key).build().unwrap());
+    let alias = format!("arn:aws:kms:us-east-1:{ACCOUNT}:alias/app");
+    for info in [&b"not-an-arn"[..], alias.as_bytes(), &[0xFF, 0xFE, 0x00]] {
+        // The good wrapped key comes first: still a failure, before any KMS call.
+        let msg = with_planted(writer.clone(), vec![kms_edk(info, vec![1; 40])]);
+        for keyring in [&strict, &discovery] {
+            let got = Decryptor::new(keyring).decrypt(&msg);
+            assert!(got.is_err(), "{info:?} was skipped: {got:?}");
+            let err = got.unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::BadKmsArn {
+                        problem: KmsArnProblem::NotAKeyArn,
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains("not a KMS key ARN"), "{err}");
+        }
+    }
+    assert_eq!(proxy.log.lock().unwrap().len(), 0, "KMS was never asked");
+    // The same keyrings still read a message without such a key.
+    let clean = with_planted(writer, Vec::new());
+    assert_eq!(Decryptor::new(&strict).decrypt(&clean).unwrap(), b"planted");
+    assert_eq!(
+        Decryptor::new(&discovery).decrypt(&clean).unwrap(),
+        b"planted"
+    );
+}
+
+#[test]
+fn a_malformed_region_from_a_message_is_refused_before_any_kms_call() {
+    let m = moto();
+    let key = create_key(&kms_client(&m.endpoint(), "us-east-1"), false);
+    let id = key.rsplit('/').next().unwrap();
+    let proxy = Proxy::start(m.port, |_| Fault::Forward);
+    let discovery = builder(&proxy.endpoint()).discovery(None).build().unwrap();
+    let writer: Arc<dyn Keyring> = Arc::new(RawAesKeyring::new("ns", "k", &[3; 32]).unwrap());
+    for region in [
+        "us-east-1.evil.example",
+        "US-EAST-1",
+        "us-east-1\u{1b}[2J",
+        "x",
+    ] {
+        let arn = format!("arn:aws:kms:{region}:{ACCOUNT}:key/{id}");
+        let msg = with_planted(writer.clone(), vec![kms_edk(arn.as_bytes(), vec![1; 40])]);
+        let err = Decryptor::new(&discovery).decrypt(&msg).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::BadKmsArn {
+                    problem: KmsArnProblem::MalformedRegion,
+                    ..
+                }
+            ),
+            "{region:?}: {err:?}"
+        );
+    }
+    assert_eq!(proxy.log.lock().unwrap().len(), 0, "KMS was never asked");
+}
+
+#[test]
+fn a_kms_wrapped_key_of_another_message_is_passed_over_for_the_next() {
+    let m = moto();
+    let key = create_key(&kms_client(&m.endpoint(), "us-east-1"), false);
+    let keyring = builder(&m.endpoint()).generator(&key).build().unwrap();
+    let other = Encryptor::new(&keyring)
+        .context(context())
+        .encrypt(b"other")
+        .unwrap();
+    let copied = Decryptor::new(&keyring)
+        .reader(&other[..])
+        .unwrap()
+        .header()
+        .encrypted_data_keys[0]
+        .clone();
+    // The copied key comes first: KMS unwraps it (same key, same context) to the other
+    // message's data key, which does not open this header; the message's own key comes next.
+    let multi = MultiKeyring::new(
+        Some(Arc::new(Planted(copied))),
+        vec![Arc::new(keyring.clone())],
+    )
+    .unwrap();
+    let msg = Encryptor::new(&multi)
+        .context(context())
+        .encrypt(b"mine")
+        .unwrap();
+    let proxy = Proxy::start(m.port, |_| Fault::Forward);
+    let reader = builder(&proxy.endpoint()).key(&key).build().unwrap();
+    assert_eq!(Decryptor::new(&reader).decrypt(&msg).unwrap(), b"mine");
+    assert_eq!(proxy.count("Decrypt"), 2, "both wrapped keys were tried");
+}
+
+#[test]
+fn strings_from_a_message_reach_no_error_message_raw() {
+    const ESC: &str = "\u{1b}[2J\u{1b}[H\u{1b}[32mALL GOOD";
+    let m = moto();
+    let key = create_key(&kms_client(&m.endpoint(), "us-east-1"), false);
+    let id = key.rsplit('/').next().unwrap();
+    let filtered = builder(&m.endpoint())
+        .discovery(Some(DiscoveryFilter {
+            partition: "aws".into(),
+            accounts: vec![ACCOUNT.into()],
+        }))
+        .build()
+        .unwrap();
+    let aes = RawAesKeyring::new("ns", "k", &[3; 32]).unwrap();
+    let elsewhere = RawAesKeyring::new("elsewhere", "k", &[3; 32]).unwrap();
+    let writer: Arc<dyn Keyring> = Arc::new(RawAesKeyring::new("ns", "k", &[3; 32]).unwrap());
+    let planted = |provider_id: &str, info: String| {
+        let mut edk = kms_edk(info.as_bytes(), vec![1; 40]);
+        edk.provider_id = provider_id.to_owned();
+        with_planted(writer.clone(), vec![edk])
+    };
+    let cases: Vec<(&str, Vec<u8>, &dyn Keyring)> = vec![
+        (
+            "ARN outside the discovery filter",
+            planted(
+                "aws-kms",
+                format!("arn:aws:kms:us-east-1:999{ESC}:key/{id}"),
+            ),
+            &filtered,
+        ),
+        (
+            "ARN that KMS is asked about",
+            planted(
+                "aws-kms",
+                format!("arn:aws:kms:us-east-1:{ACCOUNT}:key/{id}{ESC}"),
+            ),
+            &filtered,
+        ),
+        (
+            "Region",
+            planted(
+                "aws-kms",
+                format!("arn:aws:kms:us-east-1{ESC}:{ACCOUNT}:key/{id}"),
+            ),
+            &filtered,
+        ),
+        (
+            "provider info that is no ARN",
+            planted("aws-kms", format!("arn:aws:kms{ESC}")),
+            &filtered,
+        ),
+        (
+            "provider ID",
+            planted(&format!("raw{ESC}"), "k".into()),
+            &elsewhere,
+        ),
+    ];
+    for (field, msg, keyring) in cases {
+        let err = Decryptor::new(keyring).decrypt(&msg).unwrap_err();
+        let text = err.to_string();
+        assert!(!text.contains('\u{1b}'), "{field}: {text:?}");
+    }
+    // A context key of the message, named by the caller's expectation.
+    let msg = Encryptor::new(&aes)
+        .context(EncryptionContext::new().with(format!("k{ESC}"), "v"))
+        .encrypt(b"x")
+        .unwrap();
+    let err = Decryptor::new(&aes)
+        .expected_context(EncryptionContext::new().with(format!("k{ESC}"), "other"))
+        .decrypt(&msg)
+        .unwrap_err();
+    assert!(!err.to_string().contains('\u{1b}'), "{err:?}");
 }
 
 #[test]

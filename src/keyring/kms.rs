@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
@@ -12,9 +13,11 @@ use aws_sdk_kms::config::timeout::TimeoutConfig;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::Client;
+use lru::LruCache;
 use zeroize::Zeroizing;
 
 use super::{Keyring, KMS_PROVIDER_ID};
+use crate::error::untrusted;
 use crate::format::{EncryptedDataKey, EncryptionContext};
 use crate::materials::{DataKey, DecryptionMaterials, EncryptionMaterials};
 use crate::Error;
@@ -48,17 +51,21 @@ pub enum KmsErrorKind {
 }
 
 /// A failed KMS call: which operation, which key, what kind of failure, and KMS's own words.
+///
+/// The key may come from a message (discovery mode) and KMS's words may echo it, so both are
+/// escaped with [`str::escape_debug`] when the error is made: no control character of a
+/// message reaches a terminal through this error's `Display`.
 #[derive(Debug, Clone)]
 pub struct KmsError {
     /// The KMS operation (`GenerateDataKey`, `Encrypt`, `Decrypt`, `DescribeKey`, …).
     pub operation: &'static str,
-    /// The key as it was named.
+    /// The key as it was named (escaped).
     pub key: String,
     /// The kind of failure.
     pub kind: KmsErrorKind,
-    /// KMS's error code, when it answered with one.
+    /// KMS's error code, when it answered with one (escaped).
     pub code: Option<String>,
-    /// KMS's or the SDK's message.
+    /// KMS's or the SDK's message (escaped).
     pub message: String,
 }
 
@@ -92,20 +99,20 @@ impl KmsError {
         };
         KmsError {
             operation,
-            key: key.to_owned(),
+            key: untrusted(key.as_bytes()),
             kind,
-            code,
-            message,
+            code: code.map(|c| untrusted(c.as_bytes())),
+            message: untrusted(message.as_bytes()),
         }
     }
 
     fn bad_response(operation: &'static str, key: &str, message: String) -> Self {
         KmsError {
             operation,
-            key: key.to_owned(),
+            key: untrusted(key.as_bytes()),
             kind: KmsErrorKind::BadResponse,
             code: None,
-            message,
+            message: untrusted(message.as_bytes()),
         }
     }
 }
@@ -215,6 +222,25 @@ impl KmsArn {
         })
     }
 
+    /// Whether the Region is well formed: lowercase words joined by `-`, the first of two to
+    /// four letters, at least one more word, and a number of one or two digits at the end
+    /// (`us-east-1`, `cn-north-1`, `us-gov-west-1`, `us-isob-east-1`, `eusc-de-east-1`), at
+    /// most 32 bytes. Every Region of every AWS partition has this shape.
+    pub fn region_is_well_formed(&self) -> bool {
+        let r = self.region.as_str();
+        let words: Vec<&str> = r.split('-').collect();
+        let letters = |w: &str, min: usize, max: usize| {
+            (min..=max).contains(&w.len()) && w.bytes().all(|b| b.is_ascii_lowercase())
+        };
+        r.len() <= 32
+            && words.len() >= 3
+            && letters(words[0], 2, 4)
+            && words[1..words.len() - 1].iter().all(|w| letters(w, 1, 16))
+            && words.last().is_some_and(|n| {
+                (1..=2).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit())
+            })
+    }
+
     /// Whether this names a multi-Region key.
     pub fn is_mrk(&self) -> bool {
         self.resource_type == "key" && self.resource_id.starts_with("mrk-")
@@ -241,6 +267,31 @@ impl std::fmt::Display for KmsArn {
             "arn:{}:kms:{}:{}:{}/{}",
             self.partition, self.region, self.account, self.resource_type, self.resource_id
         )
+    }
+}
+
+/// Why a KMS keyring refuses the key an `aws-kms` wrapped key names ([`Error::BadKmsArn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KmsArnProblem {
+    /// The provider info is not a KMS key ARN (`arn:PARTITION:kms:REGION:ACCOUNT:key/ID`):
+    /// not UTF-8, not an ARN, or an alias. The ESDK's AWS KMS keyring specification makes
+    /// this fail the decryption rather than skip the wrapped key.
+    NotAKeyArn,
+    /// The ARN's Region is not a well-formed AWS Region name
+    /// (see [`KmsArn::region_is_well_formed`]).
+    /// A Region from a message is used to pick a KMS client, so nothing else is accepted.
+    MalformedRegion,
+}
+
+impl KmsArnProblem {
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            KmsArnProblem::NotAKeyArn => {
+                "which is not a KMS key ARN (arn:PARTITION:kms:REGION:ACCOUNT:key/ID)"
+            }
+            KmsArnProblem::MalformedRegion => "whose Region is not a well-formed AWS Region name",
+        }
     }
 }
 
@@ -288,7 +339,8 @@ impl Drop for CallRuntime {
 
 struct Inner {
     base: SdkConfig,
-    clients: Mutex<HashMap<String, Client>>,
+    /// One client per Region, the most recently used [`KmsKeyring::MAX_REGION_CLIENTS`].
+    clients: Mutex<LruCache<String, Client>>,
     generator: Option<String>,
     keys: Vec<String>,
     discovery: Option<Option<DiscoveryFilter>>,
@@ -298,6 +350,34 @@ struct Inner {
 }
 
 /// Wraps data keys with AWS KMS. Cheap to clone; clones share clients and caches.
+///
+/// # Decrypting
+///
+/// Every `aws-kms` wrapped key of a message must name a KMS key ARN
+/// (`arn:PARTITION:kms:REGION:ACCOUNT:key/ID`) with a well-formed Region, or decryption fails
+/// with [`Error::BadKmsArn`] before any KMS call, even when another wrapped key would do: the
+/// ESDK's AWS KMS keyring specification makes a provider info that is not a valid key ARN fail
+/// OnDecrypt rather than be skipped; the Region check is this crate's, because in discovery
+/// mode the Region picks the KMS client. A wrapped key that KMS unwraps to a key that does not
+/// open the message is passed over for the next one.
+///
+/// **Strict mode resolves names (an extension to the ESDK specification).** The
+/// specification's strict keyring accepts only key ARNs for decryption and compares the
+/// wrapped key's ARN with them as strings. This keyring also accepts a key ID, an alias name
+/// (`alias/app-data`) or an alias ARN: on its first decryption it asks KMS which key the name
+/// stands for (`DescribeKey`, which needs `kms:DescribeKey`) and then matches wrapped keys
+/// against that key ARN (multi-Region keys match their replicas). The answer is kept for the
+/// keyring's lifetime. So when an alias is re-pointed to another key:
+/// - a keyring that has already decrypted once goes on trusting the key the alias named then,
+///   and cannot decrypt messages wrapped under the new target until it is rebuilt, although it
+///   encrypts under the new target (`GenerateDataKey` resolves the alias on every call);
+/// - a keyring built afterwards trusts only the new target, and no longer reads messages
+///   wrapped under the old key alone.
+///
+/// Whoever may update the alias therefore chooses which key a newly built keyring accepts. For
+/// decryption that must not depend on an alias, name keys by key ARN, as the specification
+/// requires; a long-running service that follows alias changes should rebuild its keyring
+/// when one is made.
 ///
 /// ```no_run
 /// use kms_envelope::keyring::KmsKeyring;
@@ -339,7 +419,8 @@ pub struct KmsKeyringBuilder {
 
 impl KmsKeyringBuilder {
     /// The key that makes data keys (`GenerateDataKey`): key ID, key ARN, alias name
-    /// (`alias/app-data`) or alias ARN. On decrypt it is one of the keys allowed.
+    /// (`alias/app-data`) or alias ARN. On decrypt it is one of the keys allowed; a name that
+    /// is not a key ARN is resolved once (see [`KmsKeyring`], "Strict mode resolves names").
     pub fn generator(mut self, key: impl Into<String>) -> Self {
         self.generator = Some(key.into());
         self
@@ -353,7 +434,8 @@ impl KmsKeyringBuilder {
     }
 
     /// Discovery mode, for decrypting only: use whichever `aws-kms` key wrapped the data key,
-    /// limited to `filter`'s partition and accounts when given.
+    /// limited to `filter`'s partition and accounts when given. Without a filter, a message
+    /// chooses the key, the account and the Region KMS is asked in.
     pub fn discovery(mut self, filter: Option<DiscoveryFilter>) -> Self {
         self.discovery = Some(filter);
         self
@@ -457,7 +539,9 @@ impl KmsKeyringBuilder {
         }
         Ok(KmsKeyring(Arc::new(Inner {
             base: b.build(),
-            clients: Mutex::new(HashMap::new()),
+            clients: Mutex::new(LruCache::new(
+                NonZeroUsize::new(KmsKeyring::MAX_REGION_CLIENTS).expect("a non-zero bound"),
+            )),
             generator: self.generator,
             keys: self.keys,
             discovery: self.discovery,
@@ -495,6 +579,13 @@ fn kms_context(ec: &EncryptionContext) -> HashMap<String, String> {
 }
 
 impl KmsKeyring {
+    /// How many per-Region KMS clients a keyring keeps (the most recently used). In discovery
+    /// mode the Region comes from the message, so the number is bounded: a long-running
+    /// service cannot be made to hold a client for every name an attacker writes. A client
+    /// dropped here is made again when needed (the HTTP connections and credentials of the
+    /// AWS configuration are shared, so that is cheap).
+    pub const MAX_REGION_CLIENTS: usize = 16;
+
     /// A builder.
     pub fn builder() -> KmsKeyringBuilder {
         KmsKeyringBuilder::default()
@@ -502,18 +593,24 @@ impl KmsKeyring {
 
     /// The client for `region`, or the default Region's for `None`.
     fn client(&self, region: Option<&str>) -> Client {
-        let key = region.unwrap_or("").to_owned();
+        let key = region.unwrap_or("");
         let mut clients = self.0.clients.lock().expect("client map");
-        clients
-            .entry(key)
-            .or_insert_with(|| {
-                let mut conf = aws_sdk_kms::config::Builder::from(&self.0.base);
-                if let Some(r) = region {
-                    conf = conf.region(Region::new(r.to_owned()));
-                }
-                Client::from_conf(conf.build())
-            })
-            .clone()
+        if let Some(c) = clients.get(key) {
+            return c.clone();
+        }
+        let mut conf = aws_sdk_kms::config::Builder::from(&self.0.base);
+        if let Some(r) = region {
+            conf = conf.region(Region::new(r.to_owned()));
+        }
+        let client = Client::from_conf(conf.build());
+        clients.put(key.to_owned(), client.clone());
+        client
+    }
+
+    /// How many per-Region clients the keyring holds now.
+    #[cfg(test)]
+    fn client_count(&self) -> usize {
+        self.0.clients.lock().expect("client map").len()
     }
 
     /// Sends one KMS request on the keyring's runtime, naming the operation and key on failure.
@@ -635,7 +732,6 @@ impl KmsKeyring {
         arn: &KmsArn,
         edk: &EncryptedDataKey,
         ec: &EncryptionContext,
-        len: usize,
     ) -> Result<DataKey, KmsError> {
         let key = arn.to_string();
         let call = self
@@ -651,17 +747,41 @@ impl KmsKeyring {
             return Err(KmsError::bad_response(
                 "Decrypt",
                 &key,
-                format!("KMS answered for key {:?}", out.key_id),
+                format!(
+                    "KMS answered for key \"{}\"",
+                    untrusted(out.key_id.unwrap_or_default().as_bytes())
+                ),
             ));
         }
-        match plaintext {
-            Some(p) if p.len() == len => Ok(DataKey::new(p)),
-            _ => Err(KmsError::bad_response(
-                "Decrypt",
-                &key,
-                "wrong data key length".into(),
-            )),
-        }
+        // Its length is checked with the header, like any unwrapped key.
+        plaintext
+            .map(DataKey::new)
+            .ok_or_else(|| KmsError::bad_response("Decrypt", &key, "no plaintext".into()))
+    }
+
+    /// The key ARN of every `aws-kms` wrapped key, checked before any KMS call: the ESDK's AWS
+    /// KMS keyring specification (OnDecrypt) has decryption fail, not skip the wrapped key,
+    /// when the provider info is not a valid KMS key ARN. A Region from a message must be well
+    /// formed too, because it picks a KMS client.
+    fn message_arns(edks: &[EncryptedDataKey]) -> Result<Vec<(&EncryptedDataKey, KmsArn)>, Error> {
+        edks.iter()
+            .filter(|e| e.provider_id == KMS_PROVIDER_ID)
+            .map(|edk| {
+                let bad = |problem| Error::BadKmsArn {
+                    arn: untrusted(&edk.provider_info),
+                    problem,
+                };
+                let arn = std::str::from_utf8(&edk.provider_info)
+                    .ok()
+                    .and_then(KmsArn::parse)
+                    .filter(|a| a.resource_type == "key")
+                    .ok_or_else(|| bad(KmsArnProblem::NotAKeyArn))?;
+                if !arn.region_is_well_formed() {
+                    return Err(bad(KmsArnProblem::MalformedRegion));
+                }
+                Ok((edk, arn))
+            })
+            .collect()
     }
 
     fn configured(&self) -> impl Iterator<Item = &String> {
@@ -714,7 +834,7 @@ impl Keyring for KmsKeyring {
         materials: &mut DecryptionMaterials,
         edks: &[EncryptedDataKey],
     ) -> Result<(), Error> {
-        let len = materials.suite.key_len();
+        let candidates = Self::message_arns(edks)?;
         let mut attempts = Vec::new();
         // Resolve configured names to ARNs once, before looking at the message.
         let mut allowed = Vec::new();
@@ -724,17 +844,7 @@ impl Keyring for KmsKeyring {
                 Err(e) => attempts.push(Error::Kms(e)),
             }
         }
-        for edk in edks.iter().filter(|e| e.provider_id == KMS_PROVIDER_ID) {
-            let Some(edk_arn) = std::str::from_utf8(&edk.provider_info)
-                .ok()
-                .and_then(KmsArn::parse)
-                .filter(|a| a.resource_type == "key")
-            else {
-                attempts.push(Error::Keyring(
-                    "a wrapped key names no valid KMS key ARN".into(),
-                ));
-                continue;
-            };
+        for (edk, edk_arn) in candidates {
             let target = match &self.0.discovery {
                 Some(filter) => {
                     let excluded = filter.as_ref().is_some_and(|f| {
@@ -742,22 +852,27 @@ impl Keyring for KmsKeyring {
                     });
                     if excluded {
                         attempts.push(Error::Keyring(format!(
-                            "key {edk_arn} is outside the discovery filter"
+                            "key {} is outside the discovery filter",
+                            untrusted(edk_arn.to_string().as_bytes())
                         )));
                         continue;
                     }
-                    edk_arn.clone()
+                    edk_arn
                 }
                 None => match allowed.iter().find(|a| a.mrk_matches(&edk_arn)) {
                     Some(a) => a.clone(),
                     None => continue,
                 },
             };
-            match self
-                .unwrap_with(&target, edk, &materials.context, len)
-                .await
-            {
-                Ok(key) => return materials.set_data_key(key),
+            match self.unwrap_with(&target, edk, &materials.context).await {
+                // A key that does not open this message is refused like any other (the
+                // message layer then answers DecryptionFailed); the next wrapped key is tried.
+                Ok(key) => {
+                    if materials.offer(key, subtle::Choice::from(1)) {
+                        return Ok(());
+                    }
+                    attempts.push(Error::DecryptionFailed);
+                }
                 Err(e) => attempts.push(Error::Kms(e)),
             }
         }
@@ -803,5 +918,102 @@ mod tests {
         ] {
             assert!(KmsArn::parse(bad).is_none(), "{bad}");
         }
+    }
+
+    fn region(r: &str) -> KmsArn {
+        KmsArn::parse(&format!("arn:aws:kms:{r}:111122223333:key/k")).unwrap()
+    }
+
+    #[test]
+    fn regions_of_every_partition_are_well_formed_and_nothing_else() {
+        for good in [
+            "us-east-1",
+            "eu-west-3",
+            "ap-southeast-5",
+            "il-central-1",
+            "cn-north-1",
+            "cn-northwest-1",
+            "us-gov-west-1",
+            "us-iso-east-1",
+            "us-isob-east-1",
+            "eu-isoe-west-1",
+            "us-isof-south-1",
+            "eusc-de-east-1",
+        ] {
+            assert!(region(good).region_is_well_formed(), "{good}");
+        }
+        for bad in [
+            "US-EAST-1",
+            "us-east",
+            "us-east-123",
+            "us-east-1\u{1b}[2J",
+            "us_east_1",
+            "us--east-1",
+            "us-east-1-",
+            "-us-east-1",
+            "u-east-1",
+            "useast-east-1",
+            "us-east-1.evil.example",
+            "localhost",
+            "us-\u{e9}ast-1",
+            "us-eastaaaaaaaaaaaaaaaaaaaaaaaaaaa-1",
+        ] {
+            assert!(!region(bad).region_is_well_formed(), "{bad:?}");
+        }
+    }
+
+    /// A discovery keyring whose calls, if any were made, go to a closed loopback port.
+    fn offline_discovery() -> KmsKeyring {
+        let config = SdkConfig::builder()
+            .region(Region::new("us-east-1"))
+            .endpoint_url("http://127.0.0.1:9")
+            .behavior_version(BehaviorVersion::latest())
+            .build();
+        KmsKeyring::builder()
+            .sdk_config(config)
+            .discovery(None)
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_client_map_keeps_at_most_its_bound() {
+        let keyring = offline_discovery();
+        let regions: Vec<String> = (1..=KmsKeyring::MAX_REGION_CLIENTS + 9)
+            .map(|n| format!("xx-test-{}", n % 100))
+            .collect();
+        for r in &regions {
+            keyring.client(Some(r));
+        }
+        assert_eq!(keyring.client_count(), KmsKeyring::MAX_REGION_CLIENTS);
+        // The most recent ones are kept.
+        let last = regions.last().unwrap();
+        keyring.client(Some(last));
+        assert_eq!(keyring.client_count(), KmsKeyring::MAX_REGION_CLIENTS);
+    }
+
+    #[test]
+    fn a_malformed_region_makes_no_client() {
+        let keyring = offline_discovery();
+        let edk = EncryptedDataKey {
+            provider_id: KMS_PROVIDER_ID.into(),
+            provider_info: b"arn:aws:kms:us-east-1\x1b[2J:111122223333:key/k".to_vec(),
+            ciphertext: vec![1; 40],
+        };
+        let suite = crate::format::AlgorithmSuite::Aes256GcmHkdfSha512CommitKey;
+        let mut materials = DecryptionMaterials::new(suite, EncryptionContext::new());
+        let err = pollster::block_on(keyring.on_decrypt(&mut materials, &[edk])).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::BadKmsArn {
+                    problem: KmsArnProblem::MalformedRegion,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(!err.to_string().contains('\x1b'), "{err}");
+        assert_eq!(keyring.client_count(), 0);
     }
 }

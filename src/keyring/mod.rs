@@ -11,7 +11,8 @@ mod raw_rsa;
 
 #[cfg(feature = "kms")]
 pub use kms::{
-    load_aws_config, DiscoveryFilter, KmsArn, KmsError, KmsErrorKind, KmsKeyring, KmsKeyringBuilder,
+    load_aws_config, DiscoveryFilter, KmsArn, KmsArnProblem, KmsError, KmsErrorKind, KmsKeyring,
+    KmsKeyringBuilder,
 };
 pub use multi::MultiKeyring;
 pub use raw_aes::RawAesKeyring;
