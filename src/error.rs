@@ -175,12 +175,14 @@ impl From<Error> for std::io::Error {
 }
 
 /// How much of an untrusted string an error message quotes.
+#[cfg_attr(not(feature = "kms"), allow(dead_code))] // only the KMS keyring quotes one so far
 const QUOTED_MAX: usize = 1024;
 
 /// A string from a message (an ARN, a provider ID, a Region, a context key or value) made safe
 /// to put in an error message: control characters, bidirectional overrides and the like escaped
 /// (`\u{1b}`), so that no `Display` of this crate carries a raw terminal escape from a message;
 /// cut after [`QUOTED_MAX`] characters. Non-UTF-8 bytes are shown as `\xNN`.
+#[cfg_attr(not(feature = "kms"), allow(dead_code))]
 pub(crate) fn untrusted(bytes: &[u8]) -> String {
     let (shown, cut) = match std::str::from_utf8(bytes) {
         Ok(s) => match s.char_indices().nth(QUOTED_MAX) {
