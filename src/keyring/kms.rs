@@ -582,8 +582,9 @@ impl KmsKeyring {
     /// How many per-Region KMS clients a keyring keeps (the most recently used). In discovery
     /// mode the Region comes from the message, so the number is bounded: a long-running
     /// service cannot be made to hold a client for every name an attacker writes. A client
-    /// dropped here is made again when needed (the HTTP connections and credentials of the
-    /// AWS configuration are shared, so that is cheap).
+    /// dropped here is made again when needed; the credentials cache of the AWS configuration
+    /// is shared, but its connections may not be (unless the configuration names an HTTP
+    /// client), so a service that uses more Regions than this pays for new connections.
     pub const MAX_REGION_CLIENTS: usize = 16;
 
     /// A builder.
