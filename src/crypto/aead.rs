@@ -34,7 +34,9 @@ impl AeadBackend {
 pub(crate) struct AeadError;
 
 /// An AES-GCM key (128, 192 or 256 bits) bound to a backend. Holds no key bytes of its own;
-/// each backend's key schedule is zeroized by the backend on drop.
+/// each backend clears its key schedule and GHASH key when the key is dropped (aws-lc-rs:
+/// AWS-LC's `OPENSSL_free` cleanses the `EVP_AEAD_CTX`; RustCrypto: `aes-gcm`'s `zeroize`
+/// feature).
 pub(crate) struct AeadKey(Inner);
 
 enum Inner {
@@ -191,6 +193,15 @@ mod rustcrypto {
     use super::{AeadError, IV_LEN, TAG_LEN};
 
     type Aes192Gcm = AesGcm<Aes192, aes_gcm::aead::consts::U12>;
+
+    // The round keys and the GHASH key are cleared on drop only with `aes-gcm`'s `zeroize`
+    // feature (Cargo.toml): without it, this does not compile.
+    const _: () = {
+        fn zeroized_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        let _ = zeroized_on_drop::<Aes128Gcm>;
+        let _ = zeroized_on_drop::<Aes192Gcm>;
+        let _ = zeroized_on_drop::<Aes256Gcm>;
+    };
 
     // Boxed: the key schedules are large and this keeps `AeadKey` small to move.
     pub(super) enum Key {
