@@ -298,14 +298,15 @@ impl Sealer {
                 "the message would need more than {MAX_FRAMES} frames: use a larger frame length"
             )));
         }
+        // The numbers are taken before sealing: a call after a failed one never reuses them.
         let base = self.next_seq;
+        self.next_seq += count as u32;
         let mut slots: Vec<&mut [u8]> = frames.chunks_mut(slot).collect();
         let cipher = &self.cipher;
         each(workers, &mut slots, |i, slot| {
             let src = plaintext.map(|p| &p[i * frame..(i + 1) * frame]);
             cipher.seal(base + i as u32, false, slot, src)
         })?;
-        self.next_seq += count as u32;
         if let Some(s) = &mut self.signer {
             s.update(frames);
         }
