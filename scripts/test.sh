@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The test command: formatting, lints (warnings are errors), then every test with every feature.
+# The test command: formatting, lints (warnings are errors), then every test with every feature,
+# `nonce-guard` included: the library, every test binary and the CLI the CLI tests run abort if
+# an AES-GCM (key, IV) pair is sealed twice or sealed after being opened.
 # Installs what the tests need that a fresh machine lacks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +20,9 @@ locked=()
 
 cargo fmt --all -- --check
 cargo clippy "${locked[@]}" --all-targets --all-features -- -D warnings
+# The guard's own test is compiled only with the guard: its absence means the mode is off.
+cargo test "${locked[@]}" --all-features --lib -- --list | grep the_guard_aborts_when >/dev/null \
+    || { echo "the nonce-guard feature is not on in the test build" >&2; exit 1; }
 cargo test "${locked[@]}" --all-features -- --skip esdk_vectors
 # The vectors run last and uncaptured, so its "esdk vectors: N passed, M failed" line shows.
 cargo test "${locked[@]}" --all-features --test vectors -- --nocapture

@@ -1,9 +1,10 @@
 //! Key derivation (FORMAT.md §9): the content key, and the key commitment for 0x0478/0x0578.
 
+use hkdf::hmac::EagerHash;
 use hkdf::Hkdf;
 use sha2::{Sha256, Sha384, Sha512};
 use subtle::ConstantTimeEq;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::format::{AlgorithmSuite, Kdf, COMMITMENT_LEN};
 
@@ -13,6 +14,22 @@ pub(crate) struct DerivedKeys {
     pub(crate) content_key: Zeroizing<Vec<u8>>,
     /// The key commitment written in (or checked against) a v2 header.
     pub(crate) commitment: Option<[u8; COMMITMENT_LEN]>,
+}
+
+// HKDF keeps the PRK as HMAC's inner and outer hash states, which clear themselves on drop only
+// with sha2's `zeroize` feature (Cargo.toml): without it, this does not compile.
+const _: () = {
+    fn zeroized_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+    let _ = zeroized_on_drop::<<Sha256 as EagerHash>::Core>;
+    let _ = zeroized_on_drop::<<Sha384 as EagerHash>::Core>;
+    let _ = zeroized_on_drop::<<Sha512 as EagerHash>::Core>;
+};
+
+/// HKDF-Extract. `Hkdf::new` would drop the PRK it returns without clearing it.
+fn extract<H: EagerHash>(salt: Option<&[u8]>, ikm: &[u8]) -> Hkdf<H> {
+    let (mut prk, hkdf) = Hkdf::<H>::extract(salt, ikm);
+    prk.as_mut_slice().zeroize();
+    hkdf
 }
 
 /// Derives the content key (and commitment) for `suite` from `data_key` and the message ID.
@@ -30,21 +47,21 @@ pub(crate) fn derive(suite: AlgorithmSuite, data_key: &[u8], message_id: &[u8]) 
         }
         Kdf::HkdfSha256 => {
             info.extend_from_slice(message_id);
-            let h = Hkdf::<Sha256>::new(None, data_key);
+            let h = extract::<Sha256>(None, data_key);
             h.expand(&info, &mut content_key)
                 .expect("short HKDF output");
             None
         }
         Kdf::HkdfSha384 => {
             info.extend_from_slice(message_id);
-            let h = Hkdf::<Sha384>::new(None, data_key);
+            let h = extract::<Sha384>(None, data_key);
             h.expand(&info, &mut content_key)
                 .expect("short HKDF output");
             None
         }
         Kdf::HkdfSha512Commit => {
             info.extend_from_slice(b"DERIVEKEY");
-            let h = Hkdf::<Sha512>::new(Some(message_id), data_key);
+            let h = extract::<Sha512>(Some(message_id), data_key);
             h.expand(&info, &mut content_key)
                 .expect("short HKDF output");
             let mut commit = [0u8; COMMITMENT_LEN];

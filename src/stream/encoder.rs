@@ -365,12 +365,12 @@ impl FrameEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::{AeadBackend, AeadKey};
-    use crate::stream::machine::FrameCipher;
+    use crate::crypto::AeadBackend;
+    use crate::stream::machine::testing::{self, TestKeys};
 
-    fn encode(pt: &[u8], frame: u32, threads: usize, piece: usize) -> Vec<u8> {
-        let key = AeadKey::new(AeadBackend::AwsLc, &[4; 32]).unwrap();
-        let sealer = Sealer::new(FrameCipher::new(key, vec![2; 32], frame), None);
+    /// Encodes `pt` under keys of its own; returns the body and what checks it.
+    fn encode(pt: &[u8], frame: u32, threads: usize, piece: usize) -> (Vec<u8>, TestKeys) {
+        let (sealer, keys) = testing::sealer(AeadBackend::AwsLc, frame);
         let mut enc = FrameEncoder::new(sealer, threads, None);
         let mut out = Vec::new();
         for chunk in pt.chunks(piece) {
@@ -390,7 +390,15 @@ mod tests {
         out.extend_from_slice(enc.pending());
         enc.consume_pending();
         out.extend_from_slice(&enc.finish().unwrap());
-        out
+        (out, keys)
+    }
+
+    /// Encodes `pt` and checks that it is the one body for its keys (`assert_body_of`): the
+    /// same bytes for any thread count and write size, without sealing a pair twice.
+    fn check(pt: &[u8], frame: u32, threads: usize, piece: usize) {
+        let (body, keys) = encode(pt, frame, threads, piece);
+        let what = format!("F={frame} L={} T={threads} W={piece}", pt.len());
+        keys.assert_body_of(&body, pt, &what);
     }
 
     #[test]
@@ -398,15 +406,15 @@ mod tests {
         let pt: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
         for frame in [4096u32, 65_536] {
             for len in [0, 1, frame as usize, 3 * frame as usize + 5, pt.len()] {
+                check(&pt[..len], frame, 1, 1 << 20);
                 for threads in [1, 2] {
-                    let key = AeadKey::new(AeadBackend::AwsLc, &[4; 32]).unwrap();
-                    let sealer = Sealer::new(FrameCipher::new(key, vec![2; 32], frame), None);
+                    let (sealer, keys) = testing::sealer(AeadBackend::AwsLc, frame);
                     let whole = FrameEncoder::new(sealer, threads, Some(len as u64))
                         .encrypt_whole(b"HEADER", &pt[..len])
                         .unwrap();
-                    let streamed = encode(&pt[..len], frame, 1, 1 << 20);
                     assert_eq!(&whole[..6], b"HEADER");
-                    assert!(whole[6..] == streamed[..], "F={frame} L={len} T={threads}");
+                    let what = format!("F={frame} L={len} T={threads}");
+                    keys.assert_body_of(&whole[6..], &pt[..len], &what);
                 }
             }
         }
@@ -414,8 +422,7 @@ mod tests {
 
     #[test]
     fn a_failed_drain_beside_the_sealing_is_reported() {
-        let key = AeadKey::new(AeadBackend::AwsLc, &[4; 32]).unwrap();
-        let sealer = Sealer::new(FrameCipher::new(key, vec![2; 32], 65_536), None);
+        let (sealer, _) = testing::sealer(AeadBackend::AwsLc, 65_536);
         let mut enc = FrameEncoder::new(sealer, 2, None);
         let data = vec![7u8; 3 << 20];
         assert!(enc.write_draining(&data, |_| Ok(())).unwrap() > 0);
@@ -433,23 +440,11 @@ mod tests {
             // Around whole batches, where the pool takes over.
             let batch = batch_frames(slot, 3) * frame as usize;
             for len in [0, 1, frame as usize, batch - 1, batch, batch + 1, pt.len()] {
-                let one = encode(&pt[..len], frame, 1, 1 << 20);
-                assert_eq!(
-                    encode(&pt[..len], frame, 2, 7_777),
-                    one,
-                    "F={frame} L={len}"
-                );
-                assert_eq!(
-                    encode(&pt[..len], frame, 3, 1 << 20),
-                    one,
-                    "F={frame} L={len}"
-                );
+                check(&pt[..len], frame, 1, 1 << 20);
+                check(&pt[..len], frame, 2, 7_777);
+                check(&pt[..len], frame, 3, 1 << 20);
                 // Writes of more than a batch: sealed while the previous batch drains.
-                assert_eq!(
-                    encode(&pt[..len], frame, 2, 4 << 20),
-                    one,
-                    "F={frame} L={len}"
-                );
+                check(&pt[..len], frame, 2, 4 << 20);
             }
         }
     }

@@ -1,7 +1,8 @@
 //! The framing state machine: I/O-free, shared by every adaptor.
 //!
 //! [`FrameCipher`] seals and opens one body block given its position; [`Sealer`] and
-//! [`Opener`] add the order (sequence numbers, final frame, signature) on top of it.
+//! [`Opener`] add the order (sequence numbers, final frame, signature) on top of it. Only a
+//! [`Sealer`] seals, and only a fresh [`MessageId`] builds one.
 //! Adaptors own the buffers and the I/O; they hand the machine whole blocks. Sealing and
 //! opening of many blocks can run on a thread pool: the order-dependent work (sequence numbers,
 //! signature hashing) stays with the caller.
@@ -12,14 +13,39 @@ use rayon::prelude::*;
 
 use super::encoder::Workers;
 use crate::crypto::signature::{Signer, Verifier};
-use crate::crypto::AeadKey;
+use crate::crypto::{random_bytes, AeadKey};
 use crate::format::{
-    frame_iv, BlockKind, BodyAad, ContentType, FormatError, FINAL_FRAME_MARKER, FINAL_FRAME_PREFIX,
-    IV_LEN, MAX_FRAMES, MAX_NON_FRAMED_LEN, NON_FRAMED_PREFIX, REGULAR_FRAME_PREFIX, TAG_LEN,
+    frame_iv, AlgorithmSuite, BlockKind, BodyAad, ContentType, FormatError, FINAL_FRAME_MARKER,
+    FINAL_FRAME_PREFIX, IV_LEN, MAX_FRAMES, MAX_NON_FRAMED_LEN, NON_FRAMED_PREFIX,
+    REGULAR_FRAME_PREFIX, TAG_LEN,
 };
 use crate::Error;
 
-/// One message's content key and block parameters. `Sync`: workers may share it.
+/// The IV of the header tag: all zeros, in every message (FORMAT.md).
+pub(crate) const HEADER_IV: [u8; IV_LEN] = [0; IV_LEN];
+
+/// The message ID of a message being encrypted, drawn from the system CSPRNG. The only way to
+/// a [`Sealer`], which takes it by value: it is not `Clone` and cannot be made from bytes, so
+/// an ID read from a header, or kept from another message, can never seal. A fresh ID derives
+/// a fresh content key, under which the header IV and each frame IV are then sealed once.
+#[derive(Debug)]
+pub(crate) struct MessageId(Vec<u8>);
+
+impl MessageId {
+    /// A new random ID of `suite`'s length.
+    pub(crate) fn generate(suite: AlgorithmSuite) -> Result<Self, Error> {
+        let mut id = vec![0u8; suite.message_id_len()];
+        random_bytes(&mut id)?;
+        Ok(MessageId(id))
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// One message's content key and block parameters. `Sync`: workers may share it. Built from a
+/// parsed header it only opens: sealing is private to this module, through a [`Sealer`].
 #[derive(Debug)]
 pub(crate) struct FrameCipher {
     key: AeadKey,
@@ -28,6 +54,7 @@ pub(crate) struct FrameCipher {
 }
 
 impl FrameCipher {
+    /// A cipher that opens the body of the message with this ID and frame length.
     pub(crate) fn new(key: AeadKey, message_id: Vec<u8>, frame_length: u32) -> Self {
         FrameCipher {
             key,
@@ -50,7 +77,7 @@ impl FrameCipher {
     /// header goes into the prefix and the tag into the spare bytes. With `src`, the plaintext
     /// is read from it (one pass, out of place) and the slot's plaintext bytes are only written;
     /// without, it is sealed in place.
-    pub(crate) fn seal(
+    fn seal(
         &self,
         seq: u32,
         last: bool,
@@ -199,21 +226,48 @@ pub(crate) fn locate_frame(buf: &[u8], seq: u32, frame_length: u32) -> Result<St
     }))
 }
 
-/// Encrypting side: sequence numbers, the final frame, the signature.
+/// Encrypting side: the header tag, sequence numbers, the final frame, the signature.
 #[derive(Debug)]
 pub(crate) struct Sealer {
     cipher: FrameCipher,
+    header_sealed: bool,
     next_seq: u32,
     signer: Option<Signer>,
 }
 
 impl Sealer {
-    pub(crate) fn new(cipher: FrameCipher, signer: Option<Signer>) -> Self {
+    /// The sealer of one new message: `key` is the content key derived for `message_id`.
+    pub(crate) fn new(
+        key: AeadKey,
+        message_id: MessageId,
+        frame_length: u32,
+        signer: Option<Signer>,
+    ) -> Self {
         Sealer {
-            cipher,
+            cipher: FrameCipher::new(key, message_id.0, frame_length),
+            header_sealed: false,
             next_seq: 1,
             signer,
         }
+    }
+
+    /// Seals the header's tag over `aad` under [`HEADER_IV`], appends it to `header` (the
+    /// header up to its tag) and feeds the header to the signature. Once per message: a second
+    /// header would reuse the header IV under the same content key.
+    pub(crate) fn seal_header(&mut self, header: &mut Vec<u8>, aad: &[u8]) -> Result<(), Error> {
+        if std::mem::replace(&mut self.header_sealed, true) {
+            return Err(Error::Crypto("a message's header tag is sealed only once"));
+        }
+        let tag = self
+            .cipher
+            .key
+            .seal_in_place(&HEADER_IV, aad, &mut [])
+            .map_err(|_| Error::Crypto("AES-GCM seal failed"))?;
+        header.extend_from_slice(&tag);
+        if let Some(s) = &mut self.signer {
+            s.update(header);
+        }
+        Ok(())
     }
 
     pub(crate) fn frame_length(&self) -> usize {
@@ -244,14 +298,15 @@ impl Sealer {
                 "the message would need more than {MAX_FRAMES} frames: use a larger frame length"
             )));
         }
+        // The numbers are taken before sealing: a call after a failed one never reuses them.
         let base = self.next_seq;
+        self.next_seq += count as u32;
         let mut slots: Vec<&mut [u8]> = frames.chunks_mut(slot).collect();
         let cipher = &self.cipher;
         each(workers, &mut slots, |i, slot| {
             let src = plaintext.map(|p| &p[i * frame..(i + 1) * frame]);
             cipher.seal(base + i as u32, false, slot, src)
         })?;
-        self.next_seq += count as u32;
         if let Some(s) = &mut self.signer {
             s.update(frames);
         }
@@ -511,19 +566,105 @@ impl Opener {
     }
 }
 
+/// Test sealers under keys of their own, and the check of what they write.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::crypto::AeadBackend;
+    use crate::format::framed_body_len;
+
+    /// What opens a test sealer's output.
+    pub(crate) struct TestKeys {
+        key: Vec<u8>,
+        message_id: Vec<u8>,
+        frame_length: u32,
+    }
+
+    /// A sealer under a random content key and a fresh message ID: every test seals under keys
+    /// of its own, so no (key, IV) pair repeats in the test process (`nonce-guard` checks).
+    pub(crate) fn sealer(backend: AeadBackend, frame_length: u32) -> (Sealer, TestKeys) {
+        let mut key = vec![0u8; 32];
+        random_bytes(&mut key).unwrap();
+        let id = MessageId::generate(AlgorithmSuite::Aes256GcmHkdfSha512CommitKey).unwrap();
+        let keys = TestKeys {
+            message_id: id.as_bytes().to_vec(),
+            key,
+            frame_length,
+        };
+        let aead = AeadKey::new(backend, &keys.key).unwrap();
+        (Sealer::new(aead, id, frame_length, None), keys)
+    }
+
+    impl TestKeys {
+        pub(crate) fn key(&self, backend: AeadBackend) -> AeadKey {
+            AeadKey::new(backend, &self.key).unwrap()
+        }
+
+        pub(crate) fn opener(&self, backend: AeadBackend) -> Opener {
+            let cipher = FrameCipher::new(
+                self.key(backend),
+                self.message_id.clone(),
+                self.frame_length,
+            );
+            Opener::new(cipher, ContentType::Framed, None, 0)
+        }
+
+        /// Parses the whole of `body` and opens it on `workers`; returns the plaintext.
+        pub(crate) fn open_all(
+            &self,
+            backend: AeadBackend,
+            mut body: Vec<u8>,
+            workers: &Workers,
+        ) -> Vec<u8> {
+            let mut opener = self.opener(backend);
+            let mut blocks = Vec::new();
+            let mut at = 0;
+            while !opener.is_done() {
+                match opener.parse(&body[at..]).unwrap() {
+                    Step::NeedMore(_) => panic!("the whole body is present"),
+                    Step::Block(b) => {
+                        let n = b.consumed;
+                        blocks.push(b.shifted(at));
+                        at += n;
+                    }
+                }
+            }
+            assert_eq!(at, body.len());
+            opener.open_blocks(&mut body, &blocks, workers).unwrap();
+            blocks
+                .iter()
+                .flat_map(|b| body[b.plaintext()].to_vec())
+                .collect()
+        }
+
+        /// Asserts that `body` is the one body these keys give for `plaintext`. AES-GCM is
+        /// deterministic, and the opener checks every frame's number, IV, length and tag: a
+        /// body it opens whole to `plaintext`, at the length of full frames and then a final
+        /// frame with the rest, is byte for byte the only one. So tests compare outputs this
+        /// way rather than seal the same (key, IV) pairs twice.
+        pub(crate) fn assert_body_of(&self, body: &[u8], plaintext: &[u8], what: &str) {
+            let len = framed_body_len(plaintext.len() as u64, self.frame_length);
+            assert_eq!(body.len() as u64, len, "{what}: body length");
+            let opened = self.open_all(AeadBackend::AwsLc, body.to_vec(), &Workers::Caller);
+            assert!(opened == plaintext, "{what}: plaintext");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::{self, TestKeys};
     use super::*;
     use crate::crypto::AeadBackend;
 
-    fn sealer(backend: AeadBackend, frame: usize) -> Sealer {
-        let key = AeadKey::new(backend, &[9; 32]).unwrap();
-        Sealer::new(FrameCipher::new(key, vec![1; 32], frame as u32), None)
-    }
-
-    /// Seals `pt` frame by frame, with or without a pool.
-    fn sealed_body(backend: AeadBackend, pt: &[u8], frame: usize, pool: &Workers) -> Vec<u8> {
-        let mut sealer = sealer(backend, frame);
+    /// Seals `pt` frame by frame, with or without a pool, under keys of its own.
+    fn sealed_body(
+        backend: AeadBackend,
+        pt: &[u8],
+        frame: usize,
+        pool: &Workers,
+    ) -> (Vec<u8>, TestKeys) {
+        let (mut sealer, keys) = testing::sealer(backend, frame as u32);
         let full = pt.len() / frame;
         let mut body = Vec::new();
         for chunk in pt.chunks(frame).take(full) {
@@ -538,66 +679,44 @@ mod tests {
         let footer = sealer.seal_last(&mut last).unwrap();
         body.extend_from_slice(&last);
         body.extend_from_slice(&footer);
-        body
-    }
-
-    fn open_all(backend: AeadBackend, mut body: Vec<u8>, frame: usize, pool: &Workers) -> Vec<u8> {
-        let key = AeadKey::new(backend, &[9; 32]).unwrap();
-        let mut opener = Opener::new(
-            FrameCipher::new(key, vec![1; 32], frame as u32),
-            ContentType::Framed,
-            None,
-            0,
-        );
-        let mut blocks = Vec::new();
-        let mut at = 0;
-        while !opener.is_done() {
-            match opener.parse(&body[at..]).unwrap() {
-                Step::NeedMore(_) => panic!("the whole body is present"),
-                Step::Block(b) => {
-                    let n = b.consumed;
-                    blocks.push(b.shifted(at));
-                    at += n;
-                }
-            }
-        }
-        assert_eq!(at, body.len());
-        opener.open_blocks(&mut body, &blocks, pool).unwrap();
-        blocks
-            .iter()
-            .flat_map(|b| body[b.plaintext()].to_vec())
-            .collect()
+        (body, keys)
     }
 
     #[test]
-    fn backends_and_thread_counts_write_byte_identical_bodies() {
+    fn backends_and_thread_counts_write_the_one_body() {
         let pt: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
         let pool = Workers::new(3);
-        let mut bodies = Vec::new();
-        for &backend in AeadBackend::all() {
-            bodies.push(sealed_body(backend, &pt, 512, &Workers::Caller));
-            bodies.push(sealed_body(backend, &pt, 512, &pool));
+        for &sealer in AeadBackend::all() {
+            for workers in [&Workers::Caller, &pool] {
+                let (body, keys) = sealed_body(sealer, &pt, 512, workers);
+                let what = format!("{sealer:?} sealing, parallel: {}", workers.is_parallel());
+                keys.assert_body_of(&body, &pt, &what);
+                for &opener in AeadBackend::all() {
+                    assert_eq!(keys.open_all(opener, body.clone(), &pool), pt, "{what}");
+                }
+            }
         }
-        assert!(bodies.windows(2).all(|w| w[0] == w[1]));
-        for &backend in AeadBackend::all() {
-            assert_eq!(
-                open_all(backend, bodies[0].clone(), 512, &Workers::Caller),
-                pt
-            );
-            assert_eq!(open_all(backend, bodies[0].clone(), 512, &pool), pt);
-        }
+    }
+
+    #[test]
+    fn a_sealer_seals_one_header_tag() {
+        let (mut sealer, keys) = testing::sealer(AeadBackend::AwsLc, 64);
+        let mut header = b"header".to_vec();
+        sealer.seal_header(&mut header, b"aad").unwrap();
+        let mut tag = header[6..].to_vec();
+        let key = keys.key(AeadBackend::AwsLc);
+        key.open_in_place(&HEADER_IV, b"aad", &mut tag).unwrap();
+        assert!(matches!(
+            sealer.seal_header(&mut header, b"another header"),
+            Err(Error::Crypto(_))
+        ));
+        assert_eq!(header.len(), 6 + TAG_LEN, "no second tag");
     }
 
     #[test]
     fn opener_asks_for_exactly_what_it_needs() {
-        let body = sealed_body(AeadBackend::AwsLc, &[5u8; 100], 64, &Workers::Caller);
-        let key = AeadKey::new(AeadBackend::AwsLc, &[9; 32]).unwrap();
-        let mut opener = Opener::new(
-            FrameCipher::new(key, vec![1; 32], 64),
-            ContentType::Framed,
-            None,
-            0,
-        );
+        let (body, keys) = sealed_body(AeadBackend::AwsLc, &[5u8; 100], 64, &Workers::Caller);
+        let mut opener = keys.opener(AeadBackend::AwsLc);
         let mut buf = body.clone();
         assert_eq!(opener.parse(&buf[..2]).unwrap(), Step::NeedMore(4));
         assert_eq!(
@@ -625,15 +744,9 @@ mod tests {
     #[test]
     fn a_bad_tag_in_any_block_of_a_batch_fails_the_batch() {
         let pt = vec![1u8; 64 * 8];
-        let mut body = sealed_body(AeadBackend::AwsLc, &pt, 64, &Workers::Caller);
+        let (mut body, keys) = sealed_body(AeadBackend::AwsLc, &pt, 64, &Workers::Caller);
         body[96 * 5 + 20] ^= 1;
-        let key = AeadKey::new(AeadBackend::AwsLc, &[9; 32]).unwrap();
-        let mut opener = Opener::new(
-            FrameCipher::new(key, vec![1; 32], 64),
-            ContentType::Framed,
-            None,
-            0,
-        );
+        let mut opener = keys.opener(AeadBackend::AwsLc);
         let mut blocks = Vec::new();
         let mut at = 0;
         for _ in 0..8 {

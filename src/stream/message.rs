@@ -4,14 +4,14 @@ use std::sync::Arc;
 
 use crate::crypto::kdf::derive;
 use crate::crypto::signature::{Signer, Verifier};
-use crate::crypto::{random_bytes, AeadKey};
+use crate::crypto::AeadKey;
 use crate::format::{
-    ContentType, EncryptionContext, FormatError, Header, HeaderBody, IV_LEN, PUBLIC_KEY_FIELD,
+    ContentType, EncryptionContext, FormatError, Header, HeaderBody, PUBLIC_KEY_FIELD,
 };
 use crate::materials::{DataKey, DecryptionMaterials, EncryptionMaterials, HeaderCheck};
 use crate::Error;
 
-use super::machine::{FrameCipher, Opener, Sealer};
+use super::machine::{FrameCipher, MessageId, Opener, Sealer, HEADER_IV};
 use super::options::{Decryptor, Encryptor};
 
 /// Splits the full context into the stored part and the required-only part.
@@ -100,13 +100,12 @@ pub(crate) async fn begin_encrypt(opts: &Encryptor<'_>) -> Result<(Vec<u8>, Seal
         .into());
     }
 
-    let mut message_id = vec![0u8; suite.message_id_len()];
-    random_bytes(&mut message_id)?;
-    let derived = derive(suite, data_key.as_bytes(), &message_id);
+    let message_id = MessageId::generate(suite)?;
+    let derived = derive(suite, data_key.as_bytes(), message_id.as_bytes());
     let (stored, required_only) = split_context(&full, &opts.required_keys);
     let body = HeaderBody {
         suite,
-        message_id: message_id.clone(),
+        message_id: message_id.as_bytes().to_vec(),
         context: stored,
         encrypted_data_keys: edks,
         content_type: ContentType::Framed,
@@ -115,12 +114,9 @@ pub(crate) async fn begin_encrypt(opts: &Encryptor<'_>) -> Result<(Vec<u8>, Seal
     };
     let key = AeadKey::new(opts.backend, &derived.content_key)
         .map_err(|_| Error::Crypto("bad content key length"))?;
-    let header = seal_header(&body, &required_only, &key)?;
-    if let Some(s) = &mut signer {
-        s.update(&header);
-    }
-    let cipher = FrameCipher::new(key, message_id, opts.frame_length);
-    Ok((header, Sealer::new(cipher, signer)))
+    let mut sealer = Sealer::new(key, message_id, opts.frame_length, signer);
+    let header = seal_header(&body, &required_only, &mut sealer)?;
+    Ok((header, sealer))
 }
 
 /// A header whose data key was unwrapped and whose commitment and tag verified.
@@ -216,21 +212,67 @@ pub(crate) async fn begin_decrypt(header: &Header, opts: &Decryptor<'_>) -> Resu
     Ok(Opener::new(cipher, body.content_type, u.verifier, max_body))
 }
 
-/// Seals a header body's tag with `key`, as encryption does.
-pub(crate) fn seal_header(
+/// Encodes a new message's header and has its sealer seal the tag.
+fn seal_header(
     body: &HeaderBody,
     required_only: &EncryptionContext,
-    key: &AeadKey,
+    sealer: &mut Sealer,
 ) -> Result<Vec<u8>, Error> {
     let mut header = Vec::new();
     body.encode(&mut header)?;
     let aad = header_aad(&header, required_only)?;
-    let tag = key
-        .seal_in_place(&[0; IV_LEN], &aad, &mut [])
-        .map_err(|_| Error::Crypto("AES-GCM seal failed"))?;
     if body.version() == 1 {
-        header.extend_from_slice(&[0; IV_LEN]);
+        header.extend_from_slice(&HEADER_IV);
     }
-    header.extend_from_slice(&tag);
+    sealer.seal_header(&mut header, &aad)?;
     Ok(header)
+}
+
+#[cfg(all(test, unix, feature = "nonce-guard"))]
+mod tests {
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine;
+
+    use super::*;
+    use crate::crypto::guard_child::{assert_aborted, assert_passed, case, run};
+    use crate::crypto::random_bytes;
+    use crate::RawAesKeyring;
+
+    /// What re-wrapping in place did (issue 11, finding 1): read a header written elsewhere,
+    /// then seal a new tag under its content key and the header IV. The guard stops it.
+    #[test]
+    fn the_guard_stops_a_new_tag_for_a_header_that_was_read() {
+        const NAME: &str = "the_guard_stops_a_new_tag_for_a_header_that_was_read";
+        let Some(case) = case() else {
+            // Written here, read in a child that has only ever opened it.
+            let mut wrapping = [0u8; 32];
+            random_bytes(&mut wrapping).unwrap();
+            let keyring = RawAesKeyring::new("guard", "key", &wrapping).unwrap();
+            let message = Encryptor::new(&keyring).encrypt(b"data").unwrap();
+            let input = format!("{} {}", B64.encode(wrapping), B64.encode(message));
+            assert_aborted(
+                &run(module_path!(), NAME, &format!("seal {input}")),
+                "opened",
+            );
+            assert_passed(&run(module_path!(), NAME, &format!("read {input}")));
+            return;
+        };
+        let [what, wrapping, message] =
+            <[&str; 3]>::try_from(case.split(' ').collect::<Vec<_>>()).unwrap();
+        let keyring = RawAesKeyring::new("guard", "key", &B64.decode(wrapping).unwrap()).unwrap();
+        let message = B64.decode(message).unwrap();
+        let decryptor = Decryptor::new(&keyring);
+        let (header, _) = Header::parse(&message, &decryptor.header_limits())
+            .unwrap()
+            .unwrap();
+        let read = pollster::block_on(unwrap_header(&header, &decryptor)).unwrap();
+        assert_eq!(decryptor.decrypt(&message).unwrap(), b"data");
+        // Encrypting in this process seals under a fresh message ID: no abort.
+        let again = Encryptor::new(&keyring).encrypt(b"data").unwrap();
+        assert_eq!(decryptor.decrypt(&again).unwrap(), b"data");
+        if what == "seal" {
+            let aad = header_aad(&header.body_bytes, &read.required_only).unwrap();
+            let _ = read.key.seal_in_place(&HEADER_IV, &aad, &mut []);
+        }
+    }
 }

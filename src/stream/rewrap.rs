@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 
 use super::decoder::read_header;
-use super::message::{seal_header, unwrap_header};
+use super::message::unwrap_header;
 use super::options::Decryptor;
 use crate::format::{EncryptedDataKey, FormatError};
 use crate::keyring::Keyring;
@@ -37,7 +37,7 @@ impl<'k> Decryptor<'k> {
     pub fn rewrap<R: Read, W: Write>(
         &self,
         mut input: R,
-        mut output: W,
+        output: W,
         new_keys: Option<&dyn Keyring>,
         remove: &[String],
     ) -> Result<W, Error> {
@@ -70,11 +70,13 @@ impl<'k> Decryptor<'k> {
             }
             .into());
         }
-        let new_header = seal_header(&body, &u.required_only, &u.key)?;
-        output.write_all(&new_header)?;
-        output.write_all(&leftover)?;
-        std::io::copy(&mut input, &mut output)?;
-        output.flush()?;
-        Ok(output)
+        // A new tag for this header would be a second one under the same content key and the
+        // all-zero header IV (issue 11, finding 1): only a fresh message ID seals now.
+        let _ = (u.key, u.required_only, leftover, output);
+        Err(Error::InvalidArgument(
+            "re-wrapping in place would seal a second header tag under the same key and IV: \
+             decrypt the message and encrypt it again"
+                .into(),
+        ))
     }
 }
