@@ -7,7 +7,7 @@ use crate::format::{
     ContentType, EncryptionContext, FormatError, Header, HeaderBody, IV_LEN, PUBLIC_KEY_FIELD,
     TAG_LEN,
 };
-use crate::materials::{DataKey, DecryptionMaterials, EncryptionMaterials};
+use crate::materials::{DecryptionMaterials, EncryptionMaterials};
 use crate::Error;
 
 use super::machine::{FrameCipher, Opener, Sealer};
@@ -124,11 +124,7 @@ pub(crate) async fn begin_encrypt(opts: &Encryptor<'_>) -> Result<(Vec<u8>, Seal
 
 /// A header whose data key was unwrapped and whose commitment and tag verified.
 pub(crate) struct Unwrapped {
-    pub(crate) data_key: DataKey,
     pub(crate) key: AeadKey,
-    /// The full context the keyrings saw (stored and required-only pairs).
-    pub(crate) context: EncryptionContext,
-    pub(crate) required_only: EncryptionContext,
     pub(crate) verifier: Option<Verifier>,
 }
 
@@ -201,13 +197,7 @@ pub(crate) async fn unwrap_header(
     if let Some(v) = &mut verifier {
         v.update(&header.to_bytes());
     }
-    Ok(Unwrapped {
-        data_key,
-        key,
-        context: full,
-        required_only,
-        verifier,
-    })
+    Ok(Unwrapped { key, verifier })
 }
 
 /// [`unwrap_header`], then the opener for the body.
