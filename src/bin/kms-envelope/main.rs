@@ -764,24 +764,24 @@ fn rewrap(aws: &AwsArgs, a: &RewrapArgs) -> Result<(), Failure> {
             if !a.keys.keys.contains(&name) {
                 kept.keys.push(name);
             }
-        } else if a
+        } else if !a
             .keys
             .raw_aes_keys
             .iter()
             .any(|s| raw_spec_name(s) == Some(&name))
         {
-        } else if let Some(spec) = a
-            .unwrap_raw
-            .iter()
-            .find(|s| raw_spec_name(s) == Some(&name))
-        {
+            let spec = a
+                .unwrap_raw
+                .iter()
+                .find(|s| raw_spec_name(s) == Some(&name))
+                .ok_or_else(|| {
+                    usage(format!(
+                        "re-wrapping {in_name}: raw key {name} wraps its data key and is not \
+                         removed, so it must wrap the new one: pass --unwrap-raw-aes-key \
+                         {name}:FILE, or --remove-key {name}"
+                    ))
+                })?;
             kept.raw_aes_keys.push(spec.clone());
-        } else {
-            return Err(usage(format!(
-                "re-wrapping {in_name}: raw key {name} wraps its data key and is not removed, so \
-                 it must wrap the new one: pass --unwrap-raw-aes-key {name}:FILE, or \
-                 --remove-key {name}"
-            )));
         }
     }
     let mut rings: Vec<Arc<dyn Keyring>> = new.into_iter().collect();
