@@ -497,7 +497,7 @@ fn a_kept_kms_key_wraps_the_new_data_key_with_kms_encrypt() {
         .remove(b_id)
         .unwrap();
     let kept: Vec<String> = job.kept_keys().iter().map(ToString::to_string).collect();
-    assert_eq!(kept, [a.clone()]);
+    assert_eq!(kept, std::slice::from_ref(&a));
     let done = job.write(&at(&[&a, &c]), Vec::new()).unwrap();
     assert_eq!(proxy.count("Encrypt"), 2, "A and C wrap the new data key");
     assert_eq!(

@@ -97,11 +97,11 @@ fn opens(key: &LessSafeKey, iv: [u8; 12], aad: &[u8], ct: &[u8], tag: &[u8]) -> 
         .is_ok()
 }
 
-/// Every tag of a framed 0x0478 message: (IV, AAD, ciphertext, tag), the header's first.
-fn tags(
-    msg: &[u8],
-    required_only: &EncryptionContext,
-) -> Vec<([u8; 12], Vec<u8>, Vec<u8>, Vec<u8>)> {
+/// One authentication tag of a message: (IV, AAD, ciphertext, tag).
+type Tagged = ([u8; 12], Vec<u8>, Vec<u8>, Vec<u8>);
+
+/// Every tag of a framed 0x0478 message, the header's first.
+fn tags(msg: &[u8], required_only: &EncryptionContext) -> Vec<Tagged> {
     let (h, mut at) = header(msg);
     let mut aad = h.body_bytes.clone();
     aad.extend_from_slice(&required_only.serialize().unwrap());
