@@ -68,8 +68,11 @@ enum Command {
     /// with a fixed IV, so a header can never be re-authenticated under the same data key (that
     /// would expose the GCM authentication key and let anyone forge frames): re-wrapping
     /// decrypts the body and encrypts it again under a fresh data key and message ID, in
-    /// bounded memory, at about the cost of a decrypt plus an encrypt. OUT appears only once
-    /// all of IN has authenticated; the final key set is printed on stderr.
+    /// bounded memory, at about the cost of a decrypt plus an encrypt (about 1.3 GB/s in memory
+    /// on one core where those run at 2.2 and 2.8 GB/s; README, "Re-wrapping"). OUT appears only
+    /// once all of IN has authenticated; the final key set is printed on stderr. Messages
+    /// re-wrapped by earlier builds share their message ID with the original: whoever holds
+    /// both can forge, so re-encrypt them and destroy the old copies.
     Rewrap(RewrapArgs),
     /// Print a message's header (and, for files, its frame count and plaintext length) as JSON.
     Inspect {
