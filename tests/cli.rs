@@ -633,7 +633,7 @@ fn range_reads_and_rewrap() {
         .code(2);
 
     let rotated = d.join("rotated.kms");
-    cli()
+    let done = cli()
         .args([
             "rewrap",
             "--unwrap-raw-aes-key",
@@ -649,14 +649,14 @@ fn range_reads_and_rewrap() {
         .arg(&rotated)
         .assert()
         .success();
+    let err = String::from_utf8_lossy(&done.get_output().stderr);
+    assert!(err.contains("wrapped under:\n  ns:new\n"), "{err}");
+    // A new message: another message ID, so the body is not the original's.
     let a = std::fs::read(&sealed).unwrap();
     let b = std::fs::read(&rotated).unwrap();
     let body = 244 * (4096 + 32) + 24 + 1_000_000 % 4096 + 16;
-    assert_eq!(
-        a[a.len() - body..],
-        b[b.len() - body..],
-        "body copied byte for byte"
-    );
+    assert_ne!(a[a.len() - body..], b[b.len() - body..]);
+    assert_ne!(a[4..36], b[4..36], "a fresh message ID");
     let out = cli()
         .args(["decrypt", "--raw-aes-key", &new_spec, "-o", "-", "-i"])
         .arg(&rotated)
@@ -717,4 +717,152 @@ fn a_full_output_device_leaves_nothing_and_the_input_intact() {
     assert!(!status.status.success());
     assert!(entries(&out_dir).is_empty(), "left {:?}", entries(&out_dir));
     assert_eq!(std::fs::read(&input).unwrap(), pt, "input untouched");
+}
+
+/// Runs `rewrap` with `args` into `dir/out.kms`; returns the exit code, stderr, and whether the
+/// output exists.
+fn rewrap_into(dir: &Path, args: &[&str], input: &Path) -> (Option<i32>, String, bool) {
+    let out = dir.join("out.kms");
+    let _ = std::fs::remove_file(&out);
+    let r = cli()
+        .arg("rewrap")
+        .args(args)
+        .arg("-i")
+        .arg(input)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr).into_owned();
+    (r.status.code(), err, out.exists())
+}
+
+#[test]
+fn rewrap_checks_keys_and_leaves_no_output_for_a_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let spec = |name: &str, byte: u8| {
+        let file = d.join(format!("{name}.key"));
+        std::fs::write(&file, [byte; 32]).unwrap();
+        format!("ns:{name}:{}", file.display())
+    };
+    let (old, other, new) = (spec("old", 1), spec("other", 2), spec("new", 3));
+    let input = d.join("in");
+    let pt: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&input, &pt).unwrap();
+    let sealed = d.join("in.kms");
+    cli()
+        .args(["encrypt", "--frame-length", "4096", "--raw-aes-key", &old])
+        .args(["--raw-aes-key", &other, "-i"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&sealed)
+        .assert()
+        .success();
+    let unwrap = ["--unwrap-raw-aes-key", old.as_str()];
+    let add = ["--raw-aes-key", new.as_str()];
+
+    // The unwrapping key is named, or discovery is limited to accounts.
+    let (code, err, made) = rewrap_into(d, &add, &sealed);
+    assert_eq!((code, made), (Some(2), false), "{err}");
+    assert!(err.contains("--unwrap-key"), "{err}");
+    let (code, _, made) = rewrap_into(d, &["--discovery", "--raw-aes-key", &new], &sealed);
+    assert_eq!((code, made), (Some(2), false));
+
+    // --remove-key matches exactly, and a name that matches nothing is an error.
+    for wrong in ["ns", "ns:ol", "ns:old:x", "old"] {
+        let (code, err, made) = rewrap_into(
+            d,
+            &[&unwrap[..], &add[..], &["--remove-key", wrong]].concat(),
+            &sealed,
+        );
+        assert_eq!((code, made), (Some(2), false), "{wrong}: {err}");
+        assert!(err.contains("ns:old, ns:other"), "{err}");
+    }
+    // A kept raw key must be supplied: ns:other is neither removed nor given.
+    let (code, err, made) = rewrap_into(d, &[&unwrap[..], &add[..]].concat(), &sealed);
+    assert_eq!((code, made), (Some(2), false), "{err}");
+    assert!(err.contains("raw key ns:other"), "{err}");
+    // Remove it, keep ns:old (its unwrapping key wraps the new data key), add ns:new.
+    let (code, err, made) = rewrap_into(
+        d,
+        &[&unwrap[..], &add[..], &["--remove-key", "ns:other"]].concat(),
+        &sealed,
+    );
+    assert_eq!((code, made), (Some(0), true), "{err}");
+    assert!(
+        err.contains("wrapped under:\n  ns:new\n  ns:old\n"),
+        "{err}"
+    );
+    let rotated = d.join("rotated.kms");
+    std::fs::rename(d.join("out.kms"), &rotated).unwrap();
+    for (key, code) in [(&old, 0), (&new, 0), (&other, 1)] {
+        let out = cli()
+            .args(["decrypt", "--raw-aes-key", key, "-o", "-", "-i"])
+            .arg(&rotated)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(code), "{key}");
+        if code == 0 {
+            assert_eq!(out.stdout, pt);
+        }
+    }
+
+    // A bad input leaves no output: truncated, a bit flipped in the final frame, trailing
+    // bytes, a bad signature.
+    let msg = std::fs::read(&sealed).unwrap();
+    let signed_in = d.join("signed.kms");
+    cli()
+        .args(["encrypt", "--suite", "0x0578", "--raw-aes-key", &old, "-i"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&signed_in)
+        .assert()
+        .success();
+    let signed = std::fs::read(&signed_in).unwrap();
+    let mut flipped = msg.clone();
+    let n = flipped.len();
+    flipped[n - 20] ^= 1;
+    let mut bad_sig = signed.clone();
+    let n = bad_sig.len();
+    bad_sig[n - 5] ^= 1;
+    let args = [
+        &unwrap[..],
+        &add[..],
+        &["--remove-key", "ns:old", "--remove-key", "ns:other"],
+    ]
+    .concat();
+    for (what, bytes) in [
+        ("truncated", msg[..msg.len() / 2].to_vec()),
+        ("truncated at the end", msg[..msg.len() - 1].to_vec()),
+        ("flipped", flipped),
+        ("trailing", [&msg[..], b"\0"].concat()),
+        ("bad signature", bad_sig),
+    ] {
+        let bad = d.join("bad.kms");
+        std::fs::write(&bad, &bytes).unwrap();
+        let args: Vec<&str> = if what == "bad signature" {
+            vec![
+                unwrap[0],
+                unwrap[1],
+                add[0],
+                add[1],
+                "--remove-key",
+                "ns:old",
+            ]
+        } else {
+            args.clone()
+        };
+        let (code, err, made) = rewrap_into(d, &args, &bad);
+        assert_eq!((code, made), (Some(1), false), "{what}: {err}");
+    }
+    // The signed input itself re-wraps, signed again.
+    let (code, err, made) = rewrap_into(
+        d,
+        &[&unwrap[..], &add[..], &["--remove-key", "ns:old"]].concat(),
+        &signed_in,
+    );
+    assert_eq!((code, made), (Some(0), true), "{err}");
+    let out = std::fs::read(d.join("out.kms")).unwrap();
+    assert_eq!(out[1..3], [0x05, 0x78], "0x0578 carries over");
 }

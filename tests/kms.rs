@@ -659,13 +659,16 @@ fn rewrap_to_another_kms_key_survives_the_old_key_being_disabled() {
         .encrypt(b"rotated")
         .unwrap();
     let rotated = Decryptor::new(&builder(&m.endpoint()).key(&old).build().unwrap())
-        .rewrap(
-            &msg[..],
+        .rewrap(&msg[..])
+        .unwrap()
+        .remove(&old)
+        .unwrap()
+        .write(
+            &builder(&m.endpoint()).key(&new).build().unwrap(),
             Vec::new(),
-            Some(&builder(&m.endpoint()).generator(&new).build().unwrap()),
-            std::slice::from_ref(&old),
         )
-        .unwrap();
+        .unwrap()
+        .output;
     // moto does not enforce key state: the proxy answers for it, as KMS would for a disabled key.
     let old_id = old.rsplit('/').next().unwrap().to_owned();
     let proxy = Proxy::start(m.port, move |req| {
@@ -684,4 +687,84 @@ fn rewrap_to_another_kms_key_survives_the_old_key_being_disabled() {
     assert_eq!(proxy.count("Decrypt"), 1, "only the new key was asked");
     let err = Decryptor::new(&both).decrypt(&msg).unwrap_err();
     assert_eq!(kms_kind(&err), Some(KmsErrorKind::Disabled), "{err}");
+}
+
+#[test]
+fn a_kept_kms_key_wraps_the_new_data_key_with_kms_encrypt() {
+    let m = moto();
+    let client = kms_client(&m.endpoint(), "us-east-1");
+    let (a, b, c) = (
+        create_key(&client, false),
+        create_key(&client, false),
+        create_key(&client, false),
+    );
+    let msg = Encryptor::new(
+        &builder(&m.endpoint())
+            .generator(&a)
+            .key(&b)
+            .build()
+            .unwrap(),
+    )
+    .context(context())
+    .encrypt(b"kept and added")
+    .unwrap();
+    let proxy = Proxy::start(m.port, |_| Fault::Forward);
+    let at = |keys: &[&String]| {
+        keys.iter()
+            .fold(builder(&proxy.endpoint()), |k, key| k.key(*key))
+            .build()
+            .unwrap()
+    };
+    // Remove B by its key ID; keep A (KMS Encrypt of the new data key); add C.
+    let b_id = b.rsplit('/').next().unwrap();
+    let job = Decryptor::new(&at(&[&a]))
+        .rewrap(&msg[..])
+        .unwrap()
+        .remove(b_id)
+        .unwrap();
+    let kept: Vec<String> = job.kept_keys().iter().map(ToString::to_string).collect();
+    assert_eq!(kept, std::slice::from_ref(&a));
+    let done = job.write(&at(&[&a, &c]), Vec::new()).unwrap();
+    assert_eq!(proxy.count("Encrypt"), 2, "A and C wrap the new data key");
+    assert_eq!(
+        proxy.count("GenerateDataKey"),
+        0,
+        "the data key is made locally"
+    );
+    let mut keys: Vec<String> = done.keys.iter().map(ToString::to_string).collect();
+    keys.sort();
+    let mut want = vec![a.clone(), c.clone()];
+    want.sort();
+    assert_eq!(keys, want);
+    for (key, ok) in [(&a, true), (&b, false), (&c, true)] {
+        let got = Decryptor::new(&at(&[key])).decrypt(&done.output);
+        assert_eq!(got.is_ok(), ok, "{key}: {got:?}");
+    }
+
+    // A kept key that cannot be used (no kms:Encrypt on it) is an error, not a silent drop.
+    let a_id = a.rsplit('/').next().unwrap().to_owned();
+    let denied = Proxy::start(m.port, move |req| {
+        if req.operation == "Encrypt" && req.body.contains(&a_id) {
+            Fault::Error(400, "AccessDeniedException")
+        } else {
+            Fault::Forward
+        }
+    });
+    let keyring = |keys: &[&String]| {
+        keys.iter()
+            .fold(builder(&denied.endpoint()), |k, key| k.key(*key))
+            .build()
+            .unwrap()
+    };
+    let mut out = Vec::new();
+    let err = Decryptor::new(&keyring(&[&a]))
+        .rewrap(&msg[..])
+        .unwrap()
+        .remove(&b)
+        .unwrap()
+        .write(&keyring(&[&a, &c]), &mut out)
+        .map(|_| ())
+        .unwrap_err();
+    assert!(kms_kind(&err).is_some(), "{err}");
+    assert!(out.is_empty(), "nothing written");
 }

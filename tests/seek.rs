@@ -1,13 +1,11 @@
-//! Random access and re-wrap.
+//! Random access (re-wrap has its own tests, in rewrap.rs).
 
 #[path = "support/data.rs"]
 mod data;
 
 use std::io::{Read, Seek, SeekFrom};
 
-use kms_envelope::{
-    AlgorithmSuite, Decryptor, EncryptionContext, Encryptor, Error, MultiKeyring, RawAesKeyring,
-};
+use kms_envelope::{AlgorithmSuite, Decryptor, Encryptor, Error, RawAesKeyring};
 
 const FRAME: u32 = 65_536;
 
@@ -157,74 +155,4 @@ fn signed_messages_need_an_explicit_opt_in() {
     let mut out = vec![0u8; 1000];
     let n = r.read_at(50_000, &mut out).unwrap();
     assert_eq!(&out[..n], &pt[50_000..50_000 + n]);
-}
-
-#[test]
-fn rewrap_changes_keys_and_keeps_the_body() {
-    let old = RawAesKeyring::new("rotate", "old", &[1; 32]).unwrap();
-    let new = RawAesKeyring::new("rotate", "new", &[2; 32]).unwrap();
-    let pt = data(300_000);
-    let ctx = EncryptionContext::new()
-        .with("k", "v")
-        .with("tenant", "acme");
-    let msg = Encryptor::new(&old)
-        .context(ctx.clone())
-        .require_context_keys(["tenant"])
-        .frame_length(4096)
-        .encrypt(&pt)
-        .unwrap();
-    let tenant = EncryptionContext::new().with("tenant", "acme");
-    let rotated = Decryptor::new(&old)
-        .expected_context(tenant.clone())
-        .rewrap(&msg[..], Vec::new(), Some(&new), &["rotate:old".to_owned()])
-        .unwrap();
-    // Only the new key reads it; the body bytes are the original's.
-    assert_eq!(
-        Decryptor::new(&new)
-            .expected_context(tenant.clone())
-            .decrypt(&rotated)
-            .unwrap(),
-        pt
-    );
-    assert!(Decryptor::new(&old)
-        .expected_context(tenant.clone())
-        .decrypt(&rotated)
-        .is_err());
-    let body = |m: &[u8]| m[m.len() - (73 * (4096 + 32) + 24 + 300_000 % 4096 + 16)..].to_vec();
-    assert_eq!(body(&rotated), body(&msg));
-    // Adding a key keeps the old one.
-    let both = Decryptor::new(&old)
-        .expected_context(tenant.clone())
-        .rewrap(&msg[..], Vec::new(), Some(&new), &[])
-        .unwrap();
-    for k in [&old, &new] {
-        assert_eq!(
-            Decryptor::new(k)
-                .expected_context(tenant.clone())
-                .decrypt(&both)
-                .unwrap(),
-            pt
-        );
-    }
-    // A re-wrap with no key that can unwrap writes nothing.
-    let mut out = Vec::new();
-    assert!(Decryptor::new(&new)
-        .rewrap(&msg[..], &mut out, Some(&old), &[])
-        .is_err());
-    assert!(out.is_empty());
-    // Removing every key without adding one is refused.
-    let multi = MultiKeyring::new(None, vec![std::sync::Arc::new(old)]).unwrap();
-    assert!(Decryptor::new(&multi)
-        .expected_context(tenant)
-        .rewrap(&msg[..], Vec::new(), None, &["rotate".to_owned()])
-        .is_err());
-    // Signed messages are refused with a reason.
-    let signed = Encryptor::new(&new)
-        .suite(AlgorithmSuite::Aes256GcmHkdfSha512CommitKeyEcdsaP384)
-        .encrypt(b"x")
-        .unwrap();
-    let err = Decryptor::new(&new)
-        .rewrap(&signed[..], Vec::new(), None, &[])
-        .unwrap_err();
-    assert!(err.to_string().contains("cannot be re-wrapped"), "{err}");
 }

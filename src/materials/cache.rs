@@ -247,6 +247,9 @@ impl Keyring for CachingKeyring {
     async fn on_encrypt(&self, materials: &mut EncryptionMaterials) -> Result<(), Error> {
         let len = materials.plaintext_len;
         let bounded = self.limits.max_bytes == u64::MAX || len.is_some();
+        // A request that brings its own data key (a multi-keyring's child; a re-wrap, whose
+        // fresh key must never be swapped for a cached one) is passed through: the cache is
+        // neither consulted nor filled.
         if materials.data_key.is_some()
             || !bounded
             || !cacheable(materials.suite, &materials.context)

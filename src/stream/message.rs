@@ -8,7 +8,7 @@ use crate::crypto::AeadKey;
 use crate::format::{
     ContentType, EncryptionContext, FormatError, Header, HeaderBody, PUBLIC_KEY_FIELD,
 };
-use crate::materials::{DataKey, DecryptionMaterials, EncryptionMaterials, HeaderCheck};
+use crate::materials::{DecryptionMaterials, EncryptionMaterials, HeaderCheck};
 use crate::Error;
 
 use super::machine::{FrameCipher, MessageId, Opener, Sealer, HEADER_IV};
@@ -121,11 +121,7 @@ pub(crate) async fn begin_encrypt(opts: &Encryptor<'_>) -> Result<(Vec<u8>, Seal
 
 /// A header whose data key was unwrapped and whose commitment and tag verified.
 pub(crate) struct Unwrapped {
-    pub(crate) data_key: DataKey,
     pub(crate) key: AeadKey,
-    /// The full context the keyrings saw (stored and required-only pairs).
-    pub(crate) context: EncryptionContext,
-    pub(crate) required_only: EncryptionContext,
     pub(crate) verifier: Option<Verifier>,
 }
 
@@ -194,13 +190,7 @@ pub(crate) async fn unwrap_header(
     if let Some(v) = &mut verifier {
         v.update(&header.to_bytes());
     }
-    Ok(Unwrapped {
-        data_key,
-        key,
-        context: full,
-        required_only,
-        verifier,
-    })
+    Ok(Unwrapped { key, verifier })
 }
 
 /// [`unwrap_header`], then the opener for the body.
@@ -271,7 +261,8 @@ mod tests {
         let again = Encryptor::new(&keyring).encrypt(b"data").unwrap();
         assert_eq!(decryptor.decrypt(&again).unwrap(), b"data");
         if what == "seal" {
-            let aad = header_aad(&header.body_bytes, &read.required_only).unwrap();
+            // The message has no required-only pairs: the AAD is the header body alone.
+            let aad = header_aad(&header.body_bytes, &EncryptionContext::new()).unwrap();
             let _ = read.key.seal_in_place(&HEADER_IV, &aad, &mut []);
         }
     }

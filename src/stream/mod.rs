@@ -19,6 +19,7 @@ pub use options::{
     Decryptor, Encryptor, DEFAULT_FRAME_LENGTH, DEFAULT_MAX_BUFFERED_LEN,
     DEFAULT_MAX_ENCRYPTED_DATA_KEYS, DEFAULT_MAX_FRAME_LENGTH, DEFAULT_MAX_HEADER_LEN,
 };
+pub use rewrap::{Rewrap, Rewrapped, WrappingKey};
 #[cfg(feature = "tokio")]
 pub use seek::AsyncSeekableReader;
 pub use seek::{ReadAt, SeekableReader};
