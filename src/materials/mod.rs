@@ -134,7 +134,18 @@ pub struct DecryptionMaterials {
     check: Option<Arc<HeaderCheck>>,
     /// Whether a keyring unwrapped a key that was then refused.
     rejected: bool,
+    /// Keys offered so far, at most [`MAX_KEY_OFFERS`] of which are tried against the header.
+    offers: usize,
 }
+
+/// Most unwrapped keys one message's materials try against its header. Each try is a GCM pass
+/// over the whole header (up to `max_header_len`), and a message under attack can carry as many
+/// wrapped keys as `max_encrypted_data_keys` allows (up to 65,535 when a caller raises it), so
+/// the work per message is capped here, independently of both limits: at most this many header
+/// passes. A genuine message needs one, since all its wrapped keys hold the same data key; a
+/// message whose first sixteen wrapped keys that a keyring unwraps (or fails to) do not fit it
+/// fails with [`Error::DecryptionFailed`] even if a later one would.
+pub(crate) const MAX_KEY_OFFERS: usize = 16;
 
 impl DecryptionMaterials {
     /// Materials with no data key yet.
@@ -145,6 +156,7 @@ impl DecryptionMaterials {
             data_key: None,
             check: None,
             rejected: false,
+            offers: 0,
         }
     }
 
@@ -180,6 +192,12 @@ impl DecryptionMaterials {
     /// that a keyring which hands in a random stand-in for a key it could not unwrap takes the
     /// same path, and the same time, as one whose key is merely wrong.
     pub(crate) fn offer(&mut self, key: DataKey, unwrapped: Choice) -> bool {
+        // Past the cap, refuse without work: the count is the attacker's own, no secret.
+        if self.offers >= MAX_KEY_OFFERS {
+            self.refuse();
+            return false;
+        }
+        self.offers += 1;
         let opens = key.len() == self.suite.key_len()
             && self
                 .check
@@ -189,9 +207,16 @@ impl DecryptionMaterials {
             self.data_key = Some(key);
             true
         } else {
-            self.rejected = true;
+            self.refuse();
             false
         }
+    }
+
+    /// Records a wrapped key passed over without any work because what made it unusable is
+    /// public (a ciphertext of the wrong length): the message still ends in
+    /// [`Error::DecryptionFailed`], as when any other wrapped key fails to unwrap.
+    pub(crate) fn refuse(&mut self) {
+        self.rejected = true;
     }
 
     /// Whether a keyring unwrapped a key that did not open the header. The message layer then
@@ -244,6 +269,8 @@ impl HeaderCheck {
     /// [`Error::DecryptionFailed`] for a key of the wrong length, another commitment or a tag
     /// that does not verify.
     pub(crate) fn open(&self, data_key: &[u8]) -> Result<AeadKey, Error> {
+        #[cfg(test)]
+        test_count::HEADER_CHECKS.with(|c| c.set(c.get() + 1));
         if data_key.len() != self.suite.key_len() {
             return Err(Error::DecryptionFailed);
         }
@@ -259,6 +286,20 @@ impl HeaderCheck {
         key.open_in_place(&self.iv, &self.aad, &mut tag)
             .map_err(|_| Error::DecryptionFailed)?;
         Ok(key)
+    }
+}
+
+/// Counts header checks on this thread, so that tests bound work by counting, not timing (the
+/// sync API runs keyrings on the caller's thread).
+#[cfg(test)]
+pub(crate) mod test_count {
+    thread_local! {
+        pub(crate) static HEADER_CHECKS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// Header checks made on this thread since the last call.
+    pub(crate) fn take_header_checks() -> usize {
+        HEADER_CHECKS.with(|c| c.replace(0))
     }
 }
 
