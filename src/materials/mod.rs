@@ -121,6 +121,19 @@ impl EncryptionMaterials {
 }
 
 /// The state passed through keyrings when a message is decrypted.
+///
+/// The data key is private: a keyring hands one in with [`set_data_key`](Self::set_data_key),
+/// which keeps it only if it opens the message's header, and reads it with
+/// [`data_key`](Self::data_key). So every key held here (and so every key a data-key cache
+/// keeps) has passed that check; a keyring cannot place one around it:
+///
+/// ```compile_fail
+/// # use kms_envelope::materials::{DataKey, DecryptionMaterials};
+/// # use kms_envelope::{AlgorithmSuite, EncryptionContext};
+/// let suite = AlgorithmSuite::Aes256GcmHkdfSha512CommitKey;
+/// let mut m = DecryptionMaterials::new(suite, EncryptionContext::new());
+/// m.data_key = Some(DataKey::from_slice(&[0; 32]));
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct DecryptionMaterials {
@@ -128,8 +141,8 @@ pub struct DecryptionMaterials {
     pub suite: AlgorithmSuite,
     /// The full encryption context (stored and reproduced pairs).
     pub context: EncryptionContext,
-    /// Set by the first keyring that unwraps a data key.
-    pub data_key: Option<DataKey>,
+    /// Set by the first key a keyring offers that passes the check.
+    data_key: Option<DataKey>,
     /// The message's header, which a key must open to be kept (set by the message layer).
     check: Option<Arc<HeaderCheck>>,
     /// Whether a keyring unwrapped a key that was then refused.
@@ -170,6 +183,16 @@ impl DecryptionMaterials {
             check: Some(check),
             ..DecryptionMaterials::new(suite, context)
         }
+    }
+
+    /// The data key, once a keyring's key has been accepted.
+    pub fn data_key(&self) -> Option<&DataKey> {
+        self.data_key.as_ref()
+    }
+
+    /// The accepted data key, taken out for the message layer.
+    pub(crate) fn take_data_key(&mut self) -> Option<DataKey> {
+        self.data_key.take()
     }
 
     /// Stores an unwrapped key if it has the suite's length and, when the message is known,
@@ -270,7 +293,7 @@ impl HeaderCheck {
     /// that does not verify.
     pub(crate) fn open(&self, data_key: &[u8]) -> Result<AeadKey, Error> {
         #[cfg(test)]
-        test_count::HEADER_CHECKS.with(|c| c.set(c.get() + 1));
+        test_count::header_checked();
         if data_key.len() != self.suite.key_len() {
             return Err(Error::DecryptionFailed);
         }
@@ -290,11 +313,30 @@ impl HeaderCheck {
 }
 
 /// Counts header checks on this thread, so that tests bound work by counting, not timing (the
-/// sync API runs keyrings on the caller's thread).
+/// sync API runs keyrings on the caller's thread), and lets a test look around during one.
 #[cfg(test)]
 pub(crate) mod test_count {
+    use std::cell::{Cell, RefCell};
+
+    type Hook = Box<dyn Fn()>;
+
     thread_local! {
-        pub(crate) static HEADER_CHECKS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+        static HEADER_CHECKS: Cell<usize> = const { Cell::new(0) };
+        static ON_HEADER_CHECK: RefCell<Option<Hook>> = const { RefCell::new(None) };
+    }
+
+    pub(super) fn header_checked() {
+        HEADER_CHECKS.with(|c| c.set(c.get() + 1));
+        ON_HEADER_CHECK.with(|h| {
+            if let Some(hook) = &*h.borrow() {
+                hook();
+            }
+        });
+    }
+
+    /// Runs `hook` at each header check on this thread (`None` stops it).
+    pub(crate) fn on_header_check(hook: Option<Hook>) {
+        ON_HEADER_CHECK.with(|h| *h.borrow_mut() = hook);
     }
 
     /// Header checks made on this thread since the last call.

@@ -189,10 +189,10 @@ pub(crate) async fn unwrap_header(
     }
     outcome?;
     let data_key = materials
-        .data_key
-        .take()
+        .take_data_key()
         .ok_or_else(|| Error::NoUsableDataKey(Vec::new()))?;
-    // Again, for a keyring that set the key without offering it.
+    // The key passed the header check when it was offered; opening again derives the content
+    // key.
     let key = check.open(data_key.as_bytes())?;
     let mut verifier = verifier;
     if let Some(v) = &mut verifier {
