@@ -180,3 +180,37 @@ fn aes_wrapped_keys_that_do_not_fit_the_message_are_passed_over() {
         assert_eq!(pt.as_deref().ok(), Some(&b"aes"[..]), "{case}: {pt:?}");
     }
 }
+
+/// A third-party keyring that offers a key, ignores its refusal and reports success anyway.
+#[derive(Debug)]
+struct IgnoresRefusal;
+
+#[async_trait::async_trait]
+impl Keyring for IgnoresRefusal {
+    async fn on_encrypt(&self, _: &mut EncryptionMaterials) -> Result<(), Error> {
+        Err(Error::Keyring("decrypt only".into()))
+    }
+    async fn on_decrypt(
+        &self,
+        m: &mut DecryptionMaterials,
+        _: &[EncryptedDataKey],
+    ) -> Result<(), Error> {
+        let refused = m.set_data_key(kms_envelope::DataKey::from_slice(&[0x32; 32]));
+        assert!(
+            matches!(refused, Err(Error::DecryptionFailed)),
+            "{refused:?}"
+        );
+        Ok(())
+    }
+}
+
+#[test]
+fn a_refused_key_then_success_without_a_key_is_decryption_failed() {
+    let aes = RawAesKeyring::new(NS, NAME, &[0xA5u8; 32]).unwrap();
+    let msg = Encryptor::new(&aes)
+        .context(context())
+        .encrypt(b"aes")
+        .unwrap();
+    let err = Decryptor::new(&IgnoresRefusal).decrypt(&msg).unwrap_err();
+    assert!(matches!(err, Error::DecryptionFailed), "{err:?}");
+}

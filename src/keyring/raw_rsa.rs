@@ -373,7 +373,11 @@ mod tests {
         let short = vec![vec![0x01u8]; 200];
         let err = decrypt(&rsa, &message(short.clone(), None)).unwrap_err();
         assert!(matches!(err, Error::DecryptionFailed), "{err:?}");
-        assert_eq!(take_header_checks(), 0, "no header check for a 1-byte ciphertext");
+        assert_eq!(
+            take_header_checks(),
+            0,
+            "no header check for a 1-byte ciphertext"
+        );
         let pt = decrypt(&rsa, &message(short, Some(rsa.clone())));
         assert_eq!(pt.as_deref().ok(), Some(&b"rsa"[..]), "{pt:?}");
         // The good key's offer, then the message layer's own open for the content key.

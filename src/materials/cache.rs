@@ -344,7 +344,10 @@ mod tests {
         let caching = CachingKeyring::new(aes.clone(), cache.clone(), "p", CacheLimits::default());
         let message = Encryptor::new(&*aes).encrypt(b"cached").unwrap();
         // The first decryption fills the cache; the second is a hit.
-        assert_eq!(Decryptor::new(&caching).decrypt(&message).unwrap(), b"cached");
+        assert_eq!(
+            Decryptor::new(&caching).decrypt(&message).unwrap(),
+            b"cached"
+        );
         assert_eq!(cache.len(), 1);
         let locked_during_check = Rc::new(RefCell::new(Vec::new()));
         let (seen, c) = (locked_during_check.clone(), cache.clone());
@@ -356,6 +359,9 @@ mod tests {
         assert_eq!(hit.unwrap(), b"cached");
         let locked = locked_during_check.borrow();
         assert!(!locked.is_empty(), "the hit's key was checked");
-        assert!(locked.iter().all(|l| !l), "checked under the lock: {locked:?}");
+        assert!(
+            locked.iter().all(|l| !l),
+            "checked under the lock: {locked:?}"
+        );
     }
 }

@@ -183,8 +183,9 @@ pub(crate) async fn unwrap_header(
         .on_decrypt(&mut materials, &body.encrypted_data_keys)
         .await;
     // However a refused key failed (bad padding, wrong length, wrong key, altered header), and
-    // whatever else the keyrings said, the answer is the same: no unwrapping oracle.
-    if outcome.is_err() && materials.rejected_a_key() {
+    // whatever else the keyrings said (an error, or success with no key), the answer is the
+    // same: no unwrapping oracle.
+    if materials.rejected_a_key() && (outcome.is_err() || materials.data_key().is_none()) {
         return Err(Error::DecryptionFailed);
     }
     outcome?;
