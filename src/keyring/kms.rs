@@ -614,6 +614,12 @@ impl KmsKeyring {
         self.0.clients.lock().expect("client map").len()
     }
 
+    /// Whether the keyring holds a client for `region` (without making it more recent).
+    #[cfg(test)]
+    fn has_client(&self, region: &str) -> bool {
+        self.0.clients.lock().expect("client map").contains(region)
+    }
+
     /// Sends one KMS request on the keyring's runtime, naming the operation and key on failure.
     async fn call<T, E, R>(
         &self,
@@ -981,16 +987,25 @@ mod tests {
     fn the_client_map_keeps_at_most_its_bound() {
         let keyring = offline_discovery();
         let regions: Vec<String> = (1..=KmsKeyring::MAX_REGION_CLIENTS + 9)
-            .map(|n| format!("xx-test-{}", n % 100))
+            .map(|n| format!("xx-test-{n}"))
             .collect();
         for r in &regions {
             keyring.client(Some(r));
         }
         assert_eq!(keyring.client_count(), KmsKeyring::MAX_REGION_CLIENTS);
-        // The most recent ones are kept.
-        let last = regions.last().unwrap();
-        keyring.client(Some(last));
+        assert!(!keyring.has_client(&regions[0]), "the oldest went first");
+        // Held now, oldest first: regions[9..]. Use the oldest again, then add a new one: the
+        // least recently used (regions[10]) goes, not the one just used.
+        let (touched, next_oldest) = (&regions[9], &regions[10]);
+        keyring.client(Some(touched));
+        keyring.client(Some("xx-test-new-1"));
         assert_eq!(keyring.client_count(), KmsKeyring::MAX_REGION_CLIENTS);
+        assert!(keyring.has_client(touched), "the Region just used is kept");
+        assert!(
+            !keyring.has_client(next_oldest),
+            "the least recently used is evicted"
+        );
+        assert!(keyring.has_client("xx-test-new-1"));
     }
 
     #[test]
