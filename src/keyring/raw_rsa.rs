@@ -84,6 +84,12 @@ impl Decrypting {
 
 /// Wraps data keys under an RSA public key and unwraps them with the private key. Either half
 /// may be absent: a keyring with only the public key can encrypt but not decrypt.
+///
+/// Its unwrapping is no oracle only through the message layer, which checks each key against
+/// the message's header. Called directly with materials from [`DecryptionMaterials::new`]
+/// (no header check), [`Keyring::on_decrypt`] succeeds exactly when a wrapped key's padding is
+/// valid around a key of the suite's length: with [`RsaPadding::Pkcs1`], a two-outcome
+/// Bleichenbacher oracle for whoever sees the result (see [`Keyring::on_decrypt`]).
 pub struct RawRsaKeyring {
     namespace: String,
     name: String,

@@ -161,7 +161,9 @@ pub struct DecryptionMaterials {
 pub(crate) const MAX_KEY_OFFERS: usize = 16;
 
 impl DecryptionMaterials {
-    /// Materials with no data key yet.
+    /// Materials with no data key yet, and no message to check keys against: any key of the
+    /// suite's length is kept. Outside the message layer a keyring's answer then tells whether
+    /// a wrapped key unwrapped (see [`Keyring::on_decrypt`](crate::Keyring::on_decrypt)).
     pub fn new(suite: AlgorithmSuite, context: EncryptionContext) -> Self {
         DecryptionMaterials {
             suite,
