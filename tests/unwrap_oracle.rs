@@ -2,6 +2,7 @@
 //! key of the wrong length, a key that does not open the header), the answer is the same, and
 //! the keyring goes on to the message's next wrapped key.
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
@@ -11,10 +12,12 @@ use aws_lc_rs::rsa::{
     OAEP_SHA256_MGF1SHA256,
 };
 use kms_envelope::format::EncryptedDataKey;
-use kms_envelope::materials::{DecryptionMaterials, EncryptionMaterials};
+use kms_envelope::materials::{
+    CacheLimits, CachingKeyring, DataKeyCache, DecryptionMaterials, EncryptionMaterials,
+};
 use kms_envelope::{
-    Decryptor, EncryptionContext, Encryptor, Error, Keyring, MultiKeyring, RawAesKeyring,
-    RawRsaKeyring, RsaPadding,
+    AlgorithmSuite, CommitmentPolicy, Decryptor, EncryptionContext, Encryptor, Error, Keyring,
+    MultiKeyring, RawAesKeyring, RawRsaKeyring, RsaPadding,
 };
 
 const NS: &str = "oracle-ns";
@@ -54,22 +57,48 @@ fn context() -> EncryptionContext {
     EncryptionContext::new().with("purpose", "oracle")
 }
 
+/// Whether messages use the legacy, non-committing suite 0x0178 (where no commitment refuses
+/// a wrong key before the header's tag is checked) rather than the default 0x0478.
+#[derive(Debug, Clone, Copy)]
+enum Suite {
+    Committing,
+    Legacy,
+}
+
 /// A message whose only wrapped key is `bad`, and one where `bad` comes before a good one.
-fn messages(bad: Vec<u8>, good: Arc<dyn Keyring>) -> (Vec<u8>, Vec<u8>) {
+fn messages(bad: Vec<u8>, good: Arc<dyn Keyring>, suite: Suite) -> (Vec<u8>, Vec<u8>) {
     let enc = |k: &dyn Keyring| {
-        Encryptor::new(k)
-            .context(context())
-            .encrypt(b"oracle")
-            .unwrap()
+        let e = Encryptor::new(k).context(context());
+        match suite {
+            Suite::Committing => e,
+            Suite::Legacy => e
+                .suite(AlgorithmSuite::Aes256GcmIv12Tag16HkdfSha256)
+                .commitment_policy(CommitmentPolicy::ForbidEncryptAllowDecrypt),
+        }
+        .encrypt(b"oracle")
+        .unwrap()
     };
     let only_bad = enc(&planted(bad.clone()));
     let multi = MultiKeyring::new(Some(Arc::new(planted(bad))), vec![good]).unwrap();
     (only_bad, enc(&multi))
 }
 
-/// The error's variant and its text.
-fn shown(err: Error) -> (std::mem::Discriminant<Error>, String) {
-    (std::mem::discriminant(&err), err.to_string())
+fn decrypt(keyring: &dyn Keyring, message: &[u8], suite: Suite) -> Result<Vec<u8>, Error> {
+    let d = Decryptor::new(keyring);
+    match suite {
+        Suite::Committing => d,
+        Suite::Legacy => d.commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt),
+    }
+    .decrypt(message)
+}
+
+/// The error's variant, its `Display` and its `Debug`: all that a caller could tell apart.
+fn shown(err: Error) -> (std::mem::Discriminant<Error>, String, String) {
+    (
+        std::mem::discriminant(&err),
+        err.to_string(),
+        format!("{err:?}"),
+    )
 }
 
 /// Three wrapped keys that each fail differently: bad padding, valid padding around a 16-byte
@@ -102,38 +131,66 @@ fn rsa_cases(padding: RsaPadding, private: &PrivateDecryptingKey) -> Vec<(&'stat
     ]
 }
 
+/// Decrypts with `keyring` a message whose only wrapped key is each of `cases` in turn, and one
+/// where it comes before `good`'s: every bad case gives the same answer, the good key works.
+fn assert_uniform(
+    label: &str,
+    keyring: &dyn Keyring,
+    good: Arc<dyn Keyring>,
+    suite: Suite,
+    cases: Vec<(&'static str, Vec<u8>)>,
+) {
+    let mut answers = Vec::new();
+    for (case, bad) in cases {
+        let (only_bad, bad_then_good) = messages(bad, good.clone(), suite);
+        let err = decrypt(keyring, &only_bad, suite).unwrap_err();
+        assert!(
+            matches!(err, Error::DecryptionFailed),
+            "{label}, {suite:?}, {case}: {err:?}"
+        );
+        answers.push((case, shown(err)));
+        let pt = decrypt(keyring, &bad_then_good, suite);
+        assert_eq!(
+            pt.as_deref().ok(),
+            Some(&b"oracle"[..]),
+            "{label}, {suite:?}, {case}: the good wrapped key after it decrypts: {pt:?}"
+        );
+    }
+    assert_eq!(answers.len(), 3, "{label}");
+    for (case, answer) in &answers[1..] {
+        assert_eq!(
+            answer, &answers[0].1,
+            "{label}, {suite:?}: {case} answers differently from {}",
+            answers[0].0
+        );
+    }
+}
+
 #[test]
 fn rsa_unwrap_failures_all_look_the_same_and_the_next_wrapped_key_is_tried() {
     let private = PrivateDecryptingKey::generate(KeySize::Rsa2048).unwrap();
     let der = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&private).unwrap();
     let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", der.as_ref().to_vec()));
+    let aes: Arc<dyn Keyring> =
+        Arc::new(RawAesKeyring::new("oracle-aes", NAME, &[0x5Au8; 32]).unwrap());
     for padding in [RsaPadding::Pkcs1, RsaPadding::OaepSha256] {
-        let rsa = Arc::new(RawRsaKeyring::new(NS, NAME, padding, None, Some(&pem)).unwrap());
-        let mut answers = Vec::new();
-        for (case, bad) in rsa_cases(padding, &private) {
-            let (only_bad, bad_then_good) = messages(bad, rsa.clone());
-            let err = Decryptor::new(&*rsa).decrypt(&only_bad).unwrap_err();
-            assert!(
-                matches!(err, Error::DecryptionFailed),
-                "{padding:?}, {case}: {err:?}"
-            );
-            answers.push((case, shown(err)));
-            let pt = Decryptor::new(&*rsa).decrypt(&bad_then_good);
-            assert_eq!(
-                pt.as_deref().ok(),
-                Some(&b"oracle"[..]),
-                "{padding:?}, {case}: the good wrapped key after it decrypts: {pt:?}"
-            );
+        let rsa: Arc<dyn Keyring> =
+            Arc::new(RawRsaKeyring::new(NS, NAME, padding, None, Some(&pem)).unwrap());
+        // RSA then AES: the AES child gets its turn after the RSA one refuses.
+        let multi = MultiKeyring::new(None, vec![rsa.clone(), aes.clone()]).unwrap();
+        let cache = DataKeyCache::new(NonZeroUsize::new(8).unwrap());
+        let caching = CachingKeyring::new(rsa.clone(), cache, "oracle", CacheLimits::default());
+        for suite in [Suite::Committing, Suite::Legacy] {
+            let label = format!("{padding:?}, RSA alone");
+            let cases = rsa_cases(padding, &private);
+            assert_uniform(&label, &*rsa, rsa.clone(), suite, cases);
+            let label = format!("{padding:?}, multi-keyring RSA then AES");
+            let cases = rsa_cases(padding, &private);
+            assert_uniform(&label, &multi, aes.clone(), suite, cases);
+            let label = format!("{padding:?}, caching keyring over RSA");
+            let cases = rsa_cases(padding, &private);
+            assert_uniform(&label, &caching, rsa.clone(), suite, cases);
         }
-        for (case, answer) in &answers[1..] {
-            assert_eq!(
-                answer, &answers[0].1,
-                "{padding:?}: {case} answers differently from {}",
-                answers[0].0
-            );
-        }
-        let text = &answers[0].1 .1;
-        assert!(!text.contains("16") && !text.contains("32"), "{text}");
     }
 }
 
@@ -179,4 +236,38 @@ fn aes_wrapped_keys_that_do_not_fit_the_message_are_passed_over() {
         let pt = Decryptor::new(&*aes).decrypt(&msg);
         assert_eq!(pt.as_deref().ok(), Some(&b"aes"[..]), "{case}: {pt:?}");
     }
+}
+
+/// A third-party keyring that offers a key, ignores its refusal and reports success anyway.
+#[derive(Debug)]
+struct IgnoresRefusal;
+
+#[async_trait::async_trait]
+impl Keyring for IgnoresRefusal {
+    async fn on_encrypt(&self, _: &mut EncryptionMaterials) -> Result<(), Error> {
+        Err(Error::Keyring("decrypt only".into()))
+    }
+    async fn on_decrypt(
+        &self,
+        m: &mut DecryptionMaterials,
+        _: &[EncryptedDataKey],
+    ) -> Result<(), Error> {
+        let refused = m.set_data_key(kms_envelope::DataKey::from_slice(&[0x32; 32]));
+        assert!(
+            matches!(refused, Err(Error::DecryptionFailed)),
+            "{refused:?}"
+        );
+        Ok(())
+    }
+}
+
+#[test]
+fn a_refused_key_then_success_without_a_key_is_decryption_failed() {
+    let aes = RawAesKeyring::new(NS, NAME, &[0xA5u8; 32]).unwrap();
+    let msg = Encryptor::new(&aes)
+        .context(context())
+        .encrypt(b"aes")
+        .unwrap();
+    let err = Decryptor::new(&IgnoresRefusal).decrypt(&msg).unwrap_err();
+    assert!(matches!(err, Error::DecryptionFailed), "{err:?}");
 }

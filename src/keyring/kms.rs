@@ -355,10 +355,12 @@ struct Inner {
 ///
 /// Every `aws-kms` wrapped key of a message must name a KMS key ARN
 /// (`arn:PARTITION:kms:REGION:ACCOUNT:key/ID`) with a well-formed Region, or decryption fails
-/// with [`Error::BadKmsArn`] before any KMS call, even when another wrapped key would do: the
-/// ESDK's AWS KMS keyring specification makes a provider info that is not a valid key ARN fail
-/// OnDecrypt rather than be skipped; the Region check is this crate's, because in discovery
-/// mode the Region picks the KMS client. A wrapped key that KMS unwraps to a key that does not
+/// with [`Error::BadKmsArn`] before any KMS call, even when another `aws-kms` wrapped key would
+/// do: the ESDK's AWS KMS keyring specification makes a provider info that is not a valid key
+/// ARN fail OnDecrypt rather than be skipped; the Region check is this crate's, because in
+/// discovery mode the Region picks the KMS client. This fails this keyring only: inside a
+/// [`MultiKeyring`](crate::MultiKeyring), as in the ESDK, the next child keyring still gets
+/// its turn and may decrypt the message with its own wrapped key. A wrapped key that KMS unwraps to a key that does not
 /// open the message is passed over for the next one.
 ///
 /// **Strict mode resolves names (an extension to the ESDK specification).** The
@@ -612,6 +614,12 @@ impl KmsKeyring {
     #[cfg(test)]
     fn client_count(&self) -> usize {
         self.0.clients.lock().expect("client map").len()
+    }
+
+    /// Whether the keyring holds a client for `region` (without making it more recent).
+    #[cfg(test)]
+    fn has_client(&self, region: &str) -> bool {
+        self.0.clients.lock().expect("client map").contains(region)
     }
 
     /// Sends one KMS request on the keyring's runtime, naming the operation and key on failure.
@@ -981,16 +989,61 @@ mod tests {
     fn the_client_map_keeps_at_most_its_bound() {
         let keyring = offline_discovery();
         let regions: Vec<String> = (1..=KmsKeyring::MAX_REGION_CLIENTS + 9)
-            .map(|n| format!("xx-test-{}", n % 100))
+            .map(|n| format!("xx-test-{n}"))
             .collect();
         for r in &regions {
             keyring.client(Some(r));
         }
         assert_eq!(keyring.client_count(), KmsKeyring::MAX_REGION_CLIENTS);
-        // The most recent ones are kept.
-        let last = regions.last().unwrap();
-        keyring.client(Some(last));
+        assert!(!keyring.has_client(&regions[0]), "the oldest went first");
+        // Held now, oldest first: regions[9..]. Use the oldest again, then add a new one: the
+        // least recently used (regions[10]) goes, not the one just used.
+        let (touched, next_oldest) = (&regions[9], &regions[10]);
+        keyring.client(Some(touched));
+        keyring.client(Some("xx-test-new-1"));
         assert_eq!(keyring.client_count(), KmsKeyring::MAX_REGION_CLIENTS);
+        assert!(keyring.has_client(touched), "the Region just used is kept");
+        assert!(
+            !keyring.has_client(next_oldest),
+            "the least recently used is evicted"
+        );
+        assert!(keyring.has_client("xx-test-new-1"));
+    }
+
+    #[test]
+    fn a_bad_arn_fails_the_kms_keyring_but_not_a_multi_keyring_s_next_child() {
+        #[derive(Debug)]
+        struct PlantBadArn;
+        #[async_trait::async_trait]
+        impl Keyring for PlantBadArn {
+            async fn on_encrypt(&self, m: &mut EncryptionMaterials) -> Result<(), Error> {
+                m.encrypted_data_keys.push(EncryptedDataKey {
+                    provider_id: KMS_PROVIDER_ID.into(),
+                    provider_info: b"not an arn".to_vec(),
+                    ciphertext: vec![1; 40],
+                });
+                Ok(())
+            }
+            async fn on_decrypt(
+                &self,
+                _: &mut DecryptionMaterials,
+                _: &[EncryptedDataKey],
+            ) -> Result<(), Error> {
+                Err(Error::NoUsableDataKey(Vec::new()))
+            }
+        }
+        let kms: Arc<dyn Keyring> = Arc::new(offline_discovery());
+        let aes: Arc<dyn Keyring> =
+            Arc::new(crate::RawAesKeyring::new("ns", "k", &[9; 32]).unwrap());
+        let writer = crate::MultiKeyring::new(Some(aes.clone()), vec![Arc::new(PlantBadArn)]);
+        let message = crate::Encryptor::new(&writer.unwrap())
+            .encrypt(b"next child")
+            .unwrap();
+        let err = crate::Decryptor::new(&*kms).decrypt(&message).unwrap_err();
+        assert!(matches!(err, Error::BadKmsArn { .. }), "{err:?}");
+        let multi = crate::MultiKeyring::new(None, vec![kms, aes]).unwrap();
+        let pt = crate::Decryptor::new(&multi).decrypt(&message);
+        assert_eq!(pt.as_deref().ok(), Some(&b"next child"[..]), "{pt:?}");
     }
 
     #[test]

@@ -32,7 +32,17 @@ pub trait Keyring: Send + Sync + std::fmt::Debug {
     /// When the key cannot be generated or wrapped.
     async fn on_encrypt(&self, materials: &mut EncryptionMaterials) -> Result<(), Error>;
 
-    /// Unwraps the first of `edks` this keyring can, into `materials.data_key`.
+    /// Unwraps the first of `edks` this keyring can and hands it to `materials`
+    /// ([`DecryptionMaterials::set_data_key`]), which keeps it only if it opens the message.
+    ///
+    /// Only the message layer ([`Decryptor`](crate::Decryptor) and the readers) gives the
+    /// materials the message's header to check each key against; then no answer says how one
+    /// wrapped key failed. Materials made with [`DecryptionMaterials::new`] have no such check,
+    /// so any key of the suite's length is kept: whoever calls `on_decrypt` that way (a wrapper
+    /// keyring that makes fresh materials for its inner keyring, say) learns from success or
+    /// failure whether a wrapped key unwrapped. For [`RawRsaKeyring`] with PKCS#1 v1.5 padding
+    /// that is a two-outcome padding oracle (Bleichenbacher) if the caller lets a message's
+    /// author see it: a wrapper must pass on the materials it was given.
     ///
     /// # Errors
     /// [`Error::NoUsableDataKey`] with one line per attempt when none can be unwrapped.

@@ -6,7 +6,9 @@
 //! a key of the wrong length, a key that does not open the header) takes the same path: a random
 //! stand-in of the suite's key length is chosen in constant time (`subtle`) in place of the
 //! unwrapped bytes, tried against the header like a real key, refused, and the keyring goes on
-//! to the message's next wrapped key; the message layer then reports `DecryptionFailed`.
+//! to the message's next wrapped key; the message layer then reports `DecryptionFailed`. A
+//! ciphertext that is not of the modulus length is passed over with no work at all: its length
+//! is public, so skipping it tells its author nothing, and the answer is the same.
 //! What this cannot hide is the time AWS-LC itself takes to return a padding error rather than
 //! a plaintext (AWS-LC's own notes say its PKCS#1 v1.5 decryption API cannot fully avoid
 //! Bleichenbacher's attack; aws-lc-rs offers no raw RSA operation to do the padding check
@@ -70,8 +72,24 @@ enum Decrypting {
     Pkcs1(Pkcs1PrivateDecryptingKey),
 }
 
+impl Decrypting {
+    /// The modulus length in bytes: the length of every RSA ciphertext under this key.
+    fn modulus_len(&self) -> usize {
+        match self {
+            Decrypting::Oaep(k) => k.key_size_bytes(),
+            Decrypting::Pkcs1(k) => k.key_size_bytes(),
+        }
+    }
+}
+
 /// Wraps data keys under an RSA public key and unwraps them with the private key. Either half
 /// may be absent: a keyring with only the public key can encrypt but not decrypt.
+///
+/// Its unwrapping is no oracle only through the message layer, which checks each key against
+/// the message's header. Called directly with materials from [`DecryptionMaterials::new`]
+/// (no header check), [`Keyring::on_decrypt`] succeeds exactly when a wrapped key's padding is
+/// valid around a key of the suite's length: with [`RsaPadding::Pkcs1`], a two-outcome
+/// Bleichenbacher oracle for whoever sees the result (see [`Keyring::on_decrypt`]).
 pub struct RawRsaKeyring {
     namespace: String,
     name: String,
@@ -259,6 +277,13 @@ impl Keyring for RawRsaKeyring {
                 continue;
             }
             tried += 1;
+            // A ciphertext not of the modulus length cannot be an RSA ciphertext: pass it over
+            // before any work (its length is public, written by whoever made the message), and
+            // still end in the same `DecryptionFailed` as any other wrapped key that fails.
+            if edk.ciphertext.len() != private.modulus_len() {
+                materials.refuse();
+                continue;
+            }
             let (key, unwrapped) = self.unwrap_key(private, &edk.ciphertext, len)?;
             if materials.offer(key, unwrapped) {
                 return Ok(());
@@ -274,5 +299,106 @@ impl Keyring for RawRsaKeyring {
                 )
             },
         )]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+    use aws_lc_rs::rsa::KeySize;
+
+    use super::*;
+    use crate::materials::test_count::take_header_checks;
+    use crate::materials::MAX_KEY_OFFERS;
+    use crate::{AlgorithmSuite, CommitmentPolicy, Decryptor, Encryptor, MultiKeyring};
+
+    const NS: &str = "rsa-ns";
+    const NAME: &str = "rsa-key";
+
+    /// Plants the test's wrapped keys in the message, as an attacker who copies the keyring's
+    /// namespace and name would.
+    #[derive(Debug)]
+    struct Planted(Vec<Vec<u8>>);
+
+    #[async_trait::async_trait]
+    impl Keyring for Planted {
+        async fn on_encrypt(&self, m: &mut EncryptionMaterials) -> Result<(), Error> {
+            m.data_key_or_generate()?;
+            m.encrypted_data_keys
+                .extend(self.0.iter().map(|ciphertext| EncryptedDataKey {
+                    provider_id: NS.into(),
+                    provider_info: NAME.as_bytes().to_vec(),
+                    ciphertext: ciphertext.clone(),
+                }));
+            Ok(())
+        }
+        async fn on_decrypt(
+            &self,
+            _: &mut DecryptionMaterials,
+            _: &[EncryptedDataKey],
+        ) -> Result<(), Error> {
+            Err(Error::NoUsableDataKey(Vec::new()))
+        }
+    }
+
+    fn rsa() -> Arc<RawRsaKeyring> {
+        let private = PrivateDecryptingKey::generate(KeySize::Rsa2048).unwrap();
+        let der = AsDer::<Pkcs8V1Der>::as_der(&private).unwrap();
+        let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", der.as_ref().to_vec()));
+        let padding = RsaPadding::OaepSha256;
+        Arc::new(RawRsaKeyring::new(NS, NAME, padding, None, Some(&pem)).unwrap())
+    }
+
+    /// A message under the non-committing suite 0x0178 (where a key that is not refused by its
+    /// commitment costs a GCM pass over the header) with `planted` first, then, with `good`,
+    /// the RSA keyring's own wrapped key.
+    fn message(planted: Vec<Vec<u8>>, good: Option<Arc<RawRsaKeyring>>) -> Vec<u8> {
+        let children: Vec<Arc<dyn Keyring>> = good.into_iter().map(|k| k as _).collect();
+        let keyring = MultiKeyring::new(Some(Arc::new(Planted(planted))), children).unwrap();
+        Encryptor::new(&keyring)
+            .suite(AlgorithmSuite::Aes256GcmIv12Tag16HkdfSha256)
+            .commitment_policy(CommitmentPolicy::ForbidEncryptAllowDecrypt)
+            .max_encrypted_data_keys(u16::MAX)
+            .encrypt(b"rsa")
+            .unwrap()
+    }
+
+    fn decrypt(rsa: &RawRsaKeyring, message: &[u8]) -> Result<Vec<u8>, Error> {
+        take_header_checks();
+        Decryptor::new(rsa)
+            .commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt)
+            .max_encrypted_data_keys(u16::MAX)
+            .decrypt(message)
+    }
+
+    #[test]
+    fn ciphertexts_not_of_the_modulus_length_cost_no_header_check() {
+        let rsa = rsa();
+        let short = vec![vec![0x01u8]; 200];
+        let err = decrypt(&rsa, &message(short.clone(), None)).unwrap_err();
+        assert!(matches!(err, Error::DecryptionFailed), "{err:?}");
+        assert_eq!(
+            take_header_checks(),
+            0,
+            "no header check for a 1-byte ciphertext"
+        );
+        let pt = decrypt(&rsa, &message(short, Some(rsa.clone())));
+        assert_eq!(pt.as_deref().ok(), Some(&b"rsa"[..]), "{pt:?}");
+        // The good key's offer, then the message layer's own open for the content key.
+        assert_eq!(take_header_checks(), 2, "only the good key is checked");
+    }
+
+    #[test]
+    fn header_checks_per_message_are_capped() {
+        let rsa = rsa();
+        // c = 1 is of the modulus length but decrypts to no valid OAEP block.
+        let mut one = vec![0u8; 256];
+        one[255] = 1;
+        let planted = vec![one; MAX_KEY_OFFERS + 8];
+        let err = decrypt(&rsa, &message(planted, None)).unwrap_err();
+        assert!(matches!(err, Error::DecryptionFailed), "{err:?}");
+        assert_eq!(take_header_checks(), MAX_KEY_OFFERS);
     }
 }

@@ -229,15 +229,21 @@ impl CachingKeyring {
         key: &EntryKey,
         materials: &mut DecryptionMaterials,
     ) -> Result<bool, Error> {
-        let mut entries = self.cache.entries.lock().expect("cache lock");
-        let Some(e) = entries.get(key) else {
-            return Ok(false);
+        // Copy the key under the cache's lock, check it against the header (HKDF and a GCM
+        // pass over up to a whole header) after releasing it, so that other messages wait for
+        // no check but their own.
+        let cached = {
+            let mut entries = self.cache.entries.lock().expect("cache lock");
+            let Some(e) = entries.get(key) else {
+                return Ok(false);
+            };
+            if !self.fresh(e, Instant::now()) {
+                entries.pop(key);
+                return Ok(false);
+            }
+            e.key.duplicate()
         };
-        if !self.fresh(e, Instant::now()) {
-            entries.pop(key);
-            return Ok(false);
-        }
-        materials.set_data_key(e.key.duplicate())?;
+        materials.set_data_key(cached)?;
         Ok(true)
     }
 }
@@ -313,7 +319,8 @@ impl Keyring for CachingKeyring {
         let now = Instant::now();
         self.inner.on_decrypt(materials, edks).await?;
         let entry = Entry {
-            key: produced(materials.data_key.as_ref())?,
+            // Only a key that passed the materials' check is held there, so only such is kept.
+            key: produced(materials.data_key())?,
             edks: Vec::new(),
             created: now,
             messages: 0,
@@ -321,5 +328,43 @@ impl Keyring for CachingKeyring {
         };
         self.cache.keep(&key, entry);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::materials::test_count::on_header_check;
+    use crate::{Decryptor, Encryptor, RawAesKeyring};
+
+    #[test]
+    fn a_cache_hit_is_checked_outside_the_cache_lock() {
+        let aes: Arc<dyn Keyring> = Arc::new(RawAesKeyring::new("ns", "key", &[7; 32]).unwrap());
+        let cache = DataKeyCache::new(NonZeroUsize::new(4).unwrap());
+        let caching = CachingKeyring::new(aes.clone(), cache.clone(), "p", CacheLimits::default());
+        let message = Encryptor::new(&*aes).encrypt(b"cached").unwrap();
+        // The first decryption fills the cache; the second is a hit.
+        assert_eq!(
+            Decryptor::new(&caching).decrypt(&message).unwrap(),
+            b"cached"
+        );
+        assert_eq!(cache.len(), 1);
+        let locked_during_check = Rc::new(RefCell::new(Vec::new()));
+        let (seen, c) = (locked_during_check.clone(), cache.clone());
+        on_header_check(Some(Box::new(move || {
+            seen.borrow_mut().push(c.entries.try_lock().is_err());
+        })));
+        let hit = Decryptor::new(&caching).decrypt(&message);
+        on_header_check(None);
+        assert_eq!(hit.unwrap(), b"cached");
+        let locked = locked_during_check.borrow();
+        assert!(!locked.is_empty(), "the hit's key was checked");
+        assert!(
+            locked.iter().all(|l| !l),
+            "checked under the lock: {locked:?}"
+        );
     }
 }

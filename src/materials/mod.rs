@@ -121,6 +121,19 @@ impl EncryptionMaterials {
 }
 
 /// The state passed through keyrings when a message is decrypted.
+///
+/// The data key is private: a keyring hands one in with [`set_data_key`](Self::set_data_key),
+/// which keeps it only if it opens the message's header, and reads it with
+/// [`data_key`](Self::data_key). So every key held here (and so every key a data-key cache
+/// keeps) has passed that check; a keyring cannot place one around it:
+///
+/// ```compile_fail
+/// # use kms_envelope::materials::{DataKey, DecryptionMaterials};
+/// # use kms_envelope::{AlgorithmSuite, EncryptionContext};
+/// let suite = AlgorithmSuite::Aes256GcmHkdfSha512CommitKey;
+/// let mut m = DecryptionMaterials::new(suite, EncryptionContext::new());
+/// m.data_key = Some(DataKey::from_slice(&[0; 32]));
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct DecryptionMaterials {
@@ -128,16 +141,29 @@ pub struct DecryptionMaterials {
     pub suite: AlgorithmSuite,
     /// The full encryption context (stored and reproduced pairs).
     pub context: EncryptionContext,
-    /// Set by the first keyring that unwraps a data key.
-    pub data_key: Option<DataKey>,
+    /// Set by the first key a keyring offers that passes the check.
+    data_key: Option<DataKey>,
     /// The message's header, which a key must open to be kept (set by the message layer).
     check: Option<Arc<HeaderCheck>>,
     /// Whether a keyring unwrapped a key that was then refused.
     rejected: bool,
+    /// Keys offered so far, at most [`MAX_KEY_OFFERS`] of which are tried against the header.
+    offers: usize,
 }
 
+/// Most unwrapped keys one message's materials try against its header. Each try is a GCM pass
+/// over the whole header (up to `max_header_len`), and a message under attack can carry as many
+/// wrapped keys as `max_encrypted_data_keys` allows (up to 65,535 when a caller raises it), so
+/// the work per message is capped here, independently of both limits: at most this many header
+/// passes. A genuine message needs one, since all its wrapped keys hold the same data key; a
+/// message whose first sixteen wrapped keys that a keyring unwraps (or fails to) do not fit it
+/// fails with [`Error::DecryptionFailed`] even if a later one would.
+pub(crate) const MAX_KEY_OFFERS: usize = 16;
+
 impl DecryptionMaterials {
-    /// Materials with no data key yet.
+    /// Materials with no data key yet, and no message to check keys against: any key of the
+    /// suite's length is kept. Outside the message layer a keyring's answer then tells whether
+    /// a wrapped key unwrapped (see [`Keyring::on_decrypt`](crate::Keyring::on_decrypt)).
     pub fn new(suite: AlgorithmSuite, context: EncryptionContext) -> Self {
         DecryptionMaterials {
             suite,
@@ -145,6 +171,7 @@ impl DecryptionMaterials {
             data_key: None,
             check: None,
             rejected: false,
+            offers: 0,
         }
     }
 
@@ -158,6 +185,16 @@ impl DecryptionMaterials {
             check: Some(check),
             ..DecryptionMaterials::new(suite, context)
         }
+    }
+
+    /// The data key, once a keyring's key has been accepted.
+    pub fn data_key(&self) -> Option<&DataKey> {
+        self.data_key.as_ref()
+    }
+
+    /// The accepted data key, taken out for the message layer.
+    pub(crate) fn take_data_key(&mut self) -> Option<DataKey> {
+        self.data_key.take()
     }
 
     /// Stores an unwrapped key if it has the suite's length and, when the message is known,
@@ -180,6 +217,12 @@ impl DecryptionMaterials {
     /// that a keyring which hands in a random stand-in for a key it could not unwrap takes the
     /// same path, and the same time, as one whose key is merely wrong.
     pub(crate) fn offer(&mut self, key: DataKey, unwrapped: Choice) -> bool {
+        // Past the cap, refuse without work: the count is the attacker's own, no secret.
+        if self.offers >= MAX_KEY_OFFERS {
+            self.refuse();
+            return false;
+        }
+        self.offers += 1;
         let opens = key.len() == self.suite.key_len()
             && self
                 .check
@@ -189,9 +232,16 @@ impl DecryptionMaterials {
             self.data_key = Some(key);
             true
         } else {
-            self.rejected = true;
+            self.refuse();
             false
         }
+    }
+
+    /// Records a wrapped key passed over without any work because what made it unusable is
+    /// public (a ciphertext of the wrong length): the message still ends in
+    /// [`Error::DecryptionFailed`], as when any other wrapped key fails to unwrap.
+    pub(crate) fn refuse(&mut self) {
+        self.rejected = true;
     }
 
     /// Whether a keyring unwrapped a key that did not open the header. The message layer then
@@ -244,6 +294,8 @@ impl HeaderCheck {
     /// [`Error::DecryptionFailed`] for a key of the wrong length, another commitment or a tag
     /// that does not verify.
     pub(crate) fn open(&self, data_key: &[u8]) -> Result<AeadKey, Error> {
+        #[cfg(test)]
+        test_count::header_checked();
         if data_key.len() != self.suite.key_len() {
             return Err(Error::DecryptionFailed);
         }
@@ -259,6 +311,39 @@ impl HeaderCheck {
         key.open_in_place(&self.iv, &self.aad, &mut tag)
             .map_err(|_| Error::DecryptionFailed)?;
         Ok(key)
+    }
+}
+
+/// Counts header checks on this thread, so that tests bound work by counting, not timing (the
+/// sync API runs keyrings on the caller's thread), and lets a test look around during one.
+#[cfg(test)]
+pub(crate) mod test_count {
+    use std::cell::{Cell, RefCell};
+
+    type Hook = Box<dyn Fn()>;
+
+    thread_local! {
+        static HEADER_CHECKS: Cell<usize> = const { Cell::new(0) };
+        static ON_HEADER_CHECK: RefCell<Option<Hook>> = const { RefCell::new(None) };
+    }
+
+    pub(super) fn header_checked() {
+        HEADER_CHECKS.with(|c| c.set(c.get() + 1));
+        ON_HEADER_CHECK.with(|h| {
+            if let Some(hook) = &*h.borrow() {
+                hook();
+            }
+        });
+    }
+
+    /// Runs `hook` at each header check on this thread (`None` stops it).
+    pub(crate) fn on_header_check(hook: Option<Hook>) {
+        ON_HEADER_CHECK.with(|h| *h.borrow_mut() = hook);
+    }
+
+    /// Header checks made on this thread since the last call.
+    pub(crate) fn take_header_checks() -> usize {
+        HEADER_CHECKS.with(|c| c.replace(0))
     }
 }
 

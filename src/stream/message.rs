@@ -175,16 +175,17 @@ pub(crate) async fn unwrap_header(
         .on_decrypt(&mut materials, &body.encrypted_data_keys)
         .await;
     // However a refused key failed (bad padding, wrong length, wrong key, altered header), and
-    // whatever else the keyrings said, the answer is the same: no unwrapping oracle.
-    if outcome.is_err() && materials.rejected_a_key() {
+    // whatever else the keyrings said (an error, or success with no key), the answer is the
+    // same: no unwrapping oracle.
+    if materials.rejected_a_key() && (outcome.is_err() || materials.data_key().is_none()) {
         return Err(Error::DecryptionFailed);
     }
     outcome?;
     let data_key = materials
-        .data_key
-        .take()
+        .take_data_key()
         .ok_or_else(|| Error::NoUsableDataKey(Vec::new()))?;
-    // Again, for a keyring that set the key without offering it.
+    // The key passed the header check when it was offered; opening again derives the content
+    // key.
     let key = check.open(data_key.as_bytes())?;
     let mut verifier = verifier;
     if let Some(v) = &mut verifier {
