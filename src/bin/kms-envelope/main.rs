@@ -187,7 +187,8 @@ struct DecryptArgs {
     /// Most plaintext of a signed message held in memory until its signature verifies, when
     /// OUT is a stream (`-`, a FIFO, a device): bytes or a size such as 512MiB or 2GiB
     /// (K, M, G are powers of 1024). A file OUT needs no limit: the unnamed output file holds
-    /// the plaintext and is linked into place only after the signature verifies.
+    /// the plaintext and is linked into place only after the signature verifies. Also the
+    /// largest legacy non-framed body read (it has one tag, so it is held whole).
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size_arg)]
     max_buffered_size: usize,
     /// Dangerous. To a stream OUT, write a signed message's frames as each one authenticates,
