@@ -1289,14 +1289,23 @@ fn closed_stdout_modes_and_fifo_inputs() {
     .map(String::from)
     .to_vec();
     for args in [inspect, decrypt, template] {
-        // `true` exits at once, so the pipe has no reader when the command writes.
-        let r = sh(r#"{ sleep 0.3; "$@"; echo "status=$?" >&2; } | true"#)
+        // The pipe's only reader is closed before the command starts writing.
+        let mut child = sh(r#"sleep 0.3; exec "$@""#)
             .arg(&bin)
             .args(&args)
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap();
-        let err = String::from_utf8_lossy(&r.stderr);
-        assert_eq!(err.trim(), "status=141", "{args:?}");
+        drop(child.stdout.take());
+        let r = child.wait_with_output().unwrap();
+        assert_eq!(
+            r.status.code(),
+            Some(141),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        assert!(r.stderr.is_empty(), "{args:?}: quiet");
     }
 
     // A temporary output that cannot be created is an I/O error (4), not a usage error.
