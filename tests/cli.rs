@@ -180,6 +180,28 @@ fn seed_commands_and_round_trip_under_an_alias() {
         .assert()
         .success();
     assert_eq!(std::fs::read(&out2).unwrap(), pt);
+    // Discovery without an account filter must be asked for by name, and warns.
+    let r = cli()
+        .args(["decrypt", "--discovery", "-i"])
+        .arg(&sealed)
+        .arg("-o")
+        .arg(dir.path().join("unfiltered"))
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("--discovery-any-account"));
+    assert!(!dir.path().join("unfiltered").exists());
+    let any = dir.path().join("any");
+    let r = cli()
+        .args(["decrypt", "--discovery-any-account", "-i"])
+        .arg(&sealed)
+        .arg("-o")
+        .arg(&any)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("warning"));
+    assert_eq!(std::fs::read(&any).unwrap(), pt);
     let out3 = dir.path().join("data.out3");
     cli()
         .args(["decrypt", "--discovery", "--account", "999999999999", "-i"])
@@ -717,6 +739,660 @@ fn a_full_output_device_leaves_nothing_and_the_input_intact() {
     assert!(!status.status.success());
     assert!(entries(&out_dir).is_empty(), "left {:?}", entries(&out_dir));
     assert_eq!(std::fs::read(&input).unwrap(), pt, "input untouched");
+}
+
+fn sh(script: &str) -> StdCommand {
+    let mut c = StdCommand::new("sh");
+    c.arg("-c").arg(script).arg("sh");
+    c
+}
+
+/// A raw AES key file in `d` and its `--raw-aes-key` spec.
+fn raw_key(d: &Path, byte: u8) -> String {
+    let key = d.join(format!("raw-{byte}.key"));
+    std::fs::write(&key, [byte; 32]).unwrap();
+    format!("ns:name:{}", key.display())
+}
+
+fn seal(d: &Path, spec: &str, pt: &[u8], extra: &[&str], name: &str) -> std::path::PathBuf {
+    let input = d.join(format!("{name}.pt"));
+    std::fs::write(&input, pt).unwrap();
+    let sealed = d.join(name);
+    cli()
+        .args(["encrypt", "-q", "--raw-aes-key", spec])
+        .args(extra)
+        .arg("-i")
+        .arg(&input)
+        .arg("-o")
+        .arg(&sealed)
+        .assert()
+        .success();
+    sealed
+}
+
+#[test]
+fn force_replaces_only_regular_files() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let spec = raw_key(d, 4);
+    let pt: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    let sealed = seal(d, &spec, &pt, &[], "m.kms");
+
+    // A FIFO is written through, never replaced: its reader gets the plaintext.
+    let fifo = d.join("fifo");
+    assert!(StdCommand::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    let r = cli()
+        .args(["decrypt", "--force", "--raw-aes-key", &spec, "-i"])
+        .arg(&sealed)
+        .arg("-o")
+        .arg(&fifo)
+        .output()
+        .unwrap();
+    assert!(
+        fifo.symlink_metadata().unwrap().file_type().is_fifo(),
+        "the FIFO was replaced"
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        reader.join().unwrap(),
+        pt,
+        "the FIFO's reader got the plaintext"
+    );
+
+    // A character device node (the null device's numbers, made here) is written through.
+    let node = d.join("null");
+    assert!(
+        StdCommand::new("mknod")
+            .arg(&node)
+            .args(["c", "1", "3"])
+            .status()
+            .unwrap()
+            .success(),
+        "mknod needs root"
+    );
+    let before = node.symlink_metadata().unwrap();
+    for force in [true, false] {
+        let mut c = cli();
+        c.args(["decrypt", "--raw-aes-key", &spec, "-i"])
+            .arg(&sealed)
+            .arg("-o")
+            .arg(&node);
+        if force {
+            c.arg("--force");
+        }
+        let r = c.output().unwrap();
+        let after = node.symlink_metadata().unwrap();
+        assert!(
+            after.file_type().is_char_device(),
+            "the device was replaced"
+        );
+        assert_eq!((after.rdev(), after.ino()), (before.rdev(), before.ino()));
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
+
+    // A symbolic link is refused, --force or not; neither it nor its target changes.
+    let target = d.join("target");
+    std::fs::write(&target, b"keep me").unwrap();
+    let link = d.join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    for force in [true, false] {
+        let mut c = cli();
+        c.args(["decrypt", "--raw-aes-key", &spec, "-i"])
+            .arg(&sealed)
+            .arg("-o")
+            .arg(&link);
+        if force {
+            c.arg("--force");
+        }
+        let r = c.output().unwrap();
+        assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read_link(&link).unwrap(), target);
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
+        assert_eq!(r.status.code(), Some(2));
+        assert!(
+            String::from_utf8_lossy(&r.stderr).contains("symbolic link"),
+            "{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+    }
+    // A directory is refused too; a regular file is still replaced with --force.
+    let sub = d.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    cli()
+        .args(["decrypt", "--force", "--raw-aes-key", &spec, "-i"])
+        .arg(&sealed)
+        .arg("-o")
+        .arg(&sub)
+        .assert()
+        .code(2);
+    assert!(sub.is_dir());
+    let plain = d.join("plain");
+    std::fs::write(&plain, b"old").unwrap();
+    cli()
+        .args(["decrypt", "--force", "--raw-aes-key", &spec, "-i"])
+        .arg(&sealed)
+        .arg("-o")
+        .arg(&plain)
+        .assert()
+        .success();
+    assert_eq!(std::fs::read(&plain).unwrap(), pt);
+}
+
+/// Runs `cmd` and polls its peak resident set (VmHWM) until it exits: (status, peak KiB).
+fn peak_rss(cmd: &mut StdCommand) -> (std::process::Output, u64) {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&status) {
+            if let Some(kib) = s.lines().find_map(|l| l.strip_prefix("VmHWM:")) {
+                let kib = kib
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .unwrap_or(0);
+                peak = peak.max(kib);
+            }
+        }
+        if child.try_wait().unwrap().is_some() {
+            return (child.wait_with_output().unwrap(), peak);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+fn same_contents(a: &Path, b: &Path) -> bool {
+    use std::io::Read;
+    let (mut a, mut b) = (
+        std::fs::File::open(a).unwrap(),
+        std::fs::File::open(b).unwrap(),
+    );
+    let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = a.read(&mut x).unwrap();
+        let mut m = 0;
+        while m < n {
+            let k = b.read(&mut y[m..n]).unwrap();
+            if k == 0 {
+                return false;
+            }
+            m += k;
+        }
+        if x[..n] != y[..n] {
+            return false;
+        }
+        if n == 0 {
+            return b.read(&mut y).unwrap() == 0;
+        }
+    }
+}
+
+#[test]
+fn signed_messages_decrypt_file_to_file_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let spec = raw_key(d, 5);
+    // 256 MiB of varied bytes.
+    let input = d.join("big");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut chunk = vec![0u8; 1 << 20];
+        for _ in 0..256 {
+            for w in chunk.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                w.copy_from_slice(&x.to_le_bytes());
+            }
+            f.write_all(&chunk).unwrap();
+        }
+        f.flush().unwrap();
+    }
+    let sealed = d.join("big.kms");
+    cli()
+        .args([
+            "encrypt",
+            "-q",
+            "--suite",
+            "0x0578",
+            "--raw-aes-key",
+            &spec,
+            "-i",
+        ])
+        .arg(&input)
+        .arg("-o")
+        .arg(&sealed)
+        .assert()
+        .success();
+    let out = d.join("big.out");
+    let mut cmd = StdCommand::new(assert_cmd::cargo::cargo_bin("kms-envelope"));
+    cmd.args(["decrypt", "-q", "--raw-aes-key", &spec, "-i"])
+        .arg(&sealed)
+        .arg("-o")
+        .arg(&out);
+    let (r, peak_kib) = peak_rss(&mut cmd);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        peak_kib < 64 << 10,
+        "peak RSS {peak_kib} KiB for a 256 MiB signed message"
+    );
+    assert!(same_contents(&input, &out), "round trip");
+    // A bad signature: exit 1, and no OUT.
+    let mut bytes = std::fs::read(&sealed).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&sealed, &bytes).unwrap();
+    drop(bytes);
+    let bad = d.join("bad.out");
+    cli()
+        .args(["decrypt", "-q", "--raw-aes-key", &spec, "-i"])
+        .arg(&sealed)
+        .arg("-o")
+        .arg(&bad)
+        .assert()
+        .code(1);
+    assert!(!bad.exists());
+}
+
+#[test]
+fn signed_messages_to_streams_and_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let spec = raw_key(d, 6);
+    let pt: Vec<u8> = (0..3_000_000u32).map(|i| (i % 247) as u8).collect();
+    let sealed = seal(d, &spec, &pt, &["--suite", "0x0578"], "s.kms");
+    let mut tampered = std::fs::read(&sealed).unwrap();
+    *tampered.last_mut().unwrap() ^= 1;
+    let tampered_path = d.join("t.kms");
+    std::fs::write(&tampered_path, &tampered).unwrap();
+    let run = |msg: &Path, args: &[&str]| {
+        cli()
+            .args(["decrypt", "-q", "--raw-aes-key", &spec, "-o", "-"])
+            .args(args)
+            .arg("-i")
+            .arg(msg)
+            .output()
+            .unwrap()
+    };
+    // To stdout: held up to --max-buffered-size, which the user can raise.
+    let r = run(&sealed, &["--max-buffered-size", "1MiB"]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(r.stdout.is_empty(), "nothing released");
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains("--max-buffered-size") && err.contains("-o FILE"),
+        "{err}"
+    );
+    let r = run(&sealed, &["--max-buffered-size", "4M"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(r.stdout, pt);
+    let r = run(&sealed, &[]);
+    assert!(r.status.success(), "the default limit holds 3 MB");
+    assert_eq!(r.stdout, pt);
+    let r = run(&tampered_path, &[]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(r.stdout.is_empty(), "nothing released before the signature");
+    // Early release only when asked for by name; a bad signature still fails.
+    let r = run(
+        &sealed,
+        &[
+            "--max-buffered-size",
+            "1MiB",
+            "--dangerous-release-unverified",
+        ],
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(r.stdout, pt);
+    let r = run(&tampered_path, &["--dangerous-release-unverified"]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(r.stdout.len() < pt.len());
+    cli()
+        .args(["decrypt", "--max-buffered-size", "lots", "-o", "-", "-i"])
+        .arg(&sealed)
+        .assert()
+        .code(2);
+
+    // --range on a signed message verifies the whole signature first.
+    for (range, want) in [
+        ("1000-5000", &pt[1000..5000]),
+        ("2999990-", &pt[2_999_990..]),
+        ("0-0", &pt[..0]),
+    ] {
+        let r = run(&sealed, &["--range", range]);
+        assert!(
+            r.status.success(),
+            "{range}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        assert_eq!(r.stdout, want, "{range}");
+        let r = run(&tampered_path, &["--range", range]);
+        assert_eq!(r.status.code(), Some(1), "{range}");
+        assert!(r.stdout.is_empty());
+    }
+    assert_eq!(
+        run(&sealed, &["--range", "10-3000001"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        run(&sealed, &["--range", "3000001-"]).status.code(),
+        Some(2)
+    );
+    let out = d.join("range.out");
+    cli()
+        .args([
+            "decrypt",
+            "-q",
+            "--raw-aes-key",
+            &spec,
+            "--range",
+            "70000-80000",
+            "-i",
+        ])
+        .arg(&sealed)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success();
+    assert_eq!(std::fs::read(&out).unwrap(), &pt[70_000..80_000]);
+    let out = d.join("range-bad.out");
+    cli()
+        .args([
+            "decrypt",
+            "-q",
+            "--raw-aes-key",
+            &spec,
+            "--range",
+            "70000-80000",
+            "-i",
+        ])
+        .arg(&tampered_path)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .code(1);
+    assert!(!out.exists());
+    // With the dangerous flag, only the frames of the range are read.
+    let r = run(
+        &tampered_path,
+        &["--range", "1000-5000", "--dangerous-release-unverified"],
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(r.stdout, &pt[1000..5000]);
+}
+
+/// A keyring that writes whatever wrapped keys it is given: messages an attacker could craft.
+#[derive(Debug)]
+struct Forged(Vec<kms_envelope::format::EncryptedDataKey>);
+
+#[async_trait::async_trait]
+impl kms_envelope::Keyring for Forged {
+    async fn on_encrypt(
+        &self,
+        m: &mut kms_envelope::materials::EncryptionMaterials,
+    ) -> Result<(), kms_envelope::Error> {
+        m.data_key_or_generate()?;
+        m.encrypted_data_keys.extend(self.0.iter().cloned());
+        Ok(())
+    }
+    async fn on_decrypt(
+        &self,
+        _: &mut kms_envelope::materials::DecryptionMaterials,
+        _: &[kms_envelope::format::EncryptedDataKey],
+    ) -> Result<(), kms_envelope::Error> {
+        Err(kms_envelope::Error::NoUsableDataKey(Vec::new()))
+    }
+}
+
+/// Bytes a terminal acts on: ESC, the C1 CSI (as UTF-8), BEL, and the right-to-left override.
+fn has_terminal_controls(out: &[u8]) -> bool {
+    let s = String::from_utf8_lossy(out);
+    s.chars()
+        .any(|c| (c.is_control() && c != '\n') || ('\u{202a}'..='\u{202e}').contains(&c))
+}
+
+#[test]
+fn strings_from_a_message_are_escaped_on_the_terminal() {
+    use kms_envelope::format::EncryptedDataKey;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let evil = "\x1b[2J\x1b[H\x1b[32mALL GOOD\x07\u{9b}31m\u{202e}\x7f";
+    let edk = |id: &str, info: String| EncryptedDataKey {
+        provider_id: id.to_owned(),
+        provider_info: info.into_bytes(),
+        ciphertext: vec![1; 184],
+    };
+    let keyring = Forged(vec![
+        // Another account (outside any filter), with controls in the account and key ID.
+        edk(
+            "aws-kms",
+            format!("arn:aws:kms:us-east-1:999999999999{evil}:key/k{evil}"),
+        ),
+        // This account, with controls in the Region and key ID: KMS is asked.
+        edk(
+            "aws-kms",
+            format!("arn:aws:kms:us-east-1{evil}:123456789012:key/k{evil}"),
+        ),
+        edk(&format!("ns{evil}"), format!("name{evil}")),
+    ]);
+    let context =
+        kms_envelope::EncryptionContext::new().with(format!("k{evil}"), format!("v{evil}"));
+    let message = kms_envelope::Encryptor::new(&keyring)
+        .context(context)
+        .encrypt(b"forged")
+        .unwrap();
+    let msg = d.join("evil.kms");
+    std::fs::write(&msg, &message).unwrap();
+    let spec = raw_key(d, 8);
+    let runs: Vec<(&str, Vec<String>)> = vec![
+        (
+            "discovery filter",
+            vec![
+                "--discovery".into(),
+                "--account".into(),
+                "123456789012".into(),
+            ],
+        ),
+        ("any account", vec!["--discovery-any-account".into()]),
+        ("raw key", vec!["--raw-aes-key".into(), spec.clone()]),
+        (
+            "context",
+            vec![
+                "--raw-aes-key".into(),
+                spec.clone(),
+                "-c".into(),
+                format!("k{evil}=other{evil}"),
+            ],
+        ),
+    ];
+    for (what, args) in runs {
+        let r = cli()
+            .arg("decrypt")
+            .args(&args)
+            .arg("-o")
+            .arg(d.join("out"))
+            .arg("-i")
+            .arg(&msg)
+            .output()
+            .unwrap();
+        assert!(!r.status.success(), "{what}");
+        assert!(!r.stderr.is_empty(), "{what}: says why");
+        assert!(
+            !has_terminal_controls(&r.stderr),
+            "{what}: {:?}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+    }
+    // inspect's JSON escapes them as well, and still reads back as the same strings.
+    let r = cli().args(["inspect", "-i"]).arg(&msg).output().unwrap();
+    assert!(r.status.success());
+    assert!(
+        !has_terminal_controls(&r.stdout),
+        "{:?}",
+        String::from_utf8_lossy(&r.stdout)
+    );
+    let doc = json(&r.stdout);
+    assert_eq!(
+        doc["EncryptedDataKeys"][2]["ProviderId"],
+        format!("ns{evil}")
+    );
+    assert_eq!(
+        doc["EncryptionContext"][format!("k{evil}")],
+        format!("v{evil}")
+    );
+}
+
+#[test]
+fn closed_stdout_modes_and_fifo_inputs() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let spec = raw_key(d, 9);
+    let pt = vec![0x5au8; 3 << 20];
+    let sealed = seal(d, &spec, &pt, &[], "c.kms");
+    let bin = assert_cmd::cargo::cargo_bin("kms-envelope");
+
+    // A reader that has gone: quiet, exit 141 (as SIGPIPE), no panic, for every kind of output.
+    let inspect: Vec<String> = vec!["inspect".into(), "-i".into(), sealed.display().to_string()];
+    let decrypt: Vec<String> = vec![
+        "decrypt".into(),
+        "--raw-aes-key".into(),
+        spec.clone(),
+        "-o".into(),
+        "-".into(),
+        "-i".into(),
+        sealed.display().to_string(),
+    ];
+    let template: Vec<String> = [
+        "key",
+        "template",
+        "--account",
+        "123456789012",
+        "--admin",
+        "arn:aws:iam::123456789012:user/a",
+        "--user",
+        "arn:aws:iam::123456789012:user/u",
+    ]
+    .map(String::from)
+    .to_vec();
+    for args in [inspect, decrypt, template] {
+        // The pipe's only reader is closed before the command starts writing.
+        let mut child = sh(r#"sleep 0.3; exec "$@""#)
+            .arg(&bin)
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let r = child.wait_with_output().unwrap();
+        assert_eq!(
+            r.status.code(),
+            Some(141),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        assert!(r.stderr.is_empty(), "{args:?}: quiet");
+    }
+
+    // A temporary output that cannot be created is an I/O error (4), not a usage error.
+    let r = cli()
+        .args(["decrypt", "--raw-aes-key", &spec, "-i"])
+        .arg(&sealed)
+        .arg("-o")
+        .arg(d.join("no-such-dir").join("out"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        r.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+
+    // Outputs are 0600 whatever the umask, replaced ones too; the help says so.
+    let fresh = d.join("fresh");
+    let replaced = d.join("replaced");
+    std::fs::write(&replaced, b"x").unwrap();
+    std::fs::set_permissions(&replaced, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for (out, force) in [(&fresh, ""), (&replaced, "--force")] {
+        let r = sh(r#"umask 000; exec "$@""#)
+            .arg(&bin)
+            .args(["decrypt", "--raw-aes-key", &spec, "-i"])
+            .arg(&sealed)
+            .arg("-o")
+            .arg(out)
+            .args([force].iter().filter(|f| !f.is_empty()))
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let mode = std::fs::metadata(out).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600, "{}", out.display());
+    }
+    let help = cli().args(["decrypt", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("0600"), "{help}");
+    assert!(help.contains("mode 0600 and owned by you"), "{help}");
+
+    // --range on a FIFO says IN must be a regular file (and does not wait for a writer).
+    let fifo = d.join("in.fifo");
+    assert!(StdCommand::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let writer = {
+        let (fifo, bytes) = (fifo.clone(), std::fs::read(&sealed).unwrap());
+        std::thread::spawn(move || {
+            use std::os::unix::fs::OpenOptionsExt;
+            // Non-blocking, so that this thread ends even if nobody opens the FIFO to read.
+            for _ in 0..100 {
+                if let Ok(mut f) = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                    .open(&fifo)
+                {
+                    let _ = f.write_all(&bytes);
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        })
+    };
+    let r = cli()
+        .args([
+            "decrypt",
+            "--raw-aes-key",
+            &spec,
+            "--range",
+            "0-10",
+            "-o",
+            "-",
+            "-i",
+        ])
+        .arg(&fifo)
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("regular file"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    writer.join().unwrap();
 }
 
 /// Runs `rewrap` with `args` into `dir/out.kms`; returns the exit code, stderr, and whether the

@@ -74,7 +74,7 @@ impl<K: Keyring> Keyring for Capture<K> {
         e: &[EncryptedDataKey],
     ) -> Result<(), Error> {
         self.inner.on_decrypt(m, e).await?;
-        let key = m.data_key.as_ref().unwrap().as_bytes().to_vec();
+        let key = m.data_key().unwrap().as_bytes().to_vec();
         self.keys.lock().unwrap().push(key);
         Ok(())
     }

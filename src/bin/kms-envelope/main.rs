@@ -2,12 +2,19 @@
 //! provisioning (policy template and lint, key, alias).
 //!
 //! Exit codes: 0 success; 1 decryption or authentication failure (or a malformed message);
-//! 2 usage error; 3 KMS or credential error; 4 I/O error.
+//! 2 usage error; 3 KMS or credential error; 4 I/O error; 141 standard output closed by its
+//! reader (quietly, as a process ended by SIGPIPE).
+//!
+//! Everything written to stderr passes through [`terminal_safe`]: errors carry strings from
+//! messages (ARNs, provider IDs, context keys and values, Regions), which must not reach a
+//! terminal as control sequences.
 
 mod output;
 
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, IsTerminal, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -21,8 +28,9 @@ use kms_envelope::{
     AlgorithmSuite, CommitmentPolicy, Decryptor, EncryptionContext, Encryptor, Error, Keyring,
     MultiKeyring, RawAesKeyring,
 };
-use output::Output;
+use output::{OpenError, Output};
 use serde_json::{json, Value};
+use zeroize::Zeroizing;
 
 #[derive(Parser)]
 #[command(
@@ -30,7 +38,7 @@ use serde_json::{json, Value};
     version,
     about = "Envelope encryption under AWS KMS keys, in the AWS Encryption SDK message format",
     after_help = "Exit codes: 0 success, 1 decryption/authentication failure, 2 usage error, \
-                  3 KMS/credential error, 4 I/O error."
+                  3 KMS/credential error, 4 I/O error, 141 standard output closed by its reader."
 )]
 struct Cli {
     #[command(flatten)]
@@ -102,10 +110,15 @@ struct KeyArgs {
 /// Where a command's result goes.
 #[derive(Args)]
 struct OutArgs {
-    /// Where to write the result (`-` for stdout).
+    /// Where to write the result (`-` for stdout). A new OUT is created with mode 0600 (owner
+    /// read/write only) whatever the umask, because it may hold plaintext; it appears only when
+    /// complete. An existing FIFO or character device is written through, like `-`; a symbolic
+    /// link, directory, block device or socket is refused.
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     output: PathBuf,
-    /// Replace OUT if it exists.
+    /// Replace OUT if it is an existing regular file (never a link, device or FIFO). The
+    /// replacement is a new file, mode 0600 and owned by you: the old file's mode, owner and
+    /// other hard links are not carried over.
     #[arg(long)]
     force: bool,
     /// Skip the fsync before OUT is linked into place: faster, and OUT still appears whole or
@@ -116,7 +129,13 @@ struct OutArgs {
 
 impl OutArgs {
     fn open(&self, input: &Path) -> Result<Output, Failure> {
-        Output::open(&self.output, Some(input), self.force, !self.no_fsync).map_err(usage)
+        Output::open(&self.output, Some(input), self.force, !self.no_fsync).map_err(|e| match e {
+            OpenError::Refused(m) => usage(m),
+            OpenError::Io(m) => Failure {
+                code: 4,
+                message: m,
+            },
+        })
     }
 }
 
@@ -149,12 +168,18 @@ struct DecryptArgs {
     out: OutArgs,
     #[command(flatten)]
     keys: KeyArgs,
-    /// Use whichever KMS key wrapped the data key (with --account to limit it).
+    /// Use whichever KMS key wrapped the data key, if it is in one of the --account accounts
+    /// (required).
     #[arg(long, conflicts_with = "keys")]
     discovery: bool,
     /// With --discovery: accounts whose keys may be used (repeatable).
     #[arg(long = "account", value_name = "ID", requires = "discovery")]
     accounts: Vec<String>,
+    /// Use whichever KMS key wrapped the data key, in any AWS account. Risky: a message made
+    /// under someone else's key (one that lets you decrypt) decrypts too, so its content proves
+    /// nothing about who wrote it; prefer --discovery --account ID. Prints a warning.
+    #[arg(long, conflicts_with_all = ["keys", "discovery", "accounts"])]
+    discovery_any_account: bool,
     /// With --account: the partition of those accounts.
     #[arg(long, default_value = "aws", requires = "accounts")]
     partition: String,
@@ -165,9 +190,25 @@ struct DecryptArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
     /// Only these plaintext bytes: START-END (END exclusive) or START- (to the end). Decrypts
-    /// only the frames that cover them; IN must be a file.
+    /// only the frames that cover them; IN must be a regular file. A signed message (suite
+    /// 0x0578) is decrypted whole, to check its signature before the range is released: it
+    /// costs a full decrypt, not just the frames of the range.
     #[arg(long, value_name = "START-END", value_parser = parse_range)]
     range: Option<(u64, Option<u64>)>,
+    /// Most plaintext of a signed message held in memory until its signature verifies, when
+    /// OUT is a stream (`-`, a FIFO, a device): bytes or a size such as 512MiB or 2GiB
+    /// (K, M, G are powers of 1024). A file OUT needs no limit: the unnamed output file holds
+    /// the plaintext and is linked into place only after the signature verifies. Also the
+    /// largest legacy non-framed body read (it has one tag, so it is held whole).
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size_arg)]
+    max_buffered_size: usize,
+    /// Dangerous. To a stream OUT, write a signed message's frames as each one authenticates,
+    /// before the signature over the whole message is checked (whoever can decrypt could have
+    /// forged them; the final frame still waits for the signature, and a bad signature still
+    /// exits 1). With --range on a signed message: read only the frames of the range, never
+    /// checking the signature.
+    #[arg(long)]
+    dangerous_release_unverified: bool,
 }
 
 #[derive(Args)]
@@ -314,6 +355,34 @@ fn usage(message: impl Into<String>) -> Failure {
     }
 }
 
+/// Standard output was closed by its reader (`... | head`): end quietly, with the status a
+/// process ended by SIGPIPE has, so that a pipeline sees the output was cut short.
+fn closed_stdout() -> Failure {
+    Failure {
+        code: 141,
+        message: String::new(),
+    }
+}
+
+/// A failed write to OUT: a closed pipe ends quietly; a full buffer of a signed message says
+/// what to do; anything else is an I/O error.
+fn write_failure(path: &Path, e: io::Error) -> Failure {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        return closed_stdout();
+    }
+    if let Some(full) = e.get_ref().and_then(|i| i.downcast_ref::<HeldFull>()) {
+        return usage(format!(
+            "{} is a signed message whose plaintext exceeds --max-buffered-size ({} bytes), the \
+             most held in memory until its signature verifies when writing to a stream: decrypt \
+             to a file with -o FILE (no limit: nothing appears until the signature verifies), \
+             raise --max-buffered-size, or accept unverified plaintext with \
+             --dangerous-release-unverified",
+            full.what, full.limit
+        ));
+    }
+    io_failure("cannot write", path, e)
+}
+
 fn io_failure(what: &str, path: &Path, e: io::Error) -> Failure {
     Failure {
         code: 4,
@@ -344,6 +413,15 @@ fn code_of(e: &Error) -> u8 {
 }
 
 fn failure(context: &str, e: Error) -> Failure {
+    if let Error::Io(io) = e {
+        if io.kind() == io::ErrorKind::BrokenPipe {
+            return closed_stdout();
+        }
+        return Failure {
+            code: 4,
+            message: format!("{context}: {}", Error::Io(io)),
+        };
+    }
     Failure {
         code: code_of(&e),
         message: format!("{context}: {e}"),
@@ -355,6 +433,73 @@ fn parse_suite(s: &str) -> Result<AlgorithmSuite, String> {
     let id = u16::from_str_radix(hex, 16)
         .map_err(|_| format!("{s:?} is not a suite ID such as 0x0478"))?;
     AlgorithmSuite::from_id(id).map_err(|e| e.to_string())
+}
+
+fn parse_size_arg(s: &str) -> Result<usize, String> {
+    let n = parse_size::Config::new()
+        .with_binary()
+        .parse_size(s)
+        .map_err(|e| format!("{s:?} is not a size such as 67108864, 64MiB or 2G: {e}"))?;
+    usize::try_from(n).map_err(|_| format!("{s} is more than this machine can address"))
+}
+
+/// Whether a terminal would act on `c` rather than show it: C0 and C1 controls, DEL, and the
+/// bidirectional controls that reorder the text around them.
+fn is_terminal_control(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `s` with every terminal control escaped as `\u{..}` (newlines kept only when asked).
+fn terminal_safe(s: &str, keep_newlines: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if is_terminal_control(c) && !(keep_newlines && c == '\n') {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The one way text reaches stderr: escaped, and a closed stderr is not worth a panic.
+fn to_stderr(text: &str, keep_newlines: bool) {
+    let _ = io::stderr().write_all(terminal_safe(text, keep_newlines).as_bytes());
+}
+
+fn warn(message: &str) {
+    to_stderr(&format!("kms-envelope: warning: {message}\n"), false);
+}
+
+/// The one way text reaches stdout; a reader that has gone (`| head`) ends the command quietly.
+fn to_stdout(text: &str) -> Result<(), Failure> {
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::BrokenPipe => closed_stdout(),
+            _ => Failure {
+                code: 4,
+                message: format!("cannot write to standard output: {e}"),
+            },
+        })
+}
+
+/// Pretty JSON with the terminal controls serde_json leaves raw (DEL, C1, bidi) escaped too:
+/// they occur only inside strings, where `\uXXXX` means the same character.
+fn json_text(v: &Value) -> String {
+    let raw = serde_json::to_string_pretty(v).expect("JSON");
+    let mut out = String::with_capacity(raw.len() + 1);
+    for c in raw.chars() {
+        if is_terminal_control(c) && c != '\n' {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('\n');
+    out
 }
 
 fn parse_range(s: &str) -> Result<(u64, Option<u64>), String> {
@@ -466,7 +611,7 @@ fn build_keyring(
         rings.push(Arc::new(raw_aes_keyring(spec)?));
     }
     match rings.len() {
-        0 => Err(usage("name a key: --key KEY (KMS), --raw-aes-key NAMESPACE:NAME:FILE, or --discovery to decrypt")),
+        0 => Err(usage("name a key: --key KEY (KMS), --raw-aes-key NAMESPACE:NAME:FILE, or --discovery --account ID to decrypt")),
         1 => Ok(rings.pop().expect("one")),
         _ => {
             let generator = rings.remove(0);
@@ -506,7 +651,10 @@ const PUMP_CHUNK: usize = 4 << 20;
 /// Copies `reader` into `writer`, telling read failures from write failures. The reading runs
 /// on a thread of its own, a chunk ahead of the writing, so that reading the input (and, when
 /// decrypting, opening it) overlaps writing the output (and, when encrypting, sealing it).
-/// Two chunks circulate between the threads: memory stays bounded.
+/// Two chunks circulate between the threads: memory stays bounded. One read per chunk (the
+/// decrypting reader answers a read with what it has opened, usually a batch of frames); the
+/// writes go out as they come, through no buffer of std's that would keep plaintext. Chunks
+/// hold plaintext, so they are zeroized when dropped, wherever that happens.
 fn pump(
     reader: &mut (dyn Read + Send),
     writer: &mut dyn Write,
@@ -515,12 +663,13 @@ fn pump(
     pb: Option<&indicatif::ProgressBar>,
 ) -> Result<(), Failure> {
     use std::sync::mpsc::sync_channel;
+    type Chunk = Zeroizing<Vec<u8>>;
     std::thread::scope(|s| {
-        let (full_tx, full) = sync_channel::<io::Result<(Vec<u8>, usize)>>(1);
-        let (empty, empty_rx) = sync_channel::<Vec<u8>>(2);
+        let (full_tx, full) = sync_channel::<io::Result<(Chunk, usize)>>(1);
+        let (empty, empty_rx) = sync_channel::<Chunk>(2);
         for _ in 0..2 {
             empty
-                .send(vec![0u8; PUMP_CHUNK])
+                .send(Zeroizing::new(vec![0u8; PUMP_CHUNK]))
                 .expect("the receiver is alive");
         }
         s.spawn(move || {
@@ -559,6 +708,88 @@ fn pump(
     })
 }
 
+/// A signed message's plaintext outgrew [`Held`]'s limit.
+#[derive(Debug)]
+struct HeldFull {
+    what: String,
+    limit: usize,
+}
+
+impl std::fmt::Display for HeldFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "more than {} bytes to hold", self.limit)
+    }
+}
+
+impl std::error::Error for HeldFull {}
+
+/// Plaintext held in memory until a signed message's signature verifies, up to a limit;
+/// zeroized when dropped, and on every growth (the old allocation is wiped, not just freed).
+struct Held {
+    buf: Zeroizing<Vec<u8>>,
+    limit: usize,
+    what: String,
+}
+
+impl Held {
+    fn new(limit: usize, what: String) -> Held {
+        Held {
+            buf: Zeroizing::new(Vec::new()),
+            limit,
+            what,
+        }
+    }
+}
+
+impl Write for Held {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let need = self.buf.len() + data.len();
+        if need > self.limit {
+            return Err(io::Error::other(HeldFull {
+                what: self.what.clone(),
+                limit: self.limit,
+            }));
+        }
+        if need > self.buf.capacity() {
+            let cap = need.max(self.buf.capacity() * 2).min(self.limit);
+            let mut grown = Zeroizing::new(Vec::with_capacity(cap));
+            grown.extend_from_slice(&self.buf);
+            self.buf = grown;
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Passes on only the bytes at plaintext offsets `start..end` of what is written through it.
+struct RangeFilter<'w> {
+    inner: &'w mut dyn Write,
+    at: u64,
+    start: u64,
+    end: u64,
+}
+
+impl Write for RangeFilter<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let (from, to) = (self.at, self.at + data.len() as u64);
+        let (a, b) = (from.max(self.start), to.min(self.end));
+        if a < b {
+            self.inner
+                .write_all(&data[(a - from) as usize..(b - from) as usize])?;
+        }
+        self.at = to;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 fn encrypt(aws: &AwsArgs, a: &EncryptArgs) -> Result<(), Failure> {
     let keyring = build_keyring(aws, &a.keys, KmsMode::Encrypt)?;
     let context = parse_context(&a.keys.context)?;
@@ -575,6 +806,7 @@ fn encrypt(aws: &AwsArgs, a: &EncryptArgs) -> Result<(), Failure> {
         enc = enc.threads(t.into());
     }
     let out_name = shown(&a.out.output);
+    // The ciphertext is buffered (frames are written in pieces); no plaintext passes here.
     let sink = BufWriter::with_capacity(1 << 20, out.writer());
     let mut w = enc
         .writer(sink)
@@ -584,17 +816,13 @@ fn encrypt(aws: &AwsArgs, a: &EncryptArgs) -> Result<(), Failure> {
         &mut input,
         &mut w,
         |e| io_failure("cannot read input", &a.input, e),
-        |e| Failure {
-            code: 4,
-            message: format!("cannot write {out_name}: {e}"),
-        },
+        |e| write_failure(&a.out.output, e),
         pb.as_ref(),
     )?;
     let mut sink = w
         .finish()
         .map_err(|e| failure(&format!("cannot write {out_name}"), e))?;
-    sink.flush()
-        .map_err(|e| io_failure("cannot write", &a.out.output, e))?;
+    sink.flush().map_err(|e| write_failure(&a.out.output, e))?;
     drop(sink);
     if let Some(pb) = pb {
         pb.finish_and_clear();
@@ -604,8 +832,22 @@ fn encrypt(aws: &AwsArgs, a: &EncryptArgs) -> Result<(), Failure> {
 }
 
 fn decrypt(aws: &AwsArgs, a: &DecryptArgs) -> Result<(), Failure> {
-    let mode = if a.discovery {
-        KmsMode::Discovery((!a.accounts.is_empty()).then(|| DiscoveryFilter {
+    let mode = if a.discovery_any_account {
+        warn(
+            "--discovery-any-account: any KMS key in any AWS account that you may use can \
+             unwrap this message, including keys of someone else's that a forged message names; \
+             limit it with --discovery --account ID",
+        );
+        KmsMode::Discovery(None)
+    } else if a.discovery {
+        if a.accounts.is_empty() {
+            return Err(usage(
+                "--discovery needs --account ID (repeatable): the accounts whose KMS keys may \
+                 unwrap the data key; to accept a key in any account, pass \
+                 --discovery-any-account instead",
+            ));
+        }
+        KmsMode::Discovery(Some(DiscoveryFilter {
             partition: a.partition.clone(),
             accounts: a.accounts.clone(),
         }))
@@ -614,41 +856,88 @@ fn decrypt(aws: &AwsArgs, a: &DecryptArgs) -> Result<(), Failure> {
     };
     let keyring = build_keyring(aws, &a.keys, mode)?;
     let context = parse_context(&a.keys.context)?;
-    let (input, len) = open_input(&a.input)?;
-    let mut dec = Decryptor::new(&*keyring).expected_context(context);
+    // A signed message's frames come out of the library as they authenticate; the CLI holds
+    // them back itself until the signature verifies: in the unnamed output file (linked only
+    // after success), or in memory up to --max-buffered-size for a stream.
+    let mut dec = Decryptor::new(&*keyring)
+        .expected_context(context)
+        .max_buffered_len(a.max_buffered_size)
+        .dangerous_release_unverified_signed_frames(true);
     if a.allow_legacy_suites {
         dec = dec.commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt);
     }
     if let Some(t) = a.threads {
         dec = dec.threads(t.into());
     }
-    let in_name = shown(&a.input);
     if let Some(range) = a.range {
         return decrypt_range(&dec, a, range);
     }
+    let (input, len) = open_input(&a.input)?;
+    let in_name = shown(&a.input);
     // Header, key and context are checked before OUT is created.
     let mut reader = dec
         .reader(input)
         .map_err(|e| failure(&format!("decrypting {in_name}"), e))?;
-    let mut out = a.out.open(&a.input)?;
+    let signed = reader.header().suite.signature().is_some();
+    let out = a.out.open(&a.input)?;
     let pb = progress(aws, len, "decrypt");
-    {
-        let mut sink = BufWriter::with_capacity(1 << 20, out.writer());
+    let read_error = |e: io::Error| failure(&format!("decrypting {in_name}"), Error::from(e));
+    deliver(a, out, signed, None, |sink| {
         pump(
             &mut reader,
-            &mut sink,
-            |e| failure(&format!("decrypting {in_name}"), Error::from(e)),
-            |e| io_failure("cannot write", &a.out.output, e),
+            sink,
+            read_error,
+            |e| write_failure(&a.out.output, e),
             pb.as_ref(),
-        )?;
-        sink.flush()
-            .map_err(|e| io_failure("cannot write", &a.out.output, e))?;
-    }
+        )
+    })?;
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
-    out.commit()
-        .map_err(|e| io_failure("cannot write", &a.out.output, e))
+    Ok(())
+}
+
+/// Runs `produce` into OUT under the release rules, then commits OUT. A signed message whose
+/// signature is not yet checked (`signed`) goes to a stream OUT only after `produce` has
+/// succeeded, held in memory up to --max-buffered-size, unless --dangerous-release-unverified.
+/// With `range`, only those plaintext bytes are kept, and the range must lie within it.
+fn deliver(
+    a: &DecryptArgs,
+    mut out: Output,
+    signed: bool,
+    range: Option<(u64, Option<u64>)>,
+    produce: impl FnOnce(&mut dyn Write) -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    let hold = signed && out.is_stream() && !a.dangerous_release_unverified;
+    let mut held = Held::new(a.max_buffered_size, shown(&a.input));
+    {
+        let sink: &mut dyn Write = if hold { &mut held } else { out.writer() };
+        match range {
+            None => produce(sink)?,
+            Some((start, end)) => {
+                let mut filter = RangeFilter {
+                    inner: sink,
+                    at: 0,
+                    start,
+                    end: end.unwrap_or(u64::MAX),
+                };
+                produce(&mut filter)?;
+                if filter.at < start || end.is_some_and(|end| filter.at < end) {
+                    return Err(usage(format!(
+                        "--range {start}-{} reaches past the end of the plaintext ({} bytes)",
+                        end.map_or(String::new(), |e| e.to_string()),
+                        filter.at
+                    )));
+                }
+            }
+        }
+    }
+    if hold {
+        out.writer()
+            .write_all(&held.buf)
+            .map_err(|e| write_failure(&a.out.output, e))?;
+    }
+    out.commit().map_err(|e| write_failure(&a.out.output, e))
 }
 
 fn decrypt_range(
@@ -658,14 +947,64 @@ fn decrypt_range(
 ) -> Result<(), Failure> {
     if a.input == Path::new("-") {
         return Err(usage(
-            "--range needs IN to be a file: random access cannot read stdin",
+            "--range needs IN to be a regular file: random access cannot read stdin; decrypt \
+             without --range instead",
         ));
     }
     let in_name = shown(&a.input);
-    let file = File::open(&a.input).map_err(|e| io_failure("cannot open input", &a.input, e))?;
+    // Non-blocking, so that a FIFO is refused at once rather than waited on.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(&a.input)
+        .map_err(|e| io_failure("cannot open input", &a.input, e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| io_failure("cannot examine input", &a.input, e))?;
+    if !meta.is_file() {
+        return Err(usage(format!(
+            "--range needs IN to be a regular file, for random access; {in_name} is not one: \
+             decrypt without --range instead"
+        )));
+    }
+    let limits = HeaderLimits {
+        max_encrypted_data_keys: DEFAULT_MAX_ENCRYPTED_DATA_KEYS,
+        max_header_len: DEFAULT_MAX_HEADER_LEN,
+    };
+    let mut head = vec![0u8; DEFAULT_MAX_HEADER_LEN.min(meta.len() as usize)];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0)
+        .map_err(|e| io_failure("cannot read input", &a.input, e))?;
+    let signed = kms_envelope::format::Header::parse(&head, &limits)
+        .ok()
+        .flatten()
+        .is_some_and(|(h, _)| h.body.suite.signature().is_some());
+    if signed && !a.dangerous_release_unverified {
+        // Random access cannot check a signature over the whole message: decrypt it all in one
+        // pass, keeping only the range, released after the signature verifies.
+        let reader = dec
+            .reader(BufReader::with_capacity(1 << 20, file))
+            .map_err(|e| failure(&format!("decrypting {in_name}"), e))?;
+        let mut reader: Box<dyn Read + Send> = Box::new(reader);
+        let out = a.out.open(&a.input)?;
+        let read_error = |e: io::Error| failure(&format!("decrypting {in_name}"), Error::from(e));
+        return deliver(a, out, true, Some((start, end)), |sink| {
+            pump(
+                &mut *reader,
+                sink,
+                read_error,
+                |e| write_failure(&a.out.output, e),
+                None,
+            )
+        });
+    }
     let reader = dec
         .seekable(file)
         .map_err(|e| failure(&format!("decrypting {in_name}"), e))?;
+    if reader.header().suite.signature().is_some() && !a.dangerous_release_unverified {
+        return Err(usage(format!(
+            "{in_name} is signed: decrypt it without --range"
+        )));
+    }
     let len = reader
         .plaintext_len()
         .map_err(|e| failure(&format!("decrypting {in_name}"), e))?;
@@ -678,7 +1017,7 @@ fn decrypt_range(
     let mut out = a.out.open(&a.input)?;
     {
         let sink = out.writer();
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = Zeroizing::new(vec![0u8; 1 << 20]);
         let mut at = start;
         while at < end {
             let want = ((end - at) as usize).min(buf.len());
@@ -686,12 +1025,11 @@ fn decrypt_range(
                 .read_at(at, &mut buf[..want])
                 .map_err(|e| failure(&format!("decrypting {in_name}"), e))?;
             sink.write_all(&buf[..n])
-                .map_err(|e| io_failure("cannot write", &a.out.output, e))?;
+                .map_err(|e| write_failure(&a.out.output, e))?;
             at += n as u64;
         }
     }
-    out.commit()
-        .map_err(|e| io_failure("cannot write", &a.out.output, e))
+    out.commit().map_err(|e| write_failure(&a.out.output, e))
 }
 
 /// `NAMESPACE:NAME` of a `NAMESPACE:NAME:FILE` raw key argument.
@@ -809,13 +1147,15 @@ fn rewrap(aws: &AwsArgs, a: &RewrapArgs) -> Result<(), Failure> {
     };
     out.commit()
         .map_err(|e| io_failure("cannot write", &a.out.output, e))?;
-    eprintln!(
-        "kms-envelope: {} holds a new data key and message ID, wrapped under:",
+    // Key names come from IN's header: through the one escaping path to the terminal.
+    let mut report = format!(
+        "kms-envelope: {} holds a new data key and message ID, wrapped under:\n",
         shown(&a.out.output)
     );
     for k in keys {
-        eprintln!("  {k}");
+        report.push_str(&format!("  {}\n", terminal_safe(&k.to_string(), false)));
     }
+    to_stderr(&report, true);
     Ok(())
 }
 
@@ -880,8 +1220,7 @@ fn inspect(input: &Path) -> Result<(), Failure> {
         doc["PlaintextLength"] = json!(l.plaintext_len);
         doc["Authenticated"] = json!(false);
     }
-    println!("{}", serde_json::to_string_pretty(&doc).expect("JSON"));
-    Ok(())
+    to_stdout(&json_text(&doc))
 }
 
 fn parse_tags(tags: &[String]) -> Result<Vec<(String, String)>, Failure> {
@@ -906,8 +1245,8 @@ fn parse_tags(tags: &[String]) -> Result<Vec<(String, String)>, Failure> {
         .collect()
 }
 
-fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).expect("JSON"));
+fn print_json(v: &Value) -> Result<(), Failure> {
+    to_stdout(&json_text(v))
 }
 
 fn read_policy(arg: &str) -> Result<(String, KeyPolicy), Failure> {
@@ -930,13 +1269,12 @@ fn key_command(aws: &AwsArgs, cmd: &KeyCommand) -> Result<(), Failure> {
         } => {
             let p =
                 KeyPolicy::template(account, admins, users).map_err(|e| usage(e.to_string()))?;
-            println!("{}", p.to_json_pretty());
-            return Ok(());
+            return to_stdout(&format!("{}\n", p.to_json_pretty()));
         }
         KeyCommand::Lint { file } => {
             let (_, policy) = read_policy(file)?;
             let report = policy.lint();
-            print!("{report}");
+            to_stdout(&terminal_safe(&report.to_string(), true))?;
             return if report.is_clean() {
                 Ok(())
             } else {
@@ -964,7 +1302,7 @@ fn key_command(aws: &AwsArgs, cmd: &KeyCommand) -> Result<(), Failure> {
                 let (text, parsed) = read_policy(policy)?;
                 let report = parsed.lint();
                 if !report.is_clean() {
-                    eprint!("{report}");
+                    to_stderr(&report.to_string(), true);
                     if !allow_policy_warnings {
                         return Err(usage(format!(
                             "{policy}: the policy has {} warning(s); fix it, or pass --allow-policy-warnings",
@@ -981,7 +1319,7 @@ fn key_command(aws: &AwsArgs, cmd: &KeyCommand) -> Result<(), Failure> {
                     let id = out["KeyMetadata"]["KeyId"].as_str().unwrap_or_default().to_owned();
                     admin.create_alias(alias, &id).await.map_err(kms)?;
                 }
-                print_json(&out);
+                print_json(&out)?;
             }
             KeyCommand::CreateAlias { alias_name, target_key_id } => {
                 admin.create_alias(alias_name, target_key_id).await.map_err(|e| match e {
@@ -989,8 +1327,8 @@ fn key_command(aws: &AwsArgs, cmd: &KeyCommand) -> Result<(), Failure> {
                     e => kms(e),
                 })?;
             }
-            KeyCommand::ListAliases { key_id } => print_json(&admin.list_aliases(key_id.as_deref()).await.map_err(kms)?),
-            KeyCommand::Describe { key_id } => print_json(&admin.describe_key(key_id).await.map_err(kms)?),
+            KeyCommand::ListAliases { key_id } => print_json(&admin.list_aliases(key_id.as_deref()).await.map_err(kms)?)?,
+            KeyCommand::Describe { key_id } => print_json(&admin.describe_key(key_id).await.map_err(kms)?)?,
             KeyCommand::Enable { key_id } => admin.enable_key(key_id).await.map_err(kms)?,
             KeyCommand::Disable { key_id } => admin.disable_key(key_id).await.map_err(kms)?,
             KeyCommand::ScheduleDeletion { key_id, pending_window_in_days } => print_json(
@@ -1001,8 +1339,8 @@ fn key_command(aws: &AwsArgs, cmd: &KeyCommand) -> Result<(), Failure> {
                         Error::InvalidArgument(m) => usage(m),
                         e => kms(e),
                     })?,
-            ),
-            KeyCommand::CancelDeletion { key_id } => print_json(&admin.cancel_key_deletion(key_id).await.map_err(kms)?),
+            )?,
+            KeyCommand::CancelDeletion { key_id } => print_json(&admin.cancel_key_deletion(key_id).await.map_err(kms)?)?,
             KeyCommand::Template { .. } | KeyCommand::Lint { .. } => unreachable!("handled above"),
         }
         Ok(())
@@ -1021,7 +1359,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("kms-envelope: {}", f.message);
+            if !f.message.is_empty() {
+                to_stderr(&format!("kms-envelope: {}\n", f.message), false);
+            }
             ExitCode::from(f.code)
         }
     }

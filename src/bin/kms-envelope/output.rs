@@ -1,17 +1,28 @@
-//! Where results go: stdout, or a file written atomically (an unnamed temporary file beside
-//! OUT, fsync unless `--no-fsync`, then linked or renamed into place), so OUT is complete or
-//! absent.
+//! Where results go: a stream (stdout, or a FIFO or character device named as OUT, written
+//! through), or a regular file written atomically (an unnamed temporary file beside OUT, mode
+//! 0600, fsync unless `--no-fsync`, then linked or renamed into place), so OUT is complete or
+//! absent. Only a regular file is ever replaced, and only with `--force`; a symbolic link is
+//! neither followed nor replaced.
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, CWD};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, CWD};
+
+/// Why OUT cannot be opened: the caller's choice of OUT (usage), or the system (I/O).
+pub enum OpenError {
+    Refused(String),
+    Io(String),
+}
 
 /// The output side of `encrypt`/`decrypt`.
 pub enum Output {
-    Stdout(io::Stdout),
+    /// Standard output, or an existing FIFO or character device: bytes reach the reader as
+    /// they are written, so the caller applies the release rules of a stream.
+    Stream(File),
     File(AtomicFile),
 }
 
@@ -24,10 +35,30 @@ pub struct AtomicFile {
     flushed_to: u64,
     writeback: Option<Writeback>,
     dest: PathBuf,
-    force: bool,
+    /// With `--force`: the regular file OUT was when it was checked, (device, inode).
+    replaces: Option<(u64, u64)>,
     durable: bool,
     /// Only where the file system has no unnamed temporary files.
     named: Option<tempfile::TempPath>,
+}
+
+/// What an existing OUT is, as `lstat` and `fstat` name it.
+fn kind(t: std::fs::FileType) -> &'static str {
+    if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else {
+        "a regular file"
+    }
 }
 
 impl Output {
@@ -37,36 +68,77 @@ impl Output {
         input: Option<&Path>,
         force: bool,
         durable: bool,
-    ) -> Result<Output, String> {
+    ) -> Result<Output, OpenError> {
         if out == Path::new("-") {
-            return Ok(Output::Stdout(io::stdout()));
+            // A descriptor of our own: unbuffered (no plaintext left in std's stdout buffer),
+            // and a closed stdout is an I/O error here rather than a panic later.
+            let fd = io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| OpenError::Io(format!("cannot write to standard output: {e}")))?;
+            return Ok(Output::Stream(File::from(fd)));
         }
         if let (Some(input), Ok(out_meta)) = (input, std::fs::metadata(out)) {
-            use std::os::unix::fs::MetadataExt;
             if let Ok(in_meta) = std::fs::metadata(input) {
                 if in_meta.dev() == out_meta.dev() && in_meta.ino() == out_meta.ino() {
-                    return Err(format!(
+                    return Err(OpenError::Refused(format!(
                         "output {} is the input file: write to another path",
                         out.display()
-                    ));
+                    )));
                 }
             }
         }
-        if !force && out.symlink_metadata().is_ok() {
-            return Err(format!(
-                "output {} exists: choose another path or pass --force to replace it",
-                out.display()
-            ));
-        }
+        let replaces = match out.symlink_metadata() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(OpenError::Io(format!(
+                    "cannot examine output {}: {e}",
+                    out.display()
+                )))
+            }
+            Ok(m) if m.file_type().is_file() => {
+                if !force {
+                    return Err(OpenError::Refused(format!(
+                        "output {} exists: choose another path or pass --force to replace it",
+                        out.display()
+                    )));
+                }
+                Some((m.dev(), m.ino()))
+            }
+            Ok(m) if m.file_type().is_fifo() || m.file_type().is_char_device() => {
+                return write_through(out).map(Output::Stream);
+            }
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(OpenError::Refused(format!(
+                    "output {} is a symbolic link: kms-envelope neither follows nor replaces \
+                     links; name the file itself, or write to standard output with -o -",
+                    out.display()
+                )))
+            }
+            Ok(m) => {
+                return Err(OpenError::Refused(format!(
+                    "output {} is {}: write to a new or regular file (--force replaces one), a \
+                     FIFO or character device (written through), or -o - for standard output",
+                    out.display(),
+                    kind(m.file_type())
+                )))
+            }
+        };
         let dir = match out.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        let cannot = |e: &dyn std::fmt::Display| {
+            OpenError::Io(format!(
+                "cannot create a temporary file in {}: {e}",
+                dir.display()
+            ))
+        };
         let unnamed = rustix::fs::openat(
             CWD,
             &dir,
-            rustix::fs::OFlags::TMPFILE | rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::from_raw_mode(0o600),
+            OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
         );
         let (file, named) = match unnamed {
             Ok(fd) => (File::from(fd), None),
@@ -74,28 +146,34 @@ impl Output {
                 let tmp = tempfile::Builder::new()
                     .prefix(".kms-envelope-")
                     .tempfile_in(&dir)
-                    .map_err(|e| {
-                        format!("cannot create a temporary file in {}: {e}", dir.display())
-                    })?;
+                    .map_err(|e| cannot(&e))?;
                 let (file, path) = tmp.into_parts();
                 (file, Some(path))
             }
         };
+        // Owner-only whatever the umask: the file may hold plaintext.
+        rustix::fs::fchmod(&file, Mode::from_raw_mode(0o600)).map_err(|e| cannot(&e))?;
         Ok(Output::File(AtomicFile {
             file,
             written: 0,
             flushed_to: 0,
             writeback: None,
             dest: out.to_path_buf(),
-            force,
+            replaces,
             durable,
             named,
         }))
     }
 
+    /// Whether bytes written reach a reader at once (so a signed message's plaintext must be
+    /// held until its signature verifies), rather than an unnamed file that `commit` links.
+    pub fn is_stream(&self) -> bool {
+        matches!(self, Output::Stream(_))
+    }
+
     pub fn writer(&mut self) -> &mut dyn Write {
         match self {
-            Output::Stdout(s) => s,
+            Output::Stream(s) => s,
             Output::File(f) => f,
         }
     }
@@ -104,9 +182,30 @@ impl Output {
     /// nothing behind.
     pub fn commit(self) -> io::Result<()> {
         match self {
-            Output::Stdout(mut s) => s.flush(),
+            Output::Stream(mut s) => s.flush(),
             Output::File(f) => f.commit(),
         }
+    }
+}
+
+/// Opens an existing FIFO or character device to write through it, never following a link
+/// and checking on the descriptor that it is still such a node (it may have been swapped
+/// since `lstat`).
+fn write_through(out: &Path) -> Result<File, OpenError> {
+    let fd = rustix::fs::open(
+        out,
+        OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| OpenError::Io(format!("cannot open output {}: {e}", out.display())))?;
+    let st = rustix::fs::fstat(&fd)
+        .map_err(|e| OpenError::Io(format!("cannot examine output {}: {e}", out.display())))?;
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::Fifo | FileType::CharacterDevice => Ok(File::from(fd)),
+        _ => Err(OpenError::Refused(format!(
+            "output {} changed while it was being opened: try again",
+            out.display()
+        ))),
     }
 }
 
@@ -171,6 +270,23 @@ impl Write for AtomicFile {
 }
 
 impl AtomicFile {
+    /// With `--force`, checks just before the rename that OUT is still the regular file it was
+    /// when it was opened, so that a node or link swapped in meanwhile is never replaced.
+    fn check_replaced(&self) -> io::Result<()> {
+        let Some((dev, ino)) = self.replaces else {
+            return Ok(());
+        };
+        match self.dest.symlink_metadata() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Ok(m) if m.file_type().is_file() && (m.dev(), m.ino()) == (dev, ino) => Ok(()),
+            Ok(m) => Err(io::Error::other(format!(
+                "it was replaced by {} while being written; left as it is",
+                kind(m.file_type())
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
     fn commit(mut self) -> io::Result<()> {
         if let Some(w) = self.writeback.take() {
             w.finish();
@@ -178,9 +294,11 @@ impl AtomicFile {
         if self.durable {
             self.file.sync_all()?;
         }
-        match self.named {
+        let force = self.replaces.is_some();
+        match self.named.take() {
             Some(path) => {
-                if self.force {
+                if force {
+                    self.check_replaced()?;
                     path.persist(&self.dest).map_err(|e| e.error)?;
                 } else {
                     path.persist_noclobber(&self.dest).map_err(|e| e.error)?;
@@ -188,7 +306,7 @@ impl AtomicFile {
             }
             None => {
                 let proc = format!("/proc/self/fd/{}", self.file.as_raw_fd());
-                if self.force {
+                if force {
                     // Link under a fresh name beside OUT, then rename over it atomically.
                     let staging = self.dest.with_file_name(format!(
                         ".{}.kms-envelope-{}",
@@ -199,7 +317,10 @@ impl AtomicFile {
                         std::process::id()
                     ));
                     rustix::fs::linkat(CWD, proc.as_str(), CWD, &staging, AtFlags::SYMLINK_FOLLOW)?;
-                    if let Err(e) = std::fs::rename(&staging, &self.dest) {
+                    if let Err(e) = self
+                        .check_replaced()
+                        .and_then(|()| std::fs::rename(&staging, &self.dest))
+                    {
                         let _ = std::fs::remove_file(&staging);
                         return Err(e);
                     }
