@@ -6,7 +6,10 @@
 
 use std::sync::Arc;
 
+use zeroize::Zeroize;
+
 use super::machine::Sealer;
+use super::options::STREAM_BUFFER_LIMIT;
 use crate::format::{FINAL_FRAME_PREFIX, REGULAR_FRAME_PREFIX, TAG_LEN};
 use crate::Error;
 
@@ -15,13 +18,58 @@ const SERIAL_BATCH: usize = 256 * 1024;
 /// Bytes of frames sealed or opened together across the pool.
 const PARALLEL_BATCH: usize = 2 * 1024 * 1024;
 
+/// Most plaintext bytes of one batch: a reader keeps two batches at most, a writer three (see
+/// [`STREAM_BUFFER_LIMIT`]).
+pub(crate) const BATCH_LIMIT: usize = STREAM_BUFFER_LIMIT / 4;
+/// Room left after the last slot of a buffer for the final frame's longer prefix and the
+/// signature, so that finishing does not move the buffer.
+const FINISH_ROOM: usize = 256;
+
 /// How many frames of `slot` bytes go in one batch: enough for every thread to have work, and
-/// a few MiB at most otherwise, so memory stays a few frames per worker.
+/// a few MiB at most otherwise; never more than [`BATCH_LIMIT`] bytes of plaintext unless a
+/// single frame is larger, whatever the thread count.
 pub(crate) fn batch_frames(slot: usize, threads: usize) -> usize {
-    match (slot, threads) {
-        (0, _) => 1,
-        (_, 0 | 1) => (SERIAL_BATCH / slot).max(1),
+    let frames = match (slot, threads) {
+        (0, _) => return 1,
+        (_, 0 | 1) => SERIAL_BATCH / slot,
         _ => (PARALLEL_BATCH / slot).max(2 * threads),
+    };
+    let frame = slot.saturating_sub(REGULAR_FRAME_PREFIX + TAG_LEN).max(1);
+    frames.min(BATCH_LIMIT / frame).max(1)
+}
+
+/// A buffer that holds plaintext at times: what was ever written to it (everything below its
+/// length: buffers are cleared only once what they held is sealed) is zeroized on drop.
+#[derive(Default)]
+pub(crate) struct Wiped(pub(crate) Vec<u8>);
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        self.0.as_mut_slice().zeroize();
+    }
+}
+
+impl std::ops::Deref for Wiped {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Wiped {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+}
+
+/// Makes room for `len` bytes in `v`, growing by doubling up to `ceiling`. When the
+/// allocation has to move, the old one is zeroized before it is freed: it may hold plaintext.
+pub(crate) fn reserve_zeroizing(v: &mut Vec<u8>, len: usize, ceiling: usize) {
+    if len > v.capacity() {
+        let mut moved = Vec::with_capacity(len.max((2 * v.capacity()).min(ceiling)));
+        moved.extend_from_slice(v);
+        v.zeroize();
+        *v = moved;
     }
 }
 
@@ -99,15 +147,18 @@ pub(crate) struct FrameEncoder {
     slot: usize,
     batch_frames: usize,
     /// `full` frame slots (sealed when `pending` is `Buf`), then the slot being filled.
-    buf: Vec<u8>,
+    buf: Wiped,
     full: usize,
     partial: usize,
     pending: Pending,
     /// Two buffers for frames sealed straight from the caller's data, so that one can be
     /// written out while the other is sealed; kept at their largest size so that each is
-    /// zero-filled once, not for every batch.
+    /// zero-filled once, not for every batch. They hold only ciphertext.
     direct: [Vec<u8>; 2],
     next_direct: usize,
+    /// Whether three batches (`buf` and both direct buffers) fit [`STREAM_BUFFER_LIMIT`];
+    /// otherwise frames sealed from the caller's data go to `buf`, one batch at a time.
+    double: bool,
     threads: usize,
     workers: Option<Workers>,
     /// The declared plaintext length, and how much has come so far.
@@ -135,12 +186,13 @@ impl FrameEncoder {
             frame,
             slot,
             batch_frames,
-            buf: Vec::new(),
+            buf: Wiped::default(),
             full: 0,
             partial: 0,
             pending: Pending::None,
             direct: [Vec::new(), Vec::new()],
             next_direct: 0,
+            double: 3 * batch_frames * slot <= STREAM_BUFFER_LIMIT + 3 * FINISH_ROOM,
             threads,
             workers: None,
             declared,
@@ -193,17 +245,29 @@ impl FrameEncoder {
         }
         let mut taken = 0;
         while taken < data.len() {
+            let n = (self.frame - self.partial).min(data.len() - taken);
+            let at = if self.partial == 0 {
+                self.full * self.slot + REGULAR_FRAME_PREFIX
+            } else {
+                self.buf.len()
+            };
+            // Room for this plaintext, its tag and the final frame's longer prefix, so that
+            // the buffer never moves with plaintext left behind.
+            reserve_zeroizing(
+                &mut self.buf,
+                at + n + TAG_LEN + FINISH_ROOM,
+                self.batch_frames * self.slot + FINISH_ROOM,
+            );
             if self.partial == 0 {
                 // A new slot: room for the frame header in front of the plaintext.
-                self.buf
-                    .resize(self.full * self.slot + REGULAR_FRAME_PREFIX, 0);
+                self.buf.resize(at, 0);
             }
-            let n = (self.frame - self.partial).min(data.len() - taken);
             self.buf.extend_from_slice(&data[taken..taken + n]);
             self.partial += n;
             taken += n;
             if self.partial == self.frame {
-                self.buf.resize(self.buf.len() + TAG_LEN, 0);
+                let len = self.buf.len() + TAG_LEN;
+                self.buf.resize(len, 0);
                 self.full += 1;
                 self.partial = 0;
                 if self.full == self.batch_frames {
@@ -226,6 +290,7 @@ impl FrameEncoder {
         drain: impl FnOnce(&[u8]) -> std::io::Result<()>,
     ) -> Result<usize, Error> {
         let overlap = self.pending != Pending::None
+            && self.double
             && self.workers.as_ref().is_some_and(Workers::is_parallel)
             && self.nothing_unsealed()
             && data.len() >= self.batch_frames * self.frame;
@@ -254,6 +319,18 @@ impl FrameEncoder {
             self.workers = Some(Workers::new(self.threads));
         }
         let (taken, len) = (count * self.frame, count * self.slot);
+        if !self.double {
+            // One batch at a time, in `buf` (nothing is pending: `write_draining` drained it).
+            debug_assert_eq!(self.pending, Pending::None);
+            reserve_zeroizing(&mut self.buf, len + FINISH_ROOM, len + FINISH_ROOM);
+            self.buf.resize(len, 0);
+            let workers = self.workers.clone().unwrap_or_default();
+            self.sealer
+                .seal_frames(&mut self.buf[..len], Some(&data[..taken]), &workers)?;
+            self.pending = Pending::Buf(len);
+            self.taken += taken as u64;
+            return Ok(taken);
+        }
         let i = self.next_direct;
         if self.direct[i].len() < len {
             self.direct[i].resize(len, 0);
@@ -345,20 +422,20 @@ impl FrameEncoder {
         }
         self.seal_full(false)?;
         let start = self.full * self.slot;
-        let plaintext = if self.partial > 0 {
-            &self.buf[start + REGULAR_FRAME_PREFIX..]
-        } else {
-            &[][..]
-        };
-        let mut last = Vec::with_capacity(FINAL_FRAME_PREFIX + plaintext.len() + TAG_LEN);
-        last.resize(FINAL_FRAME_PREFIX, 0);
-        last.extend_from_slice(plaintext);
-        last.resize(last.len() + TAG_LEN, 0);
-        let footer = self.sealer.seal_last(&mut last)?;
-        self.buf.truncate(start);
-        self.buf.extend_from_slice(&last);
+        let partial = self.partial;
+        // The final frame is sealed where the partial one was gathered: its plaintext moves
+        // behind the final frame's longer prefix (less than a frame, once per message).
+        let end = start + FINAL_FRAME_PREFIX + partial + TAG_LEN;
+        reserve_zeroizing(&mut self.buf, end + FINISH_ROOM, end + FINISH_ROOM);
+        self.buf.resize(end, 0);
+        if partial > 0 {
+            let from = start + REGULAR_FRAME_PREFIX;
+            self.buf
+                .copy_within(from..from + partial, start + FINAL_FRAME_PREFIX);
+        }
+        let footer = self.sealer.seal_last(&mut self.buf[start..end])?;
         self.buf.extend_from_slice(&footer);
-        Ok(self.buf)
+        Ok(std::mem::take(&mut self.buf.0))
     }
 }
 
