@@ -13,9 +13,9 @@ use crate::Error;
 /// it writes the final frame (and the signature); without it the message is incomplete and
 /// every reader will refuse it.
 ///
-/// Frames are sealed a batch at a time (a few MiB at most) and a sealed batch reaches `W` on
-/// the next `write` (beside the sealing of the next batch, when several threads run), on
-/// `flush`, or on `finish`.
+/// Frames are sealed a batch at a time (a few MiB at most, whatever the write size and the
+/// thread count) and a sealed batch reaches `W` when the next batch is sealed (beside that
+/// sealing, when several threads run), on `flush`, or on `finish`.
 #[must_use = "call finish() to write the final frame; an unfinished message does not decrypt"]
 #[derive(Debug)]
 pub struct EncryptingWriter<W: Write> {
@@ -85,8 +85,8 @@ impl<W: Write> Write for EncryptingWriter<W> {
         if self.poisoned {
             return Err(io::Error::other("an earlier write failed"));
         }
-        // Sealed frames are written out on the next write (beside the sealing of the next
-        // batch, when the workers run), on flush, or on finish.
+        // Sealed frames are written out when the next batch is sealed (beside that sealing,
+        // when the workers run), on flush, or on finish.
         let inner = &mut self.inner;
         let result = self
             .enc
