@@ -8,16 +8,28 @@ use super::FormatError;
 pub(crate) struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// After a read ran past the end: the length the buffer needs for that read to succeed.
+    wanted: usize,
 }
 
 impl<'a> Reader<'a> {
     pub(crate) fn new(buf: &'a [u8]) -> Self {
-        Reader { buf, pos: 0 }
+        Reader {
+            buf,
+            pos: 0,
+            wanted: 0,
+        }
     }
 
     /// Bytes consumed so far.
     pub(crate) fn position(&self) -> usize {
         self.pos
+    }
+
+    /// After [`FormatError::Truncated`]: how many bytes the buffer must hold (from its start)
+    /// for the read that failed to succeed. Incremental parsers wait for that much.
+    pub(crate) fn wanted(&self) -> usize {
+        self.wanted
     }
 
     pub(crate) fn remaining(&self) -> usize {
@@ -26,6 +38,7 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], FormatError> {
         if self.remaining() < n {
+            self.wanted = self.pos.saturating_add(n);
             return Err(FormatError::Truncated);
         }
         let out = &self.buf[self.pos..self.pos + n];

@@ -212,6 +212,15 @@ impl HeaderBody {
     }
 }
 
+/// How far a header parse got.
+#[derive(Debug)]
+pub(crate) enum HeaderStep {
+    /// The header and the number of bytes it took.
+    Done(Header, usize),
+    /// The buffer must hold at least this many bytes before parsing again can get further.
+    NeedMore(usize),
+}
+
 impl Header {
     /// Parses a header from the start of `buf`.
     ///
@@ -224,24 +233,34 @@ impl Header {
         buf: &[u8],
         limits: &HeaderLimits,
     ) -> Result<Option<(Header, usize)>, FormatError> {
-        match Self::read(buf, limits) {
-            Ok((_, len)) if len > limits.max_header_len => Err(FormatError::HeaderTooLarge {
-                max: limits.max_header_len,
-            }),
-            Ok(done) => Ok(Some(done)),
-            Err(FormatError::Truncated) if buf.len() >= limits.max_header_len => {
-                Err(FormatError::HeaderTooLarge {
-                    max: limits.max_header_len,
-                })
+        Ok(match Self::parse_step(buf, limits)? {
+            HeaderStep::Done(header, len) => Some((header, len)),
+            HeaderStep::NeedMore(_) => None,
+        })
+    }
+
+    /// As [`parse`](Self::parse), and when the header is incomplete, how many bytes the next
+    /// field needs: a reader that waits for them parses once per field, not once per read.
+    pub(crate) fn parse_step(buf: &[u8], limits: &HeaderLimits) -> Result<HeaderStep, FormatError> {
+        let too_large = FormatError::HeaderTooLarge {
+            max: limits.max_header_len,
+        };
+        let mut r = Reader::new(buf);
+        match Self::read(&mut r, buf, limits) {
+            Ok(_) if r.position() > limits.max_header_len => Err(too_large),
+            Ok(header) => Ok(HeaderStep::Done(header, r.position())),
+            Err(FormatError::Truncated)
+                if buf.len() >= limits.max_header_len || r.wanted() > limits.max_header_len =>
+            {
+                Err(too_large)
             }
-            Err(FormatError::Truncated) => Ok(None),
+            Err(FormatError::Truncated) => Ok(HeaderStep::NeedMore(r.wanted())),
             Err(e) => Err(e),
         }
     }
 
-    fn read(buf: &[u8], limits: &HeaderLimits) -> Result<(Header, usize), FormatError> {
-        let mut r = Reader::new(buf);
-        let body = HeaderBody::read(&mut r, limits)?;
+    fn read(r: &mut Reader<'_>, buf: &[u8], limits: &HeaderLimits) -> Result<Header, FormatError> {
+        let body = HeaderBody::read(r, limits)?;
         let body_bytes = buf[..r.position()].to_vec();
         let iv = if body.version() == 1 {
             r.array()?
@@ -249,15 +268,12 @@ impl Header {
             [0; IV_LEN]
         };
         let tag = r.array()?;
-        Ok((
-            Header {
-                body,
-                body_bytes,
-                iv,
-                tag,
-            },
-            r.position(),
-        ))
+        Ok(Header {
+            body,
+            body_bytes,
+            iv,
+            tag,
+        })
     }
 
     /// The serialized header: body, then (v1) the IV, then the tag.

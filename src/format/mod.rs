@@ -13,6 +13,7 @@ pub use body::{
     MAX_FRAMES, MAX_NON_FRAMED_LEN, NON_FRAMED_PREFIX, REGULAR_FRAME_PREFIX,
 };
 pub use context::{EncryptionContext, PUBLIC_KEY_FIELD, RESERVED_PREFIX};
+pub(crate) use header::HeaderStep;
 pub use header::{
     ContentType, EncryptedDataKey, Header, HeaderBody, HeaderLimits, COMMITMENT_LEN, IV_LEN,
     TAG_LEN,

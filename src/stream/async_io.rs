@@ -135,7 +135,7 @@ impl<R: AsyncRead + Unpin> AsyncDecryptingReader<R> {
                     return Poll::Ready(Ok(()));
                 }
             }
-            match self.body.advance()? {
+            match self.body.advance(None)? {
                 Need::Output => {
                     let avail = self.body.available();
                     let n = avail.len().min(out.remaining());

@@ -7,9 +7,10 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 
-use super::encoder::{batch_frames, Workers};
+use super::encoder::{batch_frames, reserve_zeroizing, Wiped, Workers};
 use super::machine::{Block, Opener, Step};
-use crate::format::{FormatError, Header, HeaderLimits};
+use super::options::STREAM_BUFFER_LIMIT;
+use crate::format::{FormatError, Header, HeaderLimits, HeaderStep};
 use crate::Error;
 
 /// Bytes asked of the underlying reader at a time when nothing larger is needed.
@@ -18,7 +19,7 @@ pub(crate) const READ_CHUNK: usize = 64 * 1024;
 const PARALLEL_MIN: usize = 512 * 1024;
 
 /// A blocking read from the source, as `Read::read`.
-pub(crate) type Fill<'a> = &'a mut dyn FnMut(&mut [u8]) -> std::io::Result<usize>;
+pub(crate) type Fill<'a, 'f> = &'a mut (dyn FnMut(&mut [u8]) -> std::io::Result<usize> + 'f);
 
 /// What a reader adaptor must do next.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,18 +32,24 @@ pub(crate) enum Need {
     Done,
 }
 
-/// Incrementally reads a header from a growing buffer.
+/// Incrementally reads a header from a growing buffer. It parses again only once the bytes
+/// the last parse asked for (the next length-prefixed field) are there, so a header that
+/// arrives a byte at a time is parsed about once per field, not once per byte.
 #[derive(Debug, Default)]
 pub(crate) struct HeaderBuffer {
     buf: Vec<u8>,
     len: usize,
+    /// Bytes the last parse needed to get further.
+    need: usize,
+    /// Parses run so far.
+    parses: usize,
 }
 
 impl HeaderBuffer {
     /// Space to read header bytes into.
     pub(crate) fn input_space(&mut self) -> &mut [u8] {
-        if self.buf.len() - self.len < 512 {
-            self.buf.resize(self.len + 4096, 0);
+        if self.buf.len() < self.need || self.buf.len() - self.len < 512 {
+            self.buf.resize(self.need.max(self.len + 4096), 0);
         }
         &mut self.buf[self.len..]
     }
@@ -55,11 +62,24 @@ impl HeaderBuffer {
         limits: &HeaderLimits,
     ) -> Result<Option<(Header, Vec<u8>)>, Error> {
         self.len += n;
-        match Header::parse(&self.buf[..self.len], limits)? {
-            Some((header, used)) => Ok(Some((header, self.buf[used..self.len].to_vec()))),
-            None if n == 0 => Err(FormatError::Truncated.into()),
-            None => Ok(None),
+        if n > 0 && self.len < self.need {
+            return Ok(None);
         }
+        self.parses += 1;
+        match Header::parse_step(&self.buf[..self.len], limits)? {
+            HeaderStep::Done(header, used) => Ok(Some((header, self.buf[used..self.len].to_vec()))),
+            HeaderStep::NeedMore(_) if n == 0 => Err(FormatError::Truncated.into()),
+            HeaderStep::NeedMore(need) => {
+                self.need = need;
+                Ok(None)
+            }
+        }
+    }
+
+    /// How many times the header was parsed.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn parses(&self) -> usize {
+        self.parses
     }
 }
 
@@ -89,20 +109,33 @@ pub(crate) fn read_header<R: std::io::Read>(
 }
 
 /// The body's buffer and release rules on top of the [`Opener`].
+///
+/// Memory: ciphertext is read a batch at a time (at most [`BATCH_LIMIT`](super::encoder::BATCH_LIMIT) bytes, or one block),
+/// and only once the buffered blocks are used up: with a blocking source, the next batch is
+/// read into a second buffer while the workers open the current one. So two batches at most,
+/// whatever the thread count and the caller's buffer size; work is linear in the message size
+/// (a partial block moves once per batch).
 pub(crate) struct BodyDecoder {
     opener: Opener,
-    buf: Vec<u8>,
-    /// Unprocessed ciphertext is `buf[start..end]`.
+    /// Unprocessed ciphertext is `buf[start..end]`; plaintext opened in place is handed out
+    /// from `buf` too.
+    buf: Wiped,
     start: usize,
     end: usize,
-    /// How many bytes from `start` the opener asked for.
+    /// How many bytes from `start` the opener asked for, when the last parse ran out of input.
     need: usize,
+    /// Whether the last parse ran out of buffered input (rather than reaching its limit).
+    short: bool,
+    /// Input read while the last batch opened in place: the ciphertext goes on in
+    /// `ahead[..n]`, and `buf` is kept until its plaintext is handed out.
+    ahead: Wiped,
+    ahead_len: Option<usize>,
     /// Plaintext ready to release: ranges of `held` when holding, else of `buf`.
     ready: VecDeque<Range<usize>>,
     /// Signed messages (unless the caller opted out) keep all plaintext here until the
     /// signature verifies.
     hold: bool,
-    held: Vec<u8>,
+    held: Wiped,
     max_held: usize,
     /// The last block is open; its plaintext waits until the source is known to end there.
     awaiting_eof: bool,
@@ -110,11 +143,17 @@ pub(crate) struct BodyDecoder {
     probe: [u8; 1],
     complete: bool,
     batch_frames: usize,
-    /// Largest read: a batch of frames, reached only as the message proves that large.
-    max_read: usize,
+    /// Bytes of a batch of regular frames: the most a buffer is filled to (unless one block
+    /// needs more).
+    batch_bytes: usize,
+    /// Whether two buffers (one opening, one reading ahead) fit [`STREAM_BUFFER_LIMIT`].
+    read_ahead: bool,
+    /// Fewest frames the caller's buffer must take for frames to open straight into it: one
+    /// per worker, so that the direct path does not leave the workers idle.
+    direct_frames: usize,
     total_in: usize,
-    /// Where the next input is read while a batch opens (blocking adaptors, with workers).
-    spare: Vec<u8>,
+    /// Bytes of ciphertext moved between or within buffers (the partial block behind a batch).
+    moved: usize,
     threads: usize,
     workers: Option<Workers>,
     blocks: Vec<Block>,
@@ -142,24 +181,34 @@ impl BodyDecoder {
         let end = leftover.len();
         let slot = opener.regular_frame_len();
         let batch_frames = batch_frames(slot, threads);
+        let batch_bytes = if slot == 0 {
+            READ_CHUNK
+        } else {
+            batch_frames * slot
+        };
         BodyDecoder {
             opener,
-            buf: leftover,
+            buf: Wiped(leftover),
             start: 0,
             end,
             need: 0,
+            short: true,
+            ahead: Wiped::default(),
+            ahead_len: None,
             ready: VecDeque::new(),
             hold,
-            held: Vec::new(),
+            held: Wiped::default(),
             max_held,
             awaiting_eof: false,
             last: None,
             probe: [0],
             complete: false,
             batch_frames,
-            max_read: READ_CHUNK.max(batch_frames * slot),
+            batch_bytes,
+            read_ahead: 2 * batch_bytes <= STREAM_BUFFER_LIMIT,
+            direct_frames: batch_frames.min(threads).max(1),
             total_in: 0,
-            spare: Vec::new(),
+            moved: 0,
             threads,
             workers: None,
             blocks: Vec::new(),
@@ -185,8 +234,9 @@ impl BodyDecoder {
         }
     }
 
-    /// Processes buffered input as far as it goes.
-    pub(crate) fn advance(&mut self) -> Result<Need, Error> {
+    /// Processes buffered input as far as it goes. With `fill` (a blocking source, as in
+    /// [`read_direct`](Self::read_direct)), the next input is read while a batch opens.
+    pub(crate) fn advance(&mut self, mut fill: Option<Fill<'_, '_>>) -> Result<Need, Error> {
         loop {
             if !self.available().is_empty() {
                 return Ok(Need::Output);
@@ -194,6 +244,7 @@ impl BodyDecoder {
             if self.ready.pop_front().is_some() {
                 continue;
             }
+            self.settle();
             if self.complete {
                 return Ok(Need::Done);
             }
@@ -207,23 +258,41 @@ impl BodyDecoder {
                 self.complete = true;
                 continue;
             }
-            if !self.open_batch()? {
+            if !self.open_batch(fill.as_deref_mut())? {
                 return Ok(Need::Input);
             }
         }
     }
 
-    /// Parses the complete blocks buffered (a batch at most), opens them together, and queues
-    /// their plaintext. Returns false when not even one block is complete.
-    fn open_batch(&mut self) -> Result<bool, Error> {
+    /// Once the plaintext of `buf` is handed out, the ciphertext read ahead becomes the buffer.
+    fn settle(&mut self) {
+        if self.ready.is_empty() || self.hold {
+            if let Some(n) = self.ahead_len.take() {
+                debug_assert!(self.last.is_none());
+                std::mem::swap(&mut self.buf, &mut self.ahead);
+                self.start = 0;
+                self.end = n;
+            }
+        }
+    }
+
+    /// Parses the complete blocks buffered (a batch at most), opens them together in place
+    /// (reading the next input beside, when `fill` is given and it is needed), and queues their
+    /// plaintext. Returns false when not even one block is complete.
+    fn open_batch(&mut self, fill: Option<Fill<'_, '_>>) -> Result<bool, Error> {
         let pos = self.parse_blocks(self.batch_frames)?;
         if self.blocks.is_empty() {
             return Ok(false);
         }
-        let workers = self.workers_for(pos);
-        self.opener
-            .open_blocks(&mut self.buf, &self.blocks, &workers)?;
-        self.start = pos;
+        match fill {
+            Some(fill) if self.may_read_ahead() => self.open_reading_ahead(pos, None, fill)?,
+            _ => {
+                let workers = self.workers_for(pos);
+                self.opener
+                    .open_blocks(&mut self.buf, &self.blocks, &workers)?;
+                self.start = pos;
+            }
+        }
         let blocks = std::mem::take(&mut self.blocks);
         let queued = blocks.iter().try_for_each(|b| self.queue(b));
         self.blocks = blocks;
@@ -231,24 +300,31 @@ impl BodyDecoder {
         Ok(true)
     }
 
+    /// Whether the next input should be read while the parsed blocks open: the buffer ran out
+    /// before the next block, more blocks follow, and two buffers fit the limit.
+    fn may_read_ahead(&self) -> bool {
+        self.short && self.read_ahead && !self.blocks.last().is_some_and(|b| b.last)
+    }
+
     /// Opens whole regular frames straight from the buffered ciphertext into `out` (out of
     /// place, on the workers: no copy of the plaintext after the decryption), when nothing
-    /// waits to be handed out, plaintext needs no holding back, and `out` has room for a frame.
-    /// Returns how many bytes of `out` it filled: 0 when that path does not apply now, and the
-    /// adaptor goes on with [`advance`](Self::advance).
+    /// waits to be handed out, plaintext needs no holding back, and `out` has room for a frame
+    /// per worker. Returns how many bytes of `out` it filled: 0 when that path does not apply
+    /// now, and the adaptor goes on with [`advance`](Self::advance).
     ///
-    /// With `fill` (a blocking source) and workers running, the next input is read by `fill`
-    /// on the caller's thread into a second buffer while the workers open this batch, so the
-    /// reading and the decrypting overlap. `fill` reads like `Read::read`; its 0 (the end of
-    /// input) is left for the next ordinary read to find.
+    /// With `fill` (a blocking source) and the buffered blocks used up, the next input is read
+    /// by `fill` on the caller's thread into a second buffer while the workers open this batch,
+    /// so the reading and the decrypting overlap. `fill` reads like `Read::read`; its 0 (the
+    /// end of input) is left for the next ordinary read to find.
     pub(crate) fn read_direct(
         &mut self,
         out: &mut [u8],
-        fill: Option<Fill<'_>>,
+        fill: Option<Fill<'_, '_>>,
     ) -> Result<usize, Error> {
         if !self.can_read_direct(out.len()) {
             return Ok(0);
         }
+        self.settle();
         let frame = self.opener.frame_length();
         let pos = self.parse_blocks(self.batch_frames.min(out.len() / frame))?;
         // The final frame waits for the end of input like anywhere else: it goes to the queue.
@@ -259,8 +335,10 @@ impl BodyDecoder {
         let n = self.blocks.len() * frame;
         if n > 0 {
             match fill {
-                Some(fill) if last.is_none() => {
-                    self.open_direct_overlapped(pos, &mut out[..n], fill)?;
+                Some(fill) if last.is_none() && self.may_read_ahead() => {
+                    self.open_reading_ahead(pos, Some(&mut out[..n]), fill)?;
+                    // Nothing of `buf` waits to be handed out: go on in the input read ahead.
+                    self.settle();
                     return Ok(n);
                 }
                 _ => {
@@ -283,38 +361,39 @@ impl BodyDecoder {
         Ok(n)
     }
 
-    /// Opens the parsed blocks (ending at `pos`) into `out` on the workers while `fill` reads
-    /// the next input into the spare buffer, behind a copy of the unparsed tail; then the
-    /// buffers swap.
-    fn open_direct_overlapped(
+    /// Opens the parsed blocks (ending at `pos`), into `out` or in place, on the workers while
+    /// `fill` reads the next batch of input into `ahead`, behind a copy of the partial block
+    /// left after them. `buf` then holds no ciphertext; [`settle`](Self::settle) makes `ahead`
+    /// the buffer once `buf`'s plaintext is handed out.
+    fn open_reading_ahead(
         &mut self,
         pos: usize,
-        out: &mut [u8],
-        fill: Fill<'_>,
+        out: Option<&mut [u8]>,
+        fill: Fill<'_, '_>,
     ) -> Result<(), Error> {
+        debug_assert!(self.ahead_len.is_none());
         let workers = self.workers_for(pos);
         let tail = self.end - pos;
-        // Ask for enough that a full read ends the buffer on a frame boundary: the next batch
-        // then leaves no partial frame behind to copy (up to a frame per batch otherwise).
-        let slot = self.opener.regular_frame_len();
-        let want = self.total_in.clamp(READ_CHUNK, self.max_read);
-        let chunk = (tail + want).next_multiple_of(slot) - tail;
-        if self.spare.len() < tail + chunk {
-            self.spare.resize(tail + chunk, 0);
-        }
-        self.spare[..tail].copy_from_slice(&self.buf[pos..self.end]);
-        let (opener, buf, blocks) = (&self.opener, &self.buf, &self.blocks);
-        let space = &mut self.spare[tail..tail + chunk];
+        let target = self.fill_target().max(tail + 1);
+        self.grow(true, target);
+        self.ahead[..tail].copy_from_slice(&self.buf[pos..self.end]);
+        self.moved += tail;
+        let (opener, blocks) = (&self.opener, &self.blocks);
+        let buf = &mut self.buf;
+        let space = &mut self.ahead[tail..target];
         let (opened, read) = workers.overlap(
-            || opener.open_blocks_into(buf, blocks, out, &workers),
+            || match out {
+                Some(out) => opener.open_blocks_into(buf, blocks, out, &workers),
+                None => opener.open_blocks(buf, blocks, &workers),
+            },
             || fill(space),
         );
         opened?;
         let read = read?;
-        std::mem::swap(&mut self.buf, &mut self.spare);
-        self.start = 0;
-        self.end = tail + read;
+        self.start = pos;
+        self.end = pos;
         self.total_in += read;
+        self.ahead_len = Some(tail + read);
         Ok(())
     }
 
@@ -323,7 +402,7 @@ impl BodyDecoder {
         let frame = self.opener.frame_length();
         !self.hold
             && frame > 0
-            && room >= frame
+            && room / frame >= self.direct_frames
             && self.ready.is_empty()
             && !self.awaiting_eof
             && !self.opener.is_done()
@@ -333,11 +412,19 @@ impl BodyDecoder {
     /// returns where the parsed bytes end.
     fn parse_blocks(&mut self, limit: usize) -> Result<usize, Error> {
         self.blocks.clear();
+        self.short = false;
         let mut pos = self.start;
+        // Nothing new since the opener last asked for more: no block can be complete.
+        if self.end - pos < self.need {
+            self.short = true;
+            return Ok(pos);
+        }
+        self.need = 0;
         while self.blocks.len() < limit {
             match self.opener.parse(&self.buf[pos..self.end])? {
                 Step::NeedMore(n) => {
                     self.need = n;
+                    self.short = true;
                     break;
                 }
                 Step::Block(b) => {
@@ -350,6 +437,9 @@ impl BodyDecoder {
                 }
             }
         }
+        // Stopped at the limit with less than a regular frame left: the next block needs input
+        // too (a final frame there is found after the read, which then reads the end).
+        self.short |= self.end - pos < self.opener.regular_frame_len();
         Ok(pos)
     }
 
@@ -374,6 +464,8 @@ impl BodyDecoder {
                     self.max_held
                 )));
             }
+            let len = self.held.len() + pt.len();
+            reserve_zeroizing(&mut self.held, len, self.max_held);
             self.held.extend_from_slice(&self.buf[pt]);
         } else if b.last {
             self.last = Some(pt);
@@ -390,23 +482,40 @@ impl BodyDecoder {
         Ok(())
     }
 
-    /// Where the adaptor should read input to.
+    /// How far to fill a buffer with ciphertext (from the start of the unparsed input): a
+    /// batch once the message has proved that large (small messages keep small buffers), ending
+    /// on a frame boundary so that a full read leaves no partial frame to move; at least what
+    /// the opener asked for.
+    fn fill_target(&self) -> usize {
+        let slot = self.opener.regular_frame_len();
+        let grown = self
+            .total_in
+            .clamp(READ_CHUNK, self.batch_bytes.max(READ_CHUNK));
+        let target = if slot == 0 {
+            grown
+        } else {
+            grown.next_multiple_of(slot).min(self.batch_bytes)
+        };
+        target.max(self.need)
+    }
+
+    /// Where the adaptor should read input to. Only asked when less than a block is buffered
+    /// (see [`advance`](Self::advance)): that partial block moves to the front, and the buffer
+    /// is filled up to a batch.
     pub(crate) fn input_space(&mut self) -> &mut [u8] {
         if self.awaiting_eof {
             return &mut self.probe;
         }
-        let have = self.end - self.start;
-        let chunk = self.total_in.clamp(READ_CHUNK, self.max_read);
-        if self.start > 0 && (self.buf.len() - self.start < self.need.max(chunk)) {
+        debug_assert!(self.ahead_len.is_none() && self.ready.is_empty());
+        if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
+            self.moved += self.end - self.start;
+            self.end -= self.start;
             self.start = 0;
-            self.end = have;
         }
-        let want = self.start + self.need.max(have + chunk);
-        if self.buf.len() < want {
-            self.buf.resize(want, 0);
-        }
-        &mut self.buf[self.end..]
+        let target = self.fill_target().max(self.end + 1);
+        self.grow(false, target);
+        &mut self.buf[self.end..target]
     }
 
     /// Records `n` bytes read into `input_space()`; `0` means the source ended.
@@ -425,5 +534,109 @@ impl BodyDecoder {
         self.end += n;
         self.total_in += n;
         Ok(())
+    }
+
+    /// Grows `buf` (or `ahead`) to at least `len` bytes, within a batch (or the one block that
+    /// needs more), zeroizing what it leaves behind.
+    fn grow(&mut self, ahead: bool, len: usize) {
+        let v = if ahead {
+            &mut self.ahead
+        } else {
+            &mut self.buf
+        };
+        reserve_zeroizing(v, len, self.batch_bytes.max(len));
+        if v.len() < len {
+            v.resize(len, 0);
+        }
+    }
+
+    /// Bytes of ciphertext moved between or within the buffers so far.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn bytes_moved(&self) -> usize {
+        self.moved
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{
+        AlgorithmSuite, ContentType, EncryptedDataKey, EncryptionContext, HeaderBody,
+    };
+
+    /// A v2 header of about 1 MiB: eight wrapped keys with 64 KiB fields.
+    fn large_header() -> Vec<u8> {
+        let edk = |i: u8| EncryptedDataKey {
+            provider_id: "big".into(),
+            provider_info: vec![i; 65_535],
+            ciphertext: vec![!i; 65_535],
+        };
+        let body = HeaderBody {
+            suite: AlgorithmSuite::Aes256GcmHkdfSha512CommitKey,
+            message_id: vec![7; 32],
+            context: EncryptionContext::new().with("k", "v".repeat(60_000)),
+            encrypted_data_keys: (0..8).map(edk).collect(),
+            content_type: ContentType::Framed,
+            frame_length: 4096,
+            commitment: Some([9; 32]),
+        };
+        let mut bytes = Vec::new();
+        body.encode(&mut bytes).unwrap();
+        bytes.extend_from_slice(&[0xEE; 16]);
+        bytes
+    }
+
+    #[test]
+    fn a_header_read_a_byte_at_a_time_is_parsed_once_per_field() {
+        let header = large_header();
+        assert!(header.len() > 1_000_000, "{}", header.len());
+        let limits = HeaderLimits {
+            max_encrypted_data_keys: 8,
+            max_header_len: 2 << 20,
+        };
+        let mut stream = header.clone();
+        stream.extend_from_slice(b"body");
+        let mut hb = HeaderBuffer::default();
+        // About six stops per wrapped key and a dozen more: not one per byte.
+        let bound = 8 * 6 + 16;
+        let mut done = None;
+        for &byte in &stream {
+            hb.input_space()[0] = byte;
+            let step = hb.input_filled(1, &limits).unwrap();
+            assert!(hb.parses() <= bound, "{} parses", hb.parses());
+            if let Some(d) = step {
+                done = Some(d);
+                break;
+            }
+        }
+        let (parsed, leftover) = done.expect("the header completes");
+        assert_eq!(parsed.to_bytes(), header);
+        assert!(leftover.is_empty());
+        assert!(hb.parses() >= 8, "{} parses", hb.parses());
+    }
+
+    #[test]
+    fn a_truncated_header_still_fails_at_the_end_of_input() {
+        let header = large_header();
+        let limits = HeaderLimits {
+            max_encrypted_data_keys: 8,
+            max_header_len: 2 << 20,
+        };
+        let mut hb = HeaderBuffer::default();
+        let mut rest = &header[..header.len() - 1];
+        loop {
+            let space = hb.input_space();
+            let n = space.len().min(rest.len()).min(1000);
+            space[..n].copy_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            match hb.input_filled(n, &limits) {
+                Ok(None) => assert!(n > 0),
+                Ok(Some(_)) => panic!("a truncated header parsed"),
+                Err(e) => {
+                    assert!(matches!(e, Error::Format(FormatError::Truncated)), "{e}");
+                    break;
+                }
+            }
+        }
     }
 }

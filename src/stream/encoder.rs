@@ -6,7 +6,10 @@
 
 use std::sync::Arc;
 
+use zeroize::Zeroize;
+
 use super::machine::Sealer;
+use super::options::STREAM_BUFFER_LIMIT;
 use crate::format::{FINAL_FRAME_PREFIX, REGULAR_FRAME_PREFIX, TAG_LEN};
 use crate::Error;
 
@@ -15,13 +18,58 @@ const SERIAL_BATCH: usize = 256 * 1024;
 /// Bytes of frames sealed or opened together across the pool.
 const PARALLEL_BATCH: usize = 2 * 1024 * 1024;
 
+/// Most plaintext bytes of one batch: a reader or a writer keeps two batches at most (see
+/// [`STREAM_BUFFER_LIMIT`]).
+pub(crate) const BATCH_LIMIT: usize = STREAM_BUFFER_LIMIT / 4;
+/// Room left after the last slot of a buffer for the final frame's longer prefix and the
+/// signature, so that finishing does not move the buffer.
+const FINISH_ROOM: usize = 256;
+
 /// How many frames of `slot` bytes go in one batch: enough for every thread to have work, and
-/// a few MiB at most otherwise, so memory stays a few frames per worker.
+/// a few MiB at most otherwise; never more than [`BATCH_LIMIT`] bytes of plaintext unless a
+/// single frame is larger, whatever the thread count.
 pub(crate) fn batch_frames(slot: usize, threads: usize) -> usize {
-    match (slot, threads) {
-        (0, _) => 1,
-        (_, 0 | 1) => (SERIAL_BATCH / slot).max(1),
+    let frames = match (slot, threads) {
+        (0, _) => return 1,
+        (_, 0 | 1) => SERIAL_BATCH / slot,
         _ => (PARALLEL_BATCH / slot).max(2 * threads),
+    };
+    let frame = slot.saturating_sub(REGULAR_FRAME_PREFIX + TAG_LEN).max(1);
+    frames.min(BATCH_LIMIT / frame).max(1)
+}
+
+/// A buffer that holds plaintext at times: what was ever written to it (everything below its
+/// length: buffers are cleared only once what they held is sealed) is zeroized on drop.
+#[derive(Default)]
+pub(crate) struct Wiped(pub(crate) Vec<u8>);
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        self.0.as_mut_slice().zeroize();
+    }
+}
+
+impl std::ops::Deref for Wiped {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Wiped {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+}
+
+/// Makes room for `len` bytes in `v`, growing by doubling up to `ceiling`. When the
+/// allocation has to move, the old one is zeroized before it is freed: it may hold plaintext.
+pub(crate) fn reserve_zeroizing(v: &mut Vec<u8>, len: usize, ceiling: usize) {
+    if len > v.capacity() {
+        let mut moved = Vec::with_capacity(len.max((2 * v.capacity()).min(ceiling)));
+        moved.extend_from_slice(v);
+        v.zeroize();
+        *v = moved;
     }
 }
 
@@ -48,11 +96,6 @@ impl Workers {
             .thread_name(|i| format!("kms-envelope-{i}"))
             .build()
             .map_or(Workers::Caller, |p| Workers::Own(Arc::new(p)))
-    }
-
-    /// Whether batches run on more than the caller's thread.
-    pub(crate) fn is_parallel(&self) -> bool {
-        !matches!(self, Workers::Caller)
     }
 
     /// Runs `work` on the workers while `beside` runs on the caller's thread (which need not
@@ -83,31 +126,25 @@ impl Workers {
     }
 }
 
-/// Sealed output that waits to be written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pending {
-    None,
-    /// `buf[..n]`.
-    Buf(usize),
-    /// `direct[i][..n]`.
-    Direct(usize, usize),
-}
-
 pub(crate) struct FrameEncoder {
     sealer: Sealer,
     frame: usize,
     slot: usize,
     batch_frames: usize,
-    /// `full` frame slots (sealed when `pending` is `Buf`), then the slot being filled.
-    buf: Vec<u8>,
+    /// Two buffers of frame slots laid out as on the wire: `bufs[cur]` gathers plaintext
+    /// (`full` slots, then `partial` bytes of the next) or takes frames sealed straight from
+    /// the caller's data, while the other may hold a sealed batch waiting to be written, so
+    /// that the writing of one overlaps the sealing of the next. Their length only grows (each
+    /// is zero-filled once, not for every batch).
+    bufs: [Wiped; 2],
+    cur: usize,
     full: usize,
     partial: usize,
-    pending: Pending,
-    /// Two buffers for frames sealed straight from the caller's data, so that one can be
-    /// written out while the other is sealed; kept at their largest size so that each is
-    /// zero-filled once, not for every batch.
-    direct: [Vec<u8>; 2],
-    next_direct: usize,
+    /// Sealed output waiting to be written: `bufs[i][..n]`.
+    pending: Option<(usize, usize)>,
+    /// Whether two batches fit [`STREAM_BUFFER_LIMIT`]; otherwise one buffer serves (its
+    /// batch is written out before the next is gathered).
+    double: bool,
     threads: usize,
     workers: Option<Workers>,
     /// The declared plaintext length, and how much has come so far.
@@ -135,12 +172,12 @@ impl FrameEncoder {
             frame,
             slot,
             batch_frames,
-            buf: Vec::new(),
+            bufs: [Wiped::default(), Wiped::default()],
+            cur: 0,
             full: 0,
             partial: 0,
-            pending: Pending::None,
-            direct: [Vec::new(), Vec::new()],
-            next_direct: 0,
+            pending: None,
+            double: 2 * batch_frames * slot <= STREAM_BUFFER_LIMIT,
             threads,
             workers: None,
             declared,
@@ -148,22 +185,17 @@ impl FrameEncoder {
         }
     }
 
-    /// Sealed bytes to write out; `write` takes no input until they are consumed.
+    /// Sealed bytes to write out.
     pub(crate) fn pending(&self) -> &[u8] {
         match self.pending {
-            Pending::None => &[],
-            Pending::Buf(n) => &self.buf[..n],
-            Pending::Direct(i, n) => &self.direct[i][..n],
+            Some((i, n)) => &self.bufs[i][..n],
+            None => &[],
         }
     }
 
     /// Marks all pending bytes as written.
     pub(crate) fn consume_pending(&mut self) {
-        if let Pending::Buf(_) = self.pending {
-            self.buf.clear();
-            self.full = 0;
-        }
-        self.pending = Pending::None;
+        self.pending = None;
     }
 
     fn check_declared(&self, more: usize) -> Result<(), Error> {
@@ -175,40 +207,78 @@ impl FrameEncoder {
         }
     }
 
-    /// Whether no plaintext waits in `buf` to be sealed, so that whole frames may be sealed
-    /// straight from the caller's data without changing their order.
-    fn nothing_unsealed(&self) -> bool {
-        self.partial == 0 && (self.full == 0 || matches!(self.pending, Pending::Buf(_)))
+    /// Whether plaintext may go into `bufs[cur]` now: with one buffer, only once its sealed
+    /// batch is written out.
+    fn can_take(&self) -> bool {
+        self.pending.is_none() || (self.double && self.pending.is_some_and(|(i, _)| i != self.cur))
+    }
+
+    /// Grows `bufs[i]` to at least `len` bytes (zero-filled once), within a batch.
+    fn grow(&mut self, i: usize, len: usize) {
+        let ceiling = self.batch_frames * self.slot + FINISH_ROOM;
+        let v = &mut self.bufs[i];
+        reserve_zeroizing(v, len, ceiling.max(len));
+        if v.len() < len {
+            v.resize(len, 0);
+        }
     }
 
     /// Takes plaintext; returns how much it took (0 only while output is pending).
     pub(crate) fn write(&mut self, data: &[u8]) -> Result<usize, Error> {
-        if self.pending != Pending::None {
+        if self.pending.is_some() {
+            return Ok(0);
+        }
+        self.write_draining_opt(data, None::<fn(&[u8]) -> std::io::Result<()>>)
+    }
+
+    /// For blocking adaptors: as [`write`](Self::write), with the pending output written by
+    /// `drain` when the next batch is sealed (beside the sealing, when the workers run) or
+    /// when room is needed. Never returns 0 for non-empty `data`.
+    pub(crate) fn write_draining(
+        &mut self,
+        data: &[u8],
+        drain: impl FnOnce(&[u8]) -> std::io::Result<()>,
+    ) -> Result<usize, Error> {
+        if !self.can_take() {
+            drain(self.pending())?;
+            self.consume_pending();
+            return self.write(data);
+        }
+        self.write_draining_opt(data, Some(drain))
+    }
+
+    fn write_draining_opt(
+        &mut self,
+        data: &[u8],
+        drain: Option<impl FnOnce(&[u8]) -> std::io::Result<()>>,
+    ) -> Result<usize, Error> {
+        if !self.can_take() {
             return Ok(0);
         }
         self.check_declared(data.len())?;
-        if self.nothing_unsealed() && data.len() >= self.frame {
-            // Nothing is pending here, so there is nothing to drain.
-            return self.seal_direct(data, |_| Ok(()));
+        if self.full == 0 && self.partial == 0 && data.len() >= self.frame {
+            // Whole frames, nothing gathered before them: sealed straight from `data`.
+            let count = (data.len() / self.frame).min(self.batch_frames);
+            let taken = count * self.frame;
+            self.seal_batch(count, Some(&data[..taken]), drain)?;
+            self.taken += taken as u64;
+            return Ok(taken);
         }
         let mut taken = 0;
         while taken < data.len() {
-            if self.partial == 0 {
-                // A new slot: room for the frame header in front of the plaintext.
-                self.buf
-                    .resize(self.full * self.slot + REGULAR_FRAME_PREFIX, 0);
-            }
             let n = (self.frame - self.partial).min(data.len() - taken);
-            self.buf.extend_from_slice(&data[taken..taken + n]);
+            let at = self.full * self.slot + REGULAR_FRAME_PREFIX + self.partial;
+            self.grow(self.cur, at + n + TAG_LEN + FINISH_ROOM);
+            self.bufs[self.cur][at..at + n].copy_from_slice(&data[taken..taken + n]);
             self.partial += n;
             taken += n;
             if self.partial == self.frame {
-                self.buf.resize(self.buf.len() + TAG_LEN, 0);
                 self.full += 1;
                 self.partial = 0;
                 if self.full == self.batch_frames {
-                    self.seal_full(true)?;
-                    break;
+                    self.taken += taken as u64;
+                    self.seal_batch(self.full, None, drain)?;
+                    return Ok(taken);
                 }
             }
         }
@@ -216,72 +286,55 @@ impl FrameEncoder {
         Ok(taken)
     }
 
-    /// For blocking adaptors: as [`write`](Self::write), with the pending output written by
-    /// `drain` first. When `data` holds a whole batch and the workers run, its frames are
-    /// sealed on them while `drain` writes the previous batch on the caller's thread, so the
-    /// sealing and the writing overlap. Never returns 0 for non-empty `data`.
-    pub(crate) fn write_draining(
+    /// Seals `count` frames into `bufs[cur]` (from `plaintext`, out of place, or the gathered
+    /// slots in place), on the workers while `drain` writes out the pending batch (if any, and
+    /// if given) on the caller's thread. Then that batch is pending and, with two buffers, the
+    /// other one gathers. Starts the pool only for a whole batch, so that small messages never
+    /// pay for threads.
+    fn seal_batch(
         &mut self,
-        data: &[u8],
-        drain: impl FnOnce(&[u8]) -> std::io::Result<()>,
-    ) -> Result<usize, Error> {
-        let overlap = self.pending != Pending::None
-            && self.workers.as_ref().is_some_and(Workers::is_parallel)
-            && self.nothing_unsealed()
-            && data.len() >= self.batch_frames * self.frame;
-        if overlap {
-            self.check_declared(data.len())?;
-            return self.seal_direct(data, drain);
-        }
-        if self.pending != Pending::None {
-            drain(self.pending())?;
-            self.consume_pending();
-        }
-        self.write(data)
-    }
-
-    /// With nothing unsealed and whole frames in `data`: seals them straight from it (out of
-    /// place, one pass), spread over the workers, into the direct buffer that is not pending,
-    /// while `drain` writes out what is pending (beside the sealing when the workers run).
-    /// The bytes are the same as frame by frame.
-    fn seal_direct(
-        &mut self,
-        data: &[u8],
-        drain: impl FnOnce(&[u8]) -> std::io::Result<()>,
-    ) -> Result<usize, Error> {
-        let count = (data.len() / self.frame).min(self.batch_frames);
+        count: usize,
+        plaintext: Option<&[u8]>,
+        drain: Option<impl FnOnce(&[u8]) -> std::io::Result<()>>,
+    ) -> Result<(), Error> {
         if count == self.batch_frames && self.workers.is_none() {
             self.workers = Some(Workers::new(self.threads));
         }
-        let (taken, len) = (count * self.frame, count * self.slot);
-        let i = self.next_direct;
-        if self.direct[i].len() < len {
-            self.direct[i].resize(len, 0);
-        }
-        let [first, second] = &mut self.direct;
+        let len = count * self.slot;
+        let i = self.cur;
+        self.grow(i, len);
+        let workers = self.workers.clone().unwrap_or_default();
+        let [first, second] = &mut self.bufs;
         let (target, other) = if i == 0 {
             (first, &*second)
         } else {
             (second, &*first)
         };
-        let out = match self.pending {
-            Pending::Direct(_, n) => &other[..n],
-            Pending::Buf(n) => &self.buf[..n],
-            Pending::None => &[][..],
+        let out = match (self.pending, drain) {
+            (Some((j, n)), Some(drain)) if j != i => Some((&other[..n], drain)),
+            _ => None,
         };
-        let workers = self.workers.clone().unwrap_or_default();
+        let drained_any = out.is_some();
         let sealer = &mut self.sealer;
         let (sealed, drained) = workers.overlap(
-            || sealer.seal_frames(&mut target[..len], Some(&data[..taken]), &workers),
-            || drain(out),
+            || sealer.seal_frames(&mut target[..len], plaintext, &workers),
+            || out.map_or(Ok(()), |(bytes, drain)| drain(bytes)),
         );
-        self.consume_pending();
         drained?;
         sealed?;
-        self.pending = Pending::Direct(i, len);
-        self.next_direct = 1 - i;
-        self.taken += taken as u64;
-        Ok(taken)
+        if drained_any {
+            self.pending = None;
+        }
+        debug_assert!(
+            self.pending.is_none(),
+            "the pending batch was written first"
+        );
+        self.pending = Some((i, len));
+        self.full = 0;
+        if self.double {
+            self.cur = 1 - i;
+        }
+        Ok(())
     }
 
     /// Encrypts all of `plaintext` as one message behind `header`: the whole frames are sealed
@@ -315,50 +368,37 @@ impl FrameEncoder {
         Ok(out)
     }
 
-    /// Seals the full frames; starts the pool only for a whole batch, so small messages never
-    /// pay for threads.
-    fn seal_full(&mut self, whole_batch: bool) -> Result<(), Error> {
-        if whole_batch && self.workers.is_none() {
-            self.workers = Some(Workers::new(self.threads));
-        }
-        let end = self.full * self.slot;
-        let workers = self.workers.clone().unwrap_or_default();
-        self.sealer
-            .seal_frames(&mut self.buf[..end], None, &workers)?;
-        self.pending = Pending::Buf(end);
-        Ok(())
-    }
-
     /// Seals what is left: the full frames, then the final frame with the partial one's
     /// plaintext, then the footer. Returns the bytes to write last.
     pub(crate) fn finish(mut self) -> Result<Vec<u8>, Error> {
-        debug_assert_eq!(
-            self.pending,
-            Pending::None,
-            "pending output was written first"
-        );
+        debug_assert!(self.pending.is_none(), "pending output was written first");
         if let Some(limit) = self.declared.filter(|&l| l != self.taken) {
             return Err(Error::InvalidArgument(format!(
                 "{} bytes of plaintext, not the {limit} declared with plaintext_len",
                 self.taken
             )));
         }
-        self.seal_full(false)?;
+        let i = self.cur;
         let start = self.full * self.slot;
-        let plaintext = if self.partial > 0 {
-            &self.buf[start + REGULAR_FRAME_PREFIX..]
-        } else {
-            &[][..]
-        };
-        let mut last = Vec::with_capacity(FINAL_FRAME_PREFIX + plaintext.len() + TAG_LEN);
-        last.resize(FINAL_FRAME_PREFIX, 0);
-        last.extend_from_slice(plaintext);
-        last.resize(last.len() + TAG_LEN, 0);
-        let footer = self.sealer.seal_last(&mut last)?;
-        self.buf.truncate(start);
-        self.buf.extend_from_slice(&last);
-        self.buf.extend_from_slice(&footer);
-        Ok(self.buf)
+        let partial = self.partial;
+        // The final frame is sealed where the partial one was gathered: its plaintext moves
+        // behind the final frame's longer prefix (less than a frame, once per message).
+        let end = start + FINAL_FRAME_PREFIX + partial + TAG_LEN;
+        self.grow(i, end);
+        if self.full > 0 {
+            let workers = self.workers.clone().unwrap_or_default();
+            self.sealer
+                .seal_frames(&mut self.bufs[i][..start], None, &workers)?;
+        }
+        if partial > 0 {
+            let from = start + REGULAR_FRAME_PREFIX;
+            self.bufs[i].copy_within(from..from + partial, start + FINAL_FRAME_PREFIX);
+        }
+        let footer = self.sealer.seal_last(&mut self.bufs[i][start..end])?;
+        let mut out = std::mem::take(&mut self.bufs[i].0);
+        out.truncate(end);
+        out.extend_from_slice(&footer);
+        Ok(out)
     }
 }
 

@@ -18,6 +18,7 @@ pub use layout::{scan_layout, MessageLayout};
 pub use options::{
     Decryptor, Encryptor, DEFAULT_FRAME_LENGTH, DEFAULT_MAX_BUFFERED_LEN,
     DEFAULT_MAX_ENCRYPTED_DATA_KEYS, DEFAULT_MAX_FRAME_LENGTH, DEFAULT_MAX_HEADER_LEN,
+    STREAM_BUFFER_LIMIT,
 };
 pub use rewrap::{Rewrap, Rewrapped, WrappingKey};
 #[cfg(feature = "tokio")]

@@ -18,6 +18,14 @@ pub const DEFAULT_MAX_FRAME_LENGTH: u32 = 64 * 1024 * 1024;
 /// held back until its signature verifies.
 pub const DEFAULT_MAX_BUFFERED_LEN: usize = 64 * 1024 * 1024;
 
+/// Most bytes of frames a streaming reader or writer buffers at once, read-ahead included,
+/// whatever the thread count and the caller's buffer sizes: a batch of frames opened or sealed
+/// together holds at most a quarter of it, and a reader or writer keeps two batches. A frame
+/// larger than that is buffered alone (with no second buffer beside it once two would not
+/// fit), so memory stays within this limit plus one frame. (A signed message held back until its signature verifies is bounded by
+/// [`Decryptor::max_buffered_len`] instead.)
+pub const STREAM_BUFFER_LIMIT: usize = 16 * 1024 * 1024;
+
 /// Encrypts messages: the keyring, the encryption context and the message parameters.
 ///
 /// ```

@@ -13,9 +13,9 @@ use crate::Error;
 /// it writes the final frame (and the signature); without it the message is incomplete and
 /// every reader will refuse it.
 ///
-/// Frames are sealed a batch at a time (a few MiB at most) and a sealed batch reaches `W` on
-/// the next `write` (beside the sealing of the next batch, when several threads run), on
-/// `flush`, or on `finish`.
+/// Frames are sealed a batch at a time (a few MiB at most, whatever the write size and the
+/// thread count) and a sealed batch reaches `W` when the next batch is sealed (beside that
+/// sealing, when several threads run), on `flush`, or on `finish`.
 #[must_use = "call finish() to write the final frame; an unfinished message does not decrypt"]
 #[derive(Debug)]
 pub struct EncryptingWriter<W: Write> {
@@ -85,8 +85,8 @@ impl<W: Write> Write for EncryptingWriter<W> {
         if self.poisoned {
             return Err(io::Error::other("an earlier write failed"));
         }
-        // Sealed frames are written out on the next write (beside the sealing of the next
-        // batch, when the workers run), on flush, or on finish.
+        // Sealed frames are written out when the next batch is sealed (beside that sealing,
+        // when the workers run), on flush, or on finish.
         let inner = &mut self.inner;
         let result = self
             .enc
@@ -144,16 +144,20 @@ impl<R: Read> DecryptingReader<R> {
         self.inner
     }
 
+    /// The inner reader (reading from it directly loses the message's place).
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
     fn step(&mut self, out: &mut [u8]) -> Result<usize, Error> {
         loop {
             let inner = &mut self.inner;
-            let n = self
-                .body
-                .read_direct(out, Some(&mut |space| read_retrying(inner, space)))?;
+            let mut fill = |space: &mut [u8]| read_retrying(inner, space);
+            let n = self.body.read_direct(out, Some(&mut fill))?;
             if n > 0 {
                 return Ok(n);
             }
-            match self.body.advance()? {
+            match self.body.advance(Some(&mut fill))? {
                 Need::Output => {
                     let avail = self.body.available();
                     let n = avail.len().min(out.len());
@@ -163,7 +167,7 @@ impl<R: Read> DecryptingReader<R> {
                 }
                 Need::Done => return Ok(0),
                 Need::Input => {
-                    let n = read_retrying(&mut self.inner, self.body.input_space())?;
+                    let n = fill(self.body.input_space())?;
                     self.body.input_filled(n)?;
                 }
             }
@@ -252,5 +256,68 @@ impl<'k> Decryptor<'k> {
         }
         out.truncate(filled);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use crate::{Decryptor, Encryptor, RawAesKeyring};
+
+    /// A source that hands out at most `max` bytes per read, like a pipe.
+    struct Trickle<'a> {
+        rest: &'a [u8],
+        max: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.max);
+            self.rest.read(&mut buf[..n])
+        }
+    }
+
+    /// The work beside the decryption is linear: the partial frame left behind a batch moves
+    /// once per batch, so the bytes moved stay a fraction of the message whatever the read
+    /// size, the thread count and the source's read size.
+    #[test]
+    fn ciphertext_moves_at_most_once_per_batch() {
+        let kr = RawAesKeyring::new("n", "k", &[5; 32]).unwrap();
+        let pt: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
+        for threads in [1, 2] {
+            let msg = Encryptor::new(&kr).threads(threads).encrypt(&pt).unwrap();
+            let dec = Decryptor::new(&kr).threads(threads);
+            for size in [4096, 65_536, 100_000, 1 << 20] {
+                for max in [usize::MAX, 10_000] {
+                    let src = Trickle { rest: &msg, max };
+                    let mut r = dec.reader(src).unwrap();
+                    let mut out = vec![0u8; size];
+                    let mut total = 0;
+                    loop {
+                        match r.read(&mut out).unwrap() {
+                            0 => break,
+                            n => {
+                                assert_eq!(out[..n], pt[total..total + n]);
+                                total += n;
+                            }
+                        }
+                    }
+                    assert_eq!(total, pt.len());
+                    let moved = r.body.bytes_moved();
+                    let bound = if max == usize::MAX {
+                        msg.len() / 16
+                    } else {
+                        msg.len() / 4
+                    };
+                    assert!(
+                        moved <= bound,
+                        "{threads} threads, {size}-byte reads, source reads of {max}: \
+                         {moved} bytes moved for a {}-byte message",
+                        msg.len()
+                    );
+                }
+            }
+        }
     }
 }
