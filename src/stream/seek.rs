@@ -349,7 +349,9 @@ impl<'k> Decryptor<'k> {
     /// because the signature covers the whole message and a range read never checks it.
     ///
     /// # Errors
-    /// As [`reader`](Self::reader), and a non-framed or (without opting in) signed message.
+    /// As [`reader`](Self::reader), a non-framed or (without opting in) signed message, and
+    /// one whose frames do not end in a final frame and footer that fill it exactly (truncated,
+    /// or bytes after its end): found when it is opened, from the frame prefixes near its end.
     pub fn seekable<S: ReadAt>(&self, source: S) -> Result<SeekableReader<S>, Error> {
         SeekableReader::new(source, self)
     }
