@@ -5,11 +5,17 @@
 use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::{Mutex, OnceLock};
 
+use std::ops::Range;
+
+use zeroize::{Zeroize, Zeroizing};
+
+use super::layout::find_final_frame;
 use super::machine::{FrameCipher, Step};
 use super::message::unwrap_header;
 use super::options::Decryptor;
+use crate::crypto::AeadKey;
 use crate::format::{
-    ContentType, FormatError, Header, HeaderBody, FINAL_FRAME_MARKER, FINAL_FRAME_PREFIX,
+    ContentType, FormatError, Header, HeaderBody, HeaderLimits, FINAL_FRAME_PREFIX,
     REGULAR_FRAME_PREFIX, TAG_LEN,
 };
 use crate::Error;
@@ -69,7 +75,7 @@ impl<T: ReadAt + ?Sized> ReadAt for &T {
     }
 }
 
-fn eof_is_truncation(e: io::Error) -> Error {
+pub(crate) fn eof_is_truncation(e: io::Error) -> Error {
     if e.kind() == io::ErrorKind::UnexpectedEof {
         FormatError::Truncated.into()
     } else {
@@ -77,8 +83,32 @@ fn eof_is_truncation(e: io::Error) -> Error {
     }
 }
 
+/// One decrypted frame: the frame as read, opened in place. Zeroized when replaced or dropped.
+struct Frame {
+    index: u64,
+    buf: Zeroizing<Vec<u8>>,
+    plaintext: Range<usize>,
+}
+
+impl Frame {
+    fn plaintext(&self) -> &[u8] {
+        &self.buf[self.plaintext.clone()]
+    }
+}
+
+/// Copies what `buf` can take of `plaintext` from `start`.
+fn copy_from(plaintext: &[u8], start: usize, buf: &mut [u8]) -> usize {
+    let n = buf.len().min(plaintext.len().saturating_sub(start));
+    buf[..n].copy_from_slice(&plaintext[start..start + n]);
+    n
+}
+
 /// Decrypts any range of a framed message held in a [`ReadAt`] source. `Read` and `Seek` keep
 /// a cursor; [`read_at`](Self::read_at) needs none and may be called from many threads.
+///
+/// A read costs the bytes it returns, plus one frame read and decryption when its frame is not
+/// the one cached. Memory: the cached frame, plus one frame per `read_at` running at the same
+/// time on another frame (one frame in all for a single caller, whatever the read sizes).
 pub struct SeekableReader<S> {
     source: S,
     header: HeaderBody,
@@ -86,12 +116,12 @@ pub struct SeekableReader<S> {
     header_len: u64,
     frame: u64,
     slot: u64,
-    /// Regular frames, from the source's length (the final frame confirms it).
+    /// Regular frames, found from the frame structure (the final frame's tag confirms it).
     regular: u64,
     claimed_len: u64,
     verified_len: OnceLock<u64>,
-    /// The last frame decrypted, for sequential reads: (sequence number, plaintext).
-    recent: Mutex<Option<(u64, Vec<u8>)>>,
+    /// The last frame decrypted, for sequential and nearby reads.
+    recent: Mutex<Option<Frame>>,
     cursor: u64,
 }
 
@@ -106,79 +136,74 @@ impl<S> std::fmt::Debug for SeekableReader<S> {
     }
 }
 
+/// Reads and parses the header at the start of `source`: (header, its length, the source's length).
+fn read_header_at<S: ReadAt>(
+    source: &S,
+    limits: &HeaderLimits,
+    allow_signed: bool,
+) -> Result<(Header, u64, u64), Error> {
+    let total = source.size()?;
+    let mut buf = vec![0u8; 4096.min(total as usize)];
+    let (header, header_len) = loop {
+        source
+            .read_exact_at(&mut buf, 0)
+            .map_err(eof_is_truncation)?;
+        match Header::parse(&buf, limits)? {
+            Some((h, used)) => break (h, used as u64),
+            None if buf.len() as u64 >= total => return Err(FormatError::Truncated.into()),
+            None => buf.resize((buf.len() * 2).min(total as usize), 0),
+        }
+    };
+    if header.body.content_type != ContentType::Framed {
+        return Err(Error::InvalidArgument(
+            "random access needs a framed message; this one is a single block".into(),
+        ));
+    }
+    if header.body.suite.signature().is_some() && !allow_signed {
+        return Err(Error::InvalidArgument(
+            "seeking in a signed message releases plaintext before the signature over the \
+             whole message is checked: opt in with dangerous_release_unverified_signed_frames"
+                .into(),
+        ));
+    }
+    Ok((header, header_len, total))
+}
+
 impl<S: ReadAt> SeekableReader<S> {
     fn new(source: S, opts: &Decryptor<'_>) -> Result<Self, Error> {
-        let limits = opts.header_limits();
-        let total = source.size()?;
-        let mut buf = vec![0u8; 4096.min(total as usize)];
-        let (header, header_len) = loop {
-            source
-                .read_exact_at(&mut buf, 0)
-                .map_err(eof_is_truncation)?;
-            match Header::parse(&buf, &limits)? {
-                Some((h, used)) => break (h, used as u64),
-                None if buf.len() as u64 >= total => return Err(FormatError::Truncated.into()),
-                None => buf.resize((buf.len() * 2).min(total as usize), 0),
-            }
-        };
-        if header.body.content_type != ContentType::Framed {
-            return Err(Error::InvalidArgument(
-                "random access needs a framed message; this one is a single block".into(),
-            ));
-        }
-        if header.body.suite.signature().is_some() && !opts.release_unverified_signed {
-            return Err(Error::InvalidArgument(
-                "seeking in a signed message releases plaintext before the signature over the \
-                 whole message is checked: opt in with dangerous_release_unverified_signed_frames"
-                    .into(),
-            ));
-        }
+        let (header, header_len, total) = read_header_at(
+            &source,
+            &opts.header_limits(),
+            opts.release_unverified_signed,
+        )?;
         let unwrapped = pollster::block_on(unwrap_header(&header, opts))?;
-        let body = header.body;
+        Self::with_key(source, header.body, header_len, total, unwrapped.key)
+    }
+
+    /// Finishes opening once the header has verified: finds the final frame.
+    fn with_key(
+        source: S,
+        body: HeaderBody,
+        header_len: u64,
+        total: u64,
+        key: AeadKey,
+    ) -> Result<Self, Error> {
+        let last = find_final_frame(&source, total, header_len, &body)?;
         let frame = u64::from(body.frame_length);
-        let slot = frame + (REGULAR_FRAME_PREFIX + TAG_LEN) as u64;
-        let footer = match body.suite.signature() {
-            Some(_) => Self::footer_len(&source, total)?,
-            None => 0,
-        };
-        let body_len = total
-            .checked_sub(header_len + footer + (FINAL_FRAME_PREFIX + TAG_LEN) as u64)
-            .ok_or(FormatError::Truncated)?;
-        let (regular, last) = (body_len / slot, body_len % slot);
-        if last > frame {
-            return Err(FormatError::BadFrame("the body does not end on a frame").into());
-        }
-        let cipher = FrameCipher::new(unwrapped.key, body.message_id.clone(), body.frame_length);
+        let cipher = FrameCipher::new(key, body.message_id.clone(), body.frame_length);
         Ok(SeekableReader {
             source,
             header: body,
             cipher,
             header_len,
             frame,
-            slot,
-            regular,
-            claimed_len: regular * frame + last,
+            slot: frame + (REGULAR_FRAME_PREFIX + TAG_LEN) as u64,
+            regular: last.index,
+            claimed_len: last.index * frame + last.len,
             verified_len: OnceLock::new(),
             recent: Mutex::new(None),
             cursor: 0,
         })
-    }
-
-    /// A signed message's footer length: the `u16` before the signature that matches the end.
-    fn footer_len(source: &S, total: u64) -> Result<u64, Error> {
-        for sig in 8..=160u64 {
-            let Some(at) = total.checked_sub(2 + sig) else {
-                break;
-            };
-            let mut len = [0u8; 2];
-            source
-                .read_exact_at(&mut len, at)
-                .map_err(eof_is_truncation)?;
-            if u64::from(u16::from_be_bytes(len)) == sig {
-                return Ok(2 + sig);
-            }
-        }
-        Err(FormatError::BadFooter.into())
     }
 
     /// The message header.
@@ -199,44 +224,77 @@ impl<S: ReadAt> SeekableReader<S> {
         if let Some(len) = self.verified_len.get() {
             return Ok(*len);
         }
-        let last = self.open(self.regular)?;
-        let len = self.regular * self.frame + last.len() as u64;
+        let last = self.with_frame(self.regular, <[u8]>::len)?;
+        let len = self.regular * self.frame + last as u64;
         Ok(*self.verified_len.get_or_init(|| len))
     }
 
-    /// Decrypts and authenticates frame `index` (0-based) and returns its plaintext.
-    fn open(&self, index: u64) -> Result<Vec<u8>, Error> {
-        if let Some((i, pt)) = &*self.recent.lock().expect("frame cache") {
-            if *i == index {
-                return Ok(pt.clone());
-            }
+    fn cache(&self) -> std::sync::MutexGuard<'_, Option<Frame>> {
+        // The cache is replaced whole, never left half-written: a poisoned lock is still sound.
+        self.recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the cached plaintext of frame `index`, if that frame is cached.
+    fn cached<R>(&self, index: u64, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        match &*self.cache() {
+            Some(c) if c.index == index => Some(f(c.plaintext())),
+            _ => None,
         }
-        let last = index == self.regular;
-        let len = if last {
-            FINAL_FRAME_PREFIX as u64
-                + (self.claimed_len - self.regular * self.frame)
-                + TAG_LEN as u64
+    }
+
+    /// Runs `f` on the plaintext of frame `index` (0-based), decrypting and authenticating the
+    /// frame first unless it is the one cached; the frame then becomes the cached one.
+    fn with_frame<R>(&self, index: u64, f: impl FnOnce(&[u8]) -> R) -> Result<R, Error> {
+        let spare = {
+            let mut cache = self.cache();
+            match &*cache {
+                Some(c) if c.index == index => return Ok(f(c.plaintext())),
+                // Reused for the next frame: no allocation per frame, and one frame in memory.
+                _ => cache.take().map(|c| c.buf),
+            }
+        };
+        let frame = self.decrypt(index, spare)?;
+        let r = f(frame.plaintext());
+        // Whatever another thread cached meanwhile is dropped, and so zeroized.
+        *self.cache() = Some(frame);
+        Ok(r)
+    }
+
+    /// Reads frame `index` into `spare` (or a new buffer) and opens it in place.
+    fn decrypt(&self, index: u64, spare: Option<Zeroizing<Vec<u8>>>) -> Result<Frame, Error> {
+        let len = if index == self.regular {
+            (FINAL_FRAME_PREFIX + TAG_LEN) as u64 + (self.claimed_len - self.regular * self.frame)
         } else {
             self.slot
+        } as usize;
+        let mut buf = match spare {
+            // Never grown in place: a reallocation would free the old plaintext unzeroized.
+            Some(mut b) if b.capacity() >= len => {
+                if b.len() > len {
+                    b[len..].zeroize();
+                }
+                b.resize(len, 0);
+                b
+            }
+            _ => Zeroizing::new(vec![0u8; len]),
         };
-        let mut buf = vec![0u8; len as usize];
         let at = self.header_len + index * self.slot;
         self.source
             .read_exact_at(&mut buf, at)
             .map_err(eof_is_truncation)?;
-        if last != (u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) == FINAL_FRAME_MARKER)
-        {
-            return Err(
-                FormatError::BadFrame("the final frame is not where the length puts it").into(),
-            );
-        }
         let seq = u32::try_from(index + 1).map_err(|_| FormatError::BadFrame("too many frames"))?;
-        let pt = match self.cipher.open_frame(&mut buf, seq)? {
-            Step::Block(b) if b.consumed == buf.len() => buf[b.plaintext()].to_vec(),
-            _ => return Err(FormatError::BadFrame("frame length mismatch").into()),
-        };
-        *self.recent.lock().expect("frame cache") = Some((index, pt.clone()));
-        Ok(pt)
+        match self.cipher.open_frame(&mut buf, seq)? {
+            Step::Block(b) if b.consumed == len && b.last == (index == self.regular) => Ok(Frame {
+                index,
+                plaintext: b.plaintext(),
+                buf,
+            }),
+            _ => {
+                Err(FormatError::BadFrame("the final frame is not where the length puts it").into())
+            }
+        }
     }
 
     /// Reads plaintext at `offset` into `buf`, from the one frame that holds `offset`; returns
@@ -254,11 +312,8 @@ impl<S: ReadAt> SeekableReader<S> {
             return Ok(0);
         }
         let index = offset / self.frame;
-        let pt = self.open(index)?;
         let start = (offset - index * self.frame) as usize;
-        let n = buf.len().min(pt.len() - start);
-        buf[..n].copy_from_slice(&pt[start..start + n]);
-        Ok(n)
+        self.with_frame(index, |pt| copy_from(pt, start, buf))
     }
 }
 
@@ -294,21 +349,40 @@ impl<'k> Decryptor<'k> {
     /// because the signature covers the whole message and a range read never checks it.
     ///
     /// # Errors
-    /// As [`reader`](Self::reader), and a non-framed or (without opting in) signed message.
+    /// As [`reader`](Self::reader), a non-framed or (without opting in) signed message, and
+    /// one whose frames do not end in a final frame and footer that fill it exactly (truncated,
+    /// or bytes after its end): found when it is opened, from the frame prefixes near its end.
     pub fn seekable<S: ReadAt>(&self, source: S) -> Result<SeekableReader<S>, Error> {
         SeekableReader::new(source, self)
     }
 }
 
-/// The async face of [`SeekableReader`]: `AsyncRead + AsyncSeek`, each frame read and
-/// decrypted on tokio's blocking pool so the caller's reactor never waits on disk.
+/// The async face of [`SeekableReader`]: `AsyncRead + AsyncSeek`. A frame not yet cached is
+/// read and decrypted on tokio's blocking pool, so the caller's reactor never waits on disk;
+/// reads within the cached frame are copied at once. Works on every runtime flavour, and a
+/// read future dropped half-way (a timeout, `select!`) leaves the reader usable.
 #[cfg(feature = "tokio")]
 #[derive(Debug)]
 pub struct AsyncSeekableReader<S> {
     inner: std::sync::Arc<SeekableReader<S>>,
     len: u64,
     cursor: u64,
-    pending: Option<tokio::task::JoinHandle<Result<Vec<u8>, Error>>>,
+    /// A read running on the blocking pool: the offset it reads at, and its plaintext.
+    pending: Option<(u64, PendingRead)>,
+}
+
+/// A read on the blocking pool: the plaintext it read.
+#[cfg(feature = "tokio")]
+type PendingRead = tokio::task::JoinHandle<Result<Zeroizing<Vec<u8>>, Error>>;
+
+/// Runs blocking work (file reads, decryption) on tokio's blocking pool.
+#[cfg(feature = "tokio")]
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Io(io::Error::other(e)))?
 }
 
 #[cfg(feature = "tokio")]
@@ -332,34 +406,55 @@ impl<S: ReadAt + Send + Sync + 'static> tokio::io::AsyncRead for AsyncSeekableRe
         out: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<io::Result<()>> {
         use std::task::Poll;
-        if self.pending.is_none() {
-            if out.remaining() == 0 || self.cursor >= self.len {
+        let this = &mut *self;
+        if let Some((at, handle)) = &mut this.pending {
+            let done = std::task::ready!(std::future::Future::poll(std::pin::Pin::new(handle), cx));
+            let at = *at;
+            this.pending = None;
+            let bytes = done.map_err(io::Error::other)??;
+            // The buffer may be smaller than the one the read started with (the first future
+            // was dropped): the rest stays in the frame cache for the next read.
+            if at == this.cursor {
+                let n = bytes.len().min(out.remaining());
+                out.put_slice(&bytes[..n]);
+                this.cursor += n as u64;
                 return Poll::Ready(Ok(()));
             }
-            let (inner, at, want) = (self.inner.clone(), self.cursor, out.remaining());
-            self.pending = Some(tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0u8; want];
+        }
+        if out.remaining() == 0 || this.cursor >= this.len {
+            return Poll::Ready(Ok(()));
+        }
+        let inner = &this.inner;
+        let index = this.cursor / inner.frame;
+        let start = (this.cursor - index * inner.frame) as usize;
+        let hit = inner.cached(index, |pt| {
+            let n = out.remaining().min(pt.len().saturating_sub(start));
+            out.put_slice(&pt[start..start + n]);
+            n
+        });
+        if let Some(n) = hit {
+            this.cursor += n as u64;
+            return Poll::Ready(Ok(()));
+        }
+        // At most the rest of the frame: a huge caller buffer must not size an allocation.
+        let want = out.remaining().min((inner.frame - start as u64) as usize);
+        let (inner, at) = (inner.clone(), this.cursor);
+        this.pending = Some((
+            at,
+            tokio::task::spawn_blocking(move || {
+                let mut buf = Zeroizing::new(vec![0u8; want]);
                 let n = inner.read_at(at, &mut buf)?;
                 buf.truncate(n);
                 Ok(buf)
-            }));
-        }
-        let handle = self.pending.as_mut().expect("set above");
-        let done = std::task::ready!(std::future::Future::poll(std::pin::Pin::new(handle), cx));
-        self.pending = None;
-        let bytes = done.map_err(io::Error::other)??;
-        out.put_slice(&bytes);
-        self.cursor += bytes.len() as u64;
-        Poll::Ready(Ok(()))
+            }),
+        ));
+        self.poll_read(cx, out)
     }
 }
 
 #[cfg(feature = "tokio")]
 impl<S: ReadAt + Send + Sync + 'static> tokio::io::AsyncSeek for AsyncSeekableReader<S> {
     fn start_seek(mut self: std::pin::Pin<&mut Self>, pos: SeekFrom) -> io::Result<()> {
-        if self.pending.is_some() {
-            return Err(io::Error::other("a read is in progress"));
-        }
         let target = match pos {
             SeekFrom::Start(n) => Some(n),
             SeekFrom::Current(d) => self.cursor.checked_add_signed(d),
@@ -371,6 +466,8 @@ impl<S: ReadAt + Send + Sync + 'static> tokio::io::AsyncSeek for AsyncSeekableRe
                 "seek before the start of the plaintext",
             )
         })?;
+        // A read abandoned half-way is for another offset now: its result is dropped (zeroized).
+        self.pending = None;
         Ok(())
     }
 
@@ -384,8 +481,9 @@ impl<S: ReadAt + Send + Sync + 'static> tokio::io::AsyncSeek for AsyncSeekableRe
 
 #[cfg(feature = "tokio")]
 impl<'k> Decryptor<'k> {
-    /// [`seekable`](Self::seekable) for async code: opens the message (header, data key and the
-    /// final frame, so the length is authenticated) on tokio's blocking pool.
+    /// [`seekable`](Self::seekable) for async code: reads the header and the final frame (so
+    /// the length is authenticated) on tokio's blocking pool and awaits the keyring, on any
+    /// runtime flavour.
     ///
     /// # Errors
     /// As [`seekable`](Self::seekable), and a final frame that does not authenticate.
@@ -393,11 +491,19 @@ impl<'k> Decryptor<'k> {
         &self,
         source: S,
     ) -> Result<AsyncSeekableReader<S>, Error> {
-        let inner = std::sync::Arc::new(tokio::task::block_in_place(|| self.seekable(source))?);
+        let (limits, allow_signed) = (self.header_limits(), self.release_unverified_signed);
+        let (source, header, header_len, total) = blocking(move || {
+            let (header, header_len, total) = read_header_at(&source, &limits, allow_signed)?;
+            Ok((source, header, header_len, total))
+        })
+        .await?;
+        let key = unwrap_header(&header, self).await?.key;
+        let inner = std::sync::Arc::new(
+            blocking(move || SeekableReader::with_key(source, header.body, header_len, total, key))
+                .await?,
+        );
         let r = inner.clone();
-        let len = tokio::task::spawn_blocking(move || r.plaintext_len())
-            .await
-            .map_err(|e| Error::Io(io::Error::other(e)))??;
+        let len = blocking(move || r.plaintext_len()).await?;
         Ok(AsyncSeekableReader {
             inner,
             len,
