@@ -772,7 +772,7 @@ fn seal(d: &Path, spec: &str, pt: &[u8], extra: &[&str], name: &str) -> std::pat
 
 #[test]
 fn force_replaces_only_regular_files() {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let spec = raw_key(d, 4);
@@ -808,35 +808,95 @@ fn force_replaces_only_regular_files() {
         "the FIFO's reader got the plaintext"
     );
 
-    // A character device node (the null device's numbers, made here) is written through.
-    let node = d.join("null");
+    // A FIFO nobody reads is refused at once rather than waited on.
+    let lonely = d.join("lonely.fifo");
+    assert!(StdCommand::new("mkfifo")
+        .arg(&lonely)
+        .status()
+        .unwrap()
+        .success());
+    let r = finish_within(
+        cli_std()
+            .args(["decrypt", "--raw-aes-key", &spec, "-i"])
+            .arg(&sealed)
+            .arg("-o")
+            .arg(&lonely),
+        10,
+    );
+    assert_eq!(r.status.code(), Some(2));
     assert!(
-        StdCommand::new("mknod")
+        String::from_utf8_lossy(&r.stderr).contains("nobody is reading"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+
+    let root = rustix::process::geteuid().is_root();
+    if root {
+        // A FIFO another user left at OUT is refused, --force or not: its reader gets nothing.
+        let foreign = d.join("foreign.fifo");
+        assert!(StdCommand::new("mkfifo")
+            .arg(&foreign)
+            .status()
+            .unwrap()
+            .success());
+        std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+        for force in [false, true] {
+            // A reader already there (non-blocking), as an attacker's would be.
+            let mut reader = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                .open(&foreign)
+                .unwrap();
+            let mut c = cli_std();
+            c.args(["decrypt", "--raw-aes-key", &spec, "-i"])
+                .arg(&sealed)
+                .arg("-o")
+                .arg(&foreign);
+            if force {
+                c.arg("--force");
+            }
+            let r = finish_within(&mut c, 10);
+            let mut got = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut reader, &mut got);
+            assert!(got.is_empty(), "the FIFO got {} bytes", got.len());
+            assert_eq!(r.status.code(), Some(2), "force {force}");
+            assert!(
+                String::from_utf8_lossy(&r.stderr).contains("owned by user 65534"),
+                "{}",
+                String::from_utf8_lossy(&r.stderr)
+            );
+            assert!(foreign.symlink_metadata().unwrap().file_type().is_fifo());
+        }
+
+        // A character device node (the null device's numbers, made here) is written through.
+        let node = d.join("null");
+        assert!(StdCommand::new("mknod")
             .arg(&node)
             .args(["c", "1", "3"])
             .status()
             .unwrap()
-            .success(),
-        "mknod needs root"
-    );
-    let before = node.symlink_metadata().unwrap();
-    for force in [true, false] {
-        let mut c = cli();
-        c.args(["decrypt", "--raw-aes-key", &spec, "-i"])
-            .arg(&sealed)
-            .arg("-o")
-            .arg(&node);
-        if force {
-            c.arg("--force");
+            .success());
+        let before = node.symlink_metadata().unwrap();
+        for force in [true, false] {
+            let mut c = cli();
+            c.args(["decrypt", "--raw-aes-key", &spec, "-i"])
+                .arg(&sealed)
+                .arg("-o")
+                .arg(&node);
+            if force {
+                c.arg("--force");
+            }
+            let r = c.output().unwrap();
+            let after = node.symlink_metadata().unwrap();
+            assert!(
+                after.file_type().is_char_device(),
+                "the device was replaced"
+            );
+            assert_eq!((after.rdev(), after.ino()), (before.rdev(), before.ino()));
+            assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
         }
-        let r = c.output().unwrap();
-        let after = node.symlink_metadata().unwrap();
-        assert!(
-            after.file_type().is_char_device(),
-            "the device was replaced"
-        );
-        assert_eq!((after.rdev(), after.ino()), (before.rdev(), before.ino()));
-        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    } else {
+        eprintln!("not root: the foreign-FIFO and device-node cases are skipped");
     }
 
     // A symbolic link is refused, --force or not; neither it nor its target changes.
@@ -885,6 +945,43 @@ fn force_replaces_only_regular_files() {
         .assert()
         .success();
     assert_eq!(std::fs::read(&plain).unwrap(), pt);
+}
+
+/// The binary as a plain `std` command (for spawning), with the same environment as `cli()`.
+fn cli_std() -> StdCommand {
+    let mut c = StdCommand::new(assert_cmd::cargo::cargo_bin("kms-envelope"));
+    c.env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_ENDPOINT_URL_KMS")
+        .arg("--endpoint-url")
+        .arg(support::moto().endpoint());
+    c
+}
+
+/// Runs `cmd` (stdin closed), failing the test if it is still running after `secs` seconds.
+fn finish_within(cmd: &mut StdCommand, secs: u64) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let r = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {secs} s: {}",
+                String::from_utf8_lossy(&r.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
 }
 
 /// Runs `cmd` and polls its peak resident set (VmHWM) until it exits: (status, peak KiB).

@@ -1,5 +1,5 @@
-//! Where results go: a stream (stdout, or a FIFO or character device named as OUT, written
-//! through), or a regular file written atomically (an unnamed temporary file beside OUT, mode
+//! Where results go: a stream (stdout, or a FIFO or character device of the user's own named as
+//! OUT, written through), or a regular file written atomically (an unnamed temporary file beside OUT, mode
 //! 0600, fsync unless `--no-fsync`, then linked or renamed into place), so OUT is complete or
 //! absent. Only a regular file is ever replaced, and only with `--force`; a symbolic link is
 //! neither followed nor replaced.
@@ -106,6 +106,8 @@ impl Output {
                 Some((m.dev(), m.ino()))
             }
             Ok(m) if m.file_type().is_fifo() || m.file_type().is_char_device() => {
+                // Checked before opening too: opening a FIFO wakes whoever waits on it.
+                owned_by_me(out, kind(m.file_type()), m.uid())?;
                 return write_through(out).map(Output::Stream);
             }
             Ok(m) if m.file_type().is_symlink() => {
@@ -190,23 +192,53 @@ impl Output {
 
 /// Opens an existing FIFO or character device to write through it, never following a link
 /// and checking on the descriptor that it is still such a node (it may have been swapped
-/// since `lstat`).
+/// since `lstat`) and that it is ours: a FIFO another user left at OUT (in /tmp, say) would
+/// hand them the plaintext. Non-blocking, so a FIFO nobody reads is refused rather than
+/// waited on forever.
 fn write_through(out: &Path) -> Result<File, OpenError> {
     let fd = rustix::fs::open(
         out,
-        OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC,
+        OFlags::WRONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| OpenError::Io(format!("cannot open output {}: {e}", out.display())))?;
+    .map_err(|e| match e {
+        rustix::io::Errno::NXIO => OpenError::Refused(format!(
+            "output {} is a FIFO that nobody is reading: start its reader first",
+            out.display()
+        )),
+        e => OpenError::Io(format!("cannot open output {}: {e}", out.display())),
+    })?;
     let st = rustix::fs::fstat(&fd)
         .map_err(|e| OpenError::Io(format!("cannot examine output {}: {e}", out.display())))?;
-    match FileType::from_raw_mode(st.st_mode) {
-        FileType::Fifo | FileType::CharacterDevice => Ok(File::from(fd)),
-        _ => Err(OpenError::Refused(format!(
-            "output {} changed while it was being opened: try again",
-            out.display()
-        ))),
+    let what = match FileType::from_raw_mode(st.st_mode) {
+        FileType::Fifo => "a FIFO",
+        FileType::CharacterDevice => "a character device",
+        _ => {
+            return Err(OpenError::Refused(format!(
+                "output {} changed while it was being opened: try again",
+                out.display()
+            )))
+        }
+    };
+    owned_by_me(out, what, st.st_uid)?;
+    // Writes block again from here on, as on standard output.
+    rustix::fs::fcntl_getfl(&fd)
+        .and_then(|fl| rustix::fs::fcntl_setfl(&fd, fl - OFlags::NONBLOCK))
+        .map_err(|e| OpenError::Io(format!("cannot open output {}: {e}", out.display())))?;
+    Ok(File::from(fd))
+}
+
+/// Refuses a node at OUT that another user owns (for root: one root did not make).
+fn owned_by_me(out: &Path, what: &str, uid: u32) -> Result<(), OpenError> {
+    let me = rustix::process::geteuid().as_raw();
+    if uid == me {
+        return Ok(());
     }
+    Err(OpenError::Refused(format!(
+        "output {} is {what} owned by user {uid}, not by you (user {me}): kms-envelope writes \
+         only through nodes you own; remove it or write elsewhere",
+        out.display()
+    )))
 }
 
 /// Dirty bytes after which the kernel is asked to start writing them back.
