@@ -468,8 +468,13 @@ fn to_stderr(text: &str, keep_newlines: bool) {
     let _ = io::stderr().write_all(terminal_safe(text, keep_newlines).as_bytes());
 }
 
+/// One line to stderr: everything in it escaped, then the newline that ends it.
+fn line_to_stderr(line: &str) {
+    let _ = io::stderr().write_all(format!("{}\n", terminal_safe(line, false)).as_bytes());
+}
+
 fn warn(message: &str) {
-    to_stderr(&format!("kms-envelope: warning: {message}\n"), false);
+    line_to_stderr(&format!("kms-envelope: warning: {message}"));
 }
 
 /// The one way text reaches stdout; a reader that has gone (`| head`) ends the command quietly.
@@ -1360,7 +1365,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             if !f.message.is_empty() {
-                to_stderr(&format!("kms-envelope: {}\n", f.message), false);
+                line_to_stderr(&format!("kms-envelope: {}", f.message));
             }
             ExitCode::from(f.code)
         }
