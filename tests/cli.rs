@@ -1338,6 +1338,20 @@ fn strings_from_a_message_are_escaped_on_the_terminal() {
             "{what}: {err:?}"
         );
     }
+    // clap's own errors quote the command line: escaped too, and still exit 2.
+    let r = cli()
+        .args(["decrypt", &format!("--bogus{evil}")])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{err}");
+    assert!(!has_terminal_controls(&r.stderr), "{err:?}");
+    assert!(
+        err.contains("--bogus") && err.contains(r"\u{202e}"),
+        "{err:?}"
+    );
+    let help = cli().args(["decrypt", "--help"]).output().unwrap();
+    assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("Usage"));
     // inspect's JSON escapes them as well, and still reads back as the same strings.
     let r = cli().args(["inspect", "-i"]).arg(&msg).output().unwrap();
     assert!(r.status.success());

@@ -1353,7 +1353,20 @@ fn key_command(aws: &AwsArgs, cmd: &KeyCommand) -> Result<(), Failure> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version go to stdout as clap writes them.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(e.exit_code() as u8);
+        }
+        // Errors quote the command line, which may hold controls: plain text, escaped (clap
+        // strips escape sequences only when stderr is not a terminal, and never bidi controls).
+        Err(e) => {
+            to_stderr(&e.render().to_string(), true);
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
     let result = match &cli.command {
         Command::Encrypt(a) => encrypt(&cli.aws, a),
         Command::Decrypt(a) => decrypt(&cli.aws, a),
