@@ -126,10 +126,7 @@ impl Output {
                 )))
             }
         };
-        let dir = match out.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = parent_dir(out);
         let cannot = |e: &dyn std::fmt::Display| {
             OpenError::Io(format!(
                 "cannot create a temporary file in {}: {e}",
@@ -367,13 +364,30 @@ impl AtomicFile {
                 }
             }
         }
-        if let Some(dir) = self
-            .dest
-            .parent()
-            .filter(|p| self.durable && !p.as_os_str().is_empty())
-        {
-            File::open(dir)?.sync_all()?;
+        if self.durable {
+            File::open(parent_dir(&self.dest))?.sync_all()?;
         }
         Ok(())
+    }
+}
+
+/// The directory OUT is in: `.` for a bare name, whose parent is the empty path.
+fn parent_dir(out: &Path) -> PathBuf {
+    match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_name_is_in_the_current_directory() {
+        assert_eq!(parent_dir(Path::new("out.txt")), Path::new("."));
+        assert_eq!(parent_dir(Path::new("./out.txt")), Path::new("."));
+        assert_eq!(parent_dir(Path::new("a/out.txt")), Path::new("a"));
+        assert_eq!(parent_dir(Path::new("/out.txt")), Path::new("/"));
     }
 }
