@@ -947,6 +947,32 @@ fn force_replaces_only_regular_files() {
     assert_eq!(std::fs::read(&plain).unwrap(), pt);
 }
 
+#[test]
+fn force_replaces_a_file_whose_name_is_near_name_max() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let spec = raw_key(d, 5);
+    let pt = b"long name".to_vec();
+    let sealed = seal(d, &spec, &pt, &[], "n.kms");
+    let out = d.join("x".repeat(250));
+    std::fs::write(&out, b"old").unwrap();
+    let r = cli()
+        .args(["decrypt", "--force", "--raw-aes-key", &spec, "-i"])
+        .arg(&sealed)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(std::fs::read(&out).unwrap(), pt);
+    assert_eq!(
+        entries(d).len(),
+        4,
+        "nothing left beside it: {:?}",
+        entries(d)
+    );
+}
+
 /// The binary as a plain `std` command (for spawning), with the same environment as `cli()`.
 fn cli_std() -> StdCommand {
     let mut c = StdCommand::new(assert_cmd::cargo::cargo_bin("kms-envelope"));

@@ -337,15 +337,7 @@ impl AtomicFile {
                 let proc = format!("/proc/self/fd/{}", self.file.as_raw_fd());
                 if force {
                     // Link under a fresh name beside OUT, then rename over it atomically.
-                    let staging = self.dest.with_file_name(format!(
-                        ".{}.kms-envelope-{}",
-                        self.dest
-                            .file_name()
-                            .map(|n| n.to_string_lossy())
-                            .unwrap_or_default(),
-                        std::process::id()
-                    ));
-                    rustix::fs::linkat(CWD, proc.as_str(), CWD, &staging, AtFlags::SYMLINK_FOLLOW)?;
+                    let staging = link_staging(proc.as_str(), &self.dest)?;
                     if let Err(e) = self
                         .check_replaced()
                         .and_then(|()| std::fs::rename(&staging, &self.dest))
@@ -376,6 +368,24 @@ fn parent_dir(out: &Path) -> PathBuf {
     match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
+    }
+}
+
+/// Links the unnamed file `proc` (its `/proc/self/fd` path) beside `dest` under a short random
+/// name: one derived from OUT's could pass NAME_MAX, and a predictable one could be taken
+/// first by another local user to make the command fail.
+fn link_staging(proc: &str, dest: &Path) -> io::Result<PathBuf> {
+    let mut tries = 0;
+    loop {
+        let mut random = [0u8; 8];
+        getrandom::fill(&mut random).map_err(|e| io::Error::other(e.to_string()))?;
+        let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let staging = dest.with_file_name(format!(".kms-envelope-{name}"));
+        match rustix::fs::linkat(CWD, proc, CWD, &staging, AtFlags::SYMLINK_FOLLOW) {
+            Ok(()) => return Ok(staging),
+            Err(rustix::io::Errno::EXIST) if tries < 8 => tries += 1,
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
