@@ -1450,6 +1450,47 @@ fn closed_stdout_modes_and_fifo_inputs() {
         assert!(r.stderr.is_empty(), "{args:?}: quiet");
     }
 
+    // A closed stdout ends the command even while its input stays open and idle: 100 kB of
+    // the message, enough for the first plaintext written (and failing) while the reading
+    // thread waits for the rest.
+    let mut child = sh(r#"sleep 0.3; exec "$@""#)
+        .arg(&bin)
+        .args(["decrypt", "--raw-aes-key", &spec, "-o", "-", "-i", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let (done, wait_done) = std::sync::mpsc::channel::<()>();
+    let feeder = {
+        let (mut stdin, bytes) = (child.stdin.take().unwrap(), std::fs::read(&sealed).unwrap());
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&bytes[..100_000]);
+            // Open, with nothing more to read, until the test is done with the command.
+            let _ = wait_done.recv();
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let finished = child.try_wait().unwrap().is_some();
+    if !finished {
+        let _ = child.kill();
+    }
+    done.send(()).unwrap();
+    let r = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    assert!(finished, "still running 10 s after its stdout closed");
+    assert_eq!(
+        r.status.code(),
+        Some(141),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(r.stderr.is_empty());
+
     // A temporary output that cannot be created is an I/O error (4), not a usage error.
     let r = cli()
         .args(["decrypt", "--raw-aes-key", &spec, "-i"])

@@ -703,7 +703,19 @@ fn pump(
                     )))
                 }
             };
-            writer.write_all(&buf[..n]).map_err(&on_write_error)?;
+            if let Err(e) = writer.write_all(&buf[..n]) {
+                let f = on_write_error(e);
+                if f.code == closed_stdout().code {
+                    // The reader has gone. End now: leaving the scope would join the reading
+                    // thread, which may be blocked on an idle input. A closed pipe means a
+                    // stream OUT, so there is no temporary file to remove.
+                    if let Some(pb) = pb {
+                        pb.finish_and_clear();
+                    }
+                    std::process::exit(f.code.into());
+                }
+                return Err(f);
+            }
             if let Some(pb) = pb {
                 pb.inc(n as u64);
             }
