@@ -973,6 +973,45 @@ fn force_replaces_a_file_whose_name_is_near_name_max() {
     );
 }
 
+#[test]
+fn without_proc_the_output_is_still_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let spec = raw_key(d, 6);
+    let pt = vec![7u8; 300_000];
+    let sealed = seal(d, &spec, &pt, &[], "p.kms");
+    // A mount namespace of its own without /proc (root only).
+    let usable = rustix::process::geteuid().is_root()
+        && StdCommand::new("unshare")
+            .args(["-m", "sh", "-c", "umount -l /proc"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    if !usable {
+        eprintln!("not root or no unshare: the no-/proc case is skipped");
+        return;
+    }
+    let out = d.join("out");
+    let mut c = StdCommand::new("unshare");
+    c.args(["-m", "sh", "-c", r#"umount -l /proc && exec "$0" "$@""#])
+        .arg(cli_std().get_program())
+        .args(cli_std().get_args())
+        .args(["decrypt", "-q", "--raw-aes-key", &spec, "-i"])
+        .arg(&sealed)
+        .arg("-o")
+        .arg(&out);
+    for (k, v) in cli_std().get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let r = c.output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(std::fs::read(&out).unwrap(), pt);
+    assert_eq!(entries(d), ["out", "p.kms", "p.kms.pt", "raw-6.key"]);
+}
+
 /// The binary as a plain `std` command (for spawning), with the same environment as `cli()`.
 fn cli_std() -> StdCommand {
     let mut c = StdCommand::new(assert_cmd::cargo::cargo_bin("kms-envelope"));
@@ -1529,6 +1568,12 @@ fn closed_stdout_modes_and_fifo_inputs() {
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("0600"), "{help}");
     assert!(help.contains("mode 0600 and owned by you"), "{help}");
+    // It also says what a killed process leaves where there are no unnamed files, and what a
+    // signed non-framed body to a stream costs.
+    assert!(
+        help.contains("left behind") && help.contains("twice this size"),
+        "{help}"
+    );
 
     // --range on a FIFO says IN must be a regular file (and does not wait for a writer).
     let fifo = d.join("in.fifo");

@@ -112,8 +112,12 @@ struct KeyArgs {
 struct OutArgs {
     /// Where to write the result (`-` for stdout). A new OUT is created with mode 0600 (owner
     /// read/write only) whatever the umask, because it may hold plaintext; it appears only when
-    /// complete. An existing FIFO or character device is written through, like `-`; a symbolic
-    /// link, directory, block device or socket is refused.
+    /// complete. Where the file system has no unnamed temporary files (NFS, FUSE) or /proc is
+    /// not mounted, the work is done in a named `.kms-envelope-XXXXXX` beside OUT, removed on
+    /// any failure but left behind, holding (for a signed message, unverified) plaintext, if
+    /// the process is killed with SIGKILL. An existing FIFO or character device that you own is
+    /// written through, like `-` (a FIFO must already have a reader); a symbolic link,
+    /// directory, block device, socket, or another user's FIFO or device is refused.
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     output: PathBuf,
     /// Replace OUT if it is an existing regular file (never a link, device or FIFO). The
@@ -199,7 +203,9 @@ struct DecryptArgs {
     /// OUT is a stream (`-`, a FIFO, a device): bytes or a size such as 512MiB or 2GiB
     /// (K, M, G are powers of 1024). A file OUT needs no limit: the unnamed output file holds
     /// the plaintext and is linked into place only after the signature verifies. Also the
-    /// largest legacy non-framed body read (it has one tag, so it is held whole).
+    /// largest legacy non-framed body read (it has one tag, so it is held whole); a signed
+    /// non-framed body to a stream is held twice (read whole, then until the signature
+    /// verifies), so memory can peak at twice this size.
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size_arg)]
     max_buffered_size: usize,
     /// Dangerous. To a stream OUT, write a signed message's frames as each one authenticates,

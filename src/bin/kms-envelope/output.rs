@@ -26,8 +26,10 @@ pub enum Output {
     File(AtomicFile),
 }
 
-/// A file under construction. Until `commit`, it has no name: if the process dies, the
-/// kernel reclaims it and nothing is left behind.
+/// A file under construction. Usually (O_TMPFILE) it has no name until `commit`: if the
+/// process dies, the kernel reclaims it and nothing is left behind. Where the file system has
+/// no unnamed files (NFS, FUSE) or /proc is not mounted, it is a named `.kms-envelope-XXXXXX`
+/// beside OUT, removed on any failure, but left behind if the process is killed (SIGKILL).
 pub struct AtomicFile {
     file: File,
     /// Bytes written, and how far writeback has been asked for.
@@ -139,9 +141,14 @@ impl Output {
             OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         );
+        // The unnamed file is linked through /proc/self/fd, so without /proc it could not be
+        // committed after all the work: fall back to a named file now instead.
+        let unnamed = unnamed
+            .ok()
+            .filter(|fd| Path::new(&proc_fd_path(fd)).exists());
         let (file, named) = match unnamed {
-            Ok(fd) => (File::from(fd), None),
-            Err(_) => {
+            Some(fd) => (File::from(fd), None),
+            None => {
                 let tmp = tempfile::Builder::new()
                     .prefix(".kms-envelope-")
                     .tempfile_in(&dir)
@@ -334,7 +341,7 @@ impl AtomicFile {
                 }
             }
             None => {
-                let proc = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+                let proc = proc_fd_path(&self.file);
                 if force {
                     // Link under a fresh name beside OUT, then rename over it atomically.
                     let staging = link_staging(proc.as_str(), &self.dest)?;
@@ -361,6 +368,11 @@ impl AtomicFile {
         }
         Ok(())
     }
+}
+
+/// The name under which `fd`'s file can be linked (`linkat` with AT_SYMLINK_FOLLOW).
+fn proc_fd_path(fd: &impl AsRawFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
 /// The directory OUT is in: `.` for a bare name, whose parent is the empty path.
