@@ -772,7 +772,7 @@ fn seal(d: &Path, spec: &str, pt: &[u8], extra: &[&str], name: &str) -> std::pat
 
 #[test]
 fn force_replaces_only_regular_files() {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let spec = raw_key(d, 4);
@@ -808,35 +808,95 @@ fn force_replaces_only_regular_files() {
         "the FIFO's reader got the plaintext"
     );
 
-    // A character device node (the null device's numbers, made here) is written through.
-    let node = d.join("null");
+    // A FIFO nobody reads is refused at once rather than waited on.
+    let lonely = d.join("lonely.fifo");
+    assert!(StdCommand::new("mkfifo")
+        .arg(&lonely)
+        .status()
+        .unwrap()
+        .success());
+    let r = finish_within(
+        cli_std()
+            .args(["decrypt", "--raw-aes-key", &spec, "-i"])
+            .arg(&sealed)
+            .arg("-o")
+            .arg(&lonely),
+        10,
+    );
+    assert_eq!(r.status.code(), Some(2));
     assert!(
-        StdCommand::new("mknod")
+        String::from_utf8_lossy(&r.stderr).contains("nobody is reading"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+
+    let root = rustix::process::geteuid().is_root();
+    if root {
+        // A FIFO another user left at OUT is refused, --force or not: its reader gets nothing.
+        let foreign = d.join("foreign.fifo");
+        assert!(StdCommand::new("mkfifo")
+            .arg(&foreign)
+            .status()
+            .unwrap()
+            .success());
+        std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+        for force in [false, true] {
+            // A reader already there (non-blocking), as an attacker's would be.
+            let mut reader = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                .open(&foreign)
+                .unwrap();
+            let mut c = cli_std();
+            c.args(["decrypt", "--raw-aes-key", &spec, "-i"])
+                .arg(&sealed)
+                .arg("-o")
+                .arg(&foreign);
+            if force {
+                c.arg("--force");
+            }
+            let r = finish_within(&mut c, 10);
+            let mut got = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut reader, &mut got);
+            assert!(got.is_empty(), "the FIFO got {} bytes", got.len());
+            assert_eq!(r.status.code(), Some(2), "force {force}");
+            assert!(
+                String::from_utf8_lossy(&r.stderr).contains("owned by user 65534"),
+                "{}",
+                String::from_utf8_lossy(&r.stderr)
+            );
+            assert!(foreign.symlink_metadata().unwrap().file_type().is_fifo());
+        }
+
+        // A character device node (the null device's numbers, made here) is written through.
+        let node = d.join("null");
+        assert!(StdCommand::new("mknod")
             .arg(&node)
             .args(["c", "1", "3"])
             .status()
             .unwrap()
-            .success(),
-        "mknod needs root"
-    );
-    let before = node.symlink_metadata().unwrap();
-    for force in [true, false] {
-        let mut c = cli();
-        c.args(["decrypt", "--raw-aes-key", &spec, "-i"])
-            .arg(&sealed)
-            .arg("-o")
-            .arg(&node);
-        if force {
-            c.arg("--force");
+            .success());
+        let before = node.symlink_metadata().unwrap();
+        for force in [true, false] {
+            let mut c = cli();
+            c.args(["decrypt", "--raw-aes-key", &spec, "-i"])
+                .arg(&sealed)
+                .arg("-o")
+                .arg(&node);
+            if force {
+                c.arg("--force");
+            }
+            let r = c.output().unwrap();
+            let after = node.symlink_metadata().unwrap();
+            assert!(
+                after.file_type().is_char_device(),
+                "the device was replaced"
+            );
+            assert_eq!((after.rdev(), after.ino()), (before.rdev(), before.ino()));
+            assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
         }
-        let r = c.output().unwrap();
-        let after = node.symlink_metadata().unwrap();
-        assert!(
-            after.file_type().is_char_device(),
-            "the device was replaced"
-        );
-        assert_eq!((after.rdev(), after.ino()), (before.rdev(), before.ino()));
-        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    } else {
+        eprintln!("not root: the foreign-FIFO and device-node cases are skipped");
     }
 
     // A symbolic link is refused, --force or not; neither it nor its target changes.
@@ -885,6 +945,108 @@ fn force_replaces_only_regular_files() {
         .assert()
         .success();
     assert_eq!(std::fs::read(&plain).unwrap(), pt);
+}
+
+#[test]
+fn force_replaces_a_file_whose_name_is_near_name_max() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let spec = raw_key(d, 5);
+    let pt = b"long name".to_vec();
+    let sealed = seal(d, &spec, &pt, &[], "n.kms");
+    let out = d.join("x".repeat(250));
+    std::fs::write(&out, b"old").unwrap();
+    let r = cli()
+        .args(["decrypt", "--force", "--raw-aes-key", &spec, "-i"])
+        .arg(&sealed)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(std::fs::read(&out).unwrap(), pt);
+    assert_eq!(
+        entries(d).len(),
+        4,
+        "nothing left beside it: {:?}",
+        entries(d)
+    );
+}
+
+#[test]
+fn without_proc_the_output_is_still_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let spec = raw_key(d, 6);
+    let pt = vec![7u8; 300_000];
+    let sealed = seal(d, &spec, &pt, &[], "p.kms");
+    // A mount namespace of its own without /proc (root only).
+    let usable = rustix::process::geteuid().is_root()
+        && StdCommand::new("unshare")
+            .args(["-m", "sh", "-c", "umount -l /proc"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    if !usable {
+        eprintln!("not root or no unshare: the no-/proc case is skipped");
+        return;
+    }
+    let out = d.join("out");
+    let mut c = StdCommand::new("unshare");
+    c.args(["-m", "sh", "-c", r#"umount -l /proc && exec "$0" "$@""#])
+        .arg(cli_std().get_program())
+        .args(cli_std().get_args())
+        .args(["decrypt", "-q", "--raw-aes-key", &spec, "-i"])
+        .arg(&sealed)
+        .arg("-o")
+        .arg(&out);
+    for (k, v) in cli_std().get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let r = c.output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(std::fs::read(&out).unwrap(), pt);
+    assert_eq!(entries(d), ["out", "p.kms", "p.kms.pt", "raw-6.key"]);
+}
+
+/// The binary as a plain `std` command (for spawning), with the same environment as `cli()`.
+fn cli_std() -> StdCommand {
+    let mut c = StdCommand::new(assert_cmd::cargo::cargo_bin("kms-envelope"));
+    c.env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_ENDPOINT_URL_KMS")
+        .arg("--endpoint-url")
+        .arg(support::moto().endpoint());
+    c
+}
+
+/// Runs `cmd` (stdin closed), failing the test if it is still running after `secs` seconds.
+fn finish_within(cmd: &mut StdCommand, secs: u64) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let r = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {secs} s: {}",
+                String::from_utf8_lossy(&r.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
 }
 
 /// Runs `cmd` and polls its peak resident set (VmHWM) until it exits: (status, peak KiB).
@@ -1229,13 +1391,32 @@ fn strings_from_a_message_are_escaped_on_the_terminal() {
             .output()
             .unwrap();
         assert!(!r.status.success(), "{what}");
-        assert!(!r.stderr.is_empty(), "{what}: says why");
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(!has_terminal_controls(&r.stderr), "{what}: {err:?}");
+        // Shown escaped, not dropped (the raw key's error names none of the message's strings);
+        // and one real newline ends the message.
+        if what != "raw key" {
+            assert!(err.contains(r"\u{1b}[2J"), "{what}: {err:?}");
+        }
         assert!(
-            !has_terminal_controls(&r.stderr),
-            "{what}: {:?}",
-            String::from_utf8_lossy(&r.stderr)
+            err.ends_with('\n') && !err.ends_with("\n\n") && !err.contains(r"\u{a}"),
+            "{what}: {err:?}"
         );
     }
+    // clap's own errors quote the command line: escaped too, and still exit 2.
+    let r = cli()
+        .args(["decrypt", &format!("--bogus{evil}")])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{err}");
+    assert!(!has_terminal_controls(&r.stderr), "{err:?}");
+    assert!(
+        err.contains("--bogus") && err.contains(r"\u{202e}"),
+        "{err:?}"
+    );
+    let help = cli().args(["decrypt", "--help"]).output().unwrap();
+    assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("Usage"));
     // inspect's JSON escapes them as well, and still reads back as the same strings.
     let r = cli().args(["inspect", "-i"]).arg(&msg).output().unwrap();
     assert!(r.status.success());
@@ -1308,6 +1489,47 @@ fn closed_stdout_modes_and_fifo_inputs() {
         assert!(r.stderr.is_empty(), "{args:?}: quiet");
     }
 
+    // A closed stdout ends the command even while its input stays open and idle: 100 kB of
+    // the message, enough for the first plaintext written (and failing) while the reading
+    // thread waits for the rest.
+    let mut child = sh(r#"sleep 0.3; exec "$@""#)
+        .arg(&bin)
+        .args(["decrypt", "--raw-aes-key", &spec, "-o", "-", "-i", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let (done, wait_done) = std::sync::mpsc::channel::<()>();
+    let feeder = {
+        let (mut stdin, bytes) = (child.stdin.take().unwrap(), std::fs::read(&sealed).unwrap());
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&bytes[..100_000]);
+            // Open, with nothing more to read, until the test is done with the command.
+            let _ = wait_done.recv();
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let finished = child.try_wait().unwrap().is_some();
+    if !finished {
+        let _ = child.kill();
+    }
+    done.send(()).unwrap();
+    let r = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    assert!(finished, "still running 10 s after its stdout closed");
+    assert_eq!(
+        r.status.code(),
+        Some(141),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(r.stderr.is_empty());
+
     // A temporary output that cannot be created is an I/O error (4), not a usage error.
     let r = cli()
         .args(["decrypt", "--raw-aes-key", &spec, "-i"])
@@ -1346,6 +1568,12 @@ fn closed_stdout_modes_and_fifo_inputs() {
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("0600"), "{help}");
     assert!(help.contains("mode 0600 and owned by you"), "{help}");
+    // It also says what a killed process leaves where there are no unnamed files, and what a
+    // signed non-framed body to a stream costs.
+    assert!(
+        help.contains("left behind") && help.contains("twice this size"),
+        "{help}"
+    );
 
     // --range on a FIFO says IN must be a regular file (and does not wait for a writer).
     let fifo = d.join("in.fifo");

@@ -112,8 +112,12 @@ struct KeyArgs {
 struct OutArgs {
     /// Where to write the result (`-` for stdout). A new OUT is created with mode 0600 (owner
     /// read/write only) whatever the umask, because it may hold plaintext; it appears only when
-    /// complete. An existing FIFO or character device is written through, like `-`; a symbolic
-    /// link, directory, block device or socket is refused.
+    /// complete. Where the file system has no unnamed temporary files (NFS, FUSE) or /proc is
+    /// not mounted, the work is done in a named `.kms-envelope-XXXXXX` beside OUT, removed on
+    /// any failure but left behind, holding (for a signed message, unverified) plaintext, if
+    /// the process is killed with SIGKILL. An existing FIFO or character device that you own is
+    /// written through, like `-` (a FIFO must already have a reader); a symbolic link,
+    /// directory, block device, socket, or another user's FIFO or device is refused.
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     output: PathBuf,
     /// Replace OUT if it is an existing regular file (never a link, device or FIFO). The
@@ -199,7 +203,9 @@ struct DecryptArgs {
     /// OUT is a stream (`-`, a FIFO, a device): bytes or a size such as 512MiB or 2GiB
     /// (K, M, G are powers of 1024). A file OUT needs no limit: the unnamed output file holds
     /// the plaintext and is linked into place only after the signature verifies. Also the
-    /// largest legacy non-framed body read (it has one tag, so it is held whole).
+    /// largest legacy non-framed body read (it has one tag, so it is held whole); a signed
+    /// non-framed body to a stream is held twice (read whole, then until the signature
+    /// verifies), so memory can peak at twice this size.
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size_arg)]
     max_buffered_size: usize,
     /// Dangerous. To a stream OUT, write a signed message's frames as each one authenticates,
@@ -468,8 +474,13 @@ fn to_stderr(text: &str, keep_newlines: bool) {
     let _ = io::stderr().write_all(terminal_safe(text, keep_newlines).as_bytes());
 }
 
+/// One line to stderr: everything in it escaped, then the newline that ends it.
+fn line_to_stderr(line: &str) {
+    let _ = io::stderr().write_all(format!("{}\n", terminal_safe(line, false)).as_bytes());
+}
+
 fn warn(message: &str) {
-    to_stderr(&format!("kms-envelope: warning: {message}\n"), false);
+    line_to_stderr(&format!("kms-envelope: warning: {message}"));
 }
 
 /// The one way text reaches stdout; a reader that has gone (`| head`) ends the command quietly.
@@ -698,7 +709,19 @@ fn pump(
                     )))
                 }
             };
-            writer.write_all(&buf[..n]).map_err(&on_write_error)?;
+            if let Err(e) = writer.write_all(&buf[..n]) {
+                let f = on_write_error(e);
+                if f.code == closed_stdout().code {
+                    // The reader has gone. End now: leaving the scope would join the reading
+                    // thread, which may be blocked on an idle input. A closed pipe means a
+                    // stream OUT, so there is no temporary file to remove.
+                    if let Some(pb) = pb {
+                        pb.finish_and_clear();
+                    }
+                    std::process::exit(f.code.into());
+                }
+                return Err(f);
+            }
             if let Some(pb) = pb {
                 pb.inc(n as u64);
             }
@@ -1348,7 +1371,20 @@ fn key_command(aws: &AwsArgs, cmd: &KeyCommand) -> Result<(), Failure> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version go to stdout as clap writes them.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(e.exit_code() as u8);
+        }
+        // Errors quote the command line, which may hold controls: plain text, escaped (clap
+        // strips escape sequences only when stderr is not a terminal, and never bidi controls).
+        Err(e) => {
+            to_stderr(&e.render().to_string(), true);
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
     let result = match &cli.command {
         Command::Encrypt(a) => encrypt(&cli.aws, a),
         Command::Decrypt(a) => decrypt(&cli.aws, a),
@@ -1360,7 +1396,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             if !f.message.is_empty() {
-                to_stderr(&format!("kms-envelope: {}\n", f.message), false);
+                line_to_stderr(&format!("kms-envelope: {}", f.message));
             }
             ExitCode::from(f.code)
         }

@@ -1,5 +1,5 @@
-//! Where results go: a stream (stdout, or a FIFO or character device named as OUT, written
-//! through), or a regular file written atomically (an unnamed temporary file beside OUT, mode
+//! Where results go: a stream (stdout, or a FIFO or character device of the user's own named as
+//! OUT, written through), or a regular file written atomically (an unnamed temporary file beside OUT, mode
 //! 0600, fsync unless `--no-fsync`, then linked or renamed into place), so OUT is complete or
 //! absent. Only a regular file is ever replaced, and only with `--force`; a symbolic link is
 //! neither followed nor replaced.
@@ -26,8 +26,10 @@ pub enum Output {
     File(AtomicFile),
 }
 
-/// A file under construction. Until `commit`, it has no name: if the process dies, the
-/// kernel reclaims it and nothing is left behind.
+/// A file under construction. Usually (O_TMPFILE) it has no name until `commit`: if the
+/// process dies, the kernel reclaims it and nothing is left behind. Where the file system has
+/// no unnamed files (NFS, FUSE) or /proc is not mounted, it is a named `.kms-envelope-XXXXXX`
+/// beside OUT, removed on any failure, but left behind if the process is killed (SIGKILL).
 pub struct AtomicFile {
     file: File,
     /// Bytes written, and how far writeback has been asked for.
@@ -106,6 +108,8 @@ impl Output {
                 Some((m.dev(), m.ino()))
             }
             Ok(m) if m.file_type().is_fifo() || m.file_type().is_char_device() => {
+                // Checked before opening too: opening a FIFO wakes whoever waits on it.
+                owned_by_me(out, kind(m.file_type()), m.uid())?;
                 return write_through(out).map(Output::Stream);
             }
             Ok(m) if m.file_type().is_symlink() => {
@@ -124,10 +128,7 @@ impl Output {
                 )))
             }
         };
-        let dir = match out.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = parent_dir(out);
         let cannot = |e: &dyn std::fmt::Display| {
             OpenError::Io(format!(
                 "cannot create a temporary file in {}: {e}",
@@ -140,9 +141,14 @@ impl Output {
             OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         );
+        // The unnamed file is linked through /proc/self/fd, so without /proc it could not be
+        // committed after all the work: fall back to a named file now instead.
+        let unnamed = unnamed
+            .ok()
+            .filter(|fd| Path::new(&proc_fd_path(fd)).exists());
         let (file, named) = match unnamed {
-            Ok(fd) => (File::from(fd), None),
-            Err(_) => {
+            Some(fd) => (File::from(fd), None),
+            None => {
                 let tmp = tempfile::Builder::new()
                     .prefix(".kms-envelope-")
                     .tempfile_in(&dir)
@@ -190,23 +196,53 @@ impl Output {
 
 /// Opens an existing FIFO or character device to write through it, never following a link
 /// and checking on the descriptor that it is still such a node (it may have been swapped
-/// since `lstat`).
+/// since `lstat`) and that it is ours: a FIFO another user left at OUT (in /tmp, say) would
+/// hand them the plaintext. Non-blocking, so a FIFO nobody reads is refused rather than
+/// waited on forever.
 fn write_through(out: &Path) -> Result<File, OpenError> {
     let fd = rustix::fs::open(
         out,
-        OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC,
+        OFlags::WRONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| OpenError::Io(format!("cannot open output {}: {e}", out.display())))?;
+    .map_err(|e| match e {
+        rustix::io::Errno::NXIO => OpenError::Refused(format!(
+            "output {} is a FIFO that nobody is reading: start its reader first",
+            out.display()
+        )),
+        e => OpenError::Io(format!("cannot open output {}: {e}", out.display())),
+    })?;
     let st = rustix::fs::fstat(&fd)
         .map_err(|e| OpenError::Io(format!("cannot examine output {}: {e}", out.display())))?;
-    match FileType::from_raw_mode(st.st_mode) {
-        FileType::Fifo | FileType::CharacterDevice => Ok(File::from(fd)),
-        _ => Err(OpenError::Refused(format!(
-            "output {} changed while it was being opened: try again",
-            out.display()
-        ))),
+    let what = match FileType::from_raw_mode(st.st_mode) {
+        FileType::Fifo => "a FIFO",
+        FileType::CharacterDevice => "a character device",
+        _ => {
+            return Err(OpenError::Refused(format!(
+                "output {} changed while it was being opened: try again",
+                out.display()
+            )))
+        }
+    };
+    owned_by_me(out, what, st.st_uid)?;
+    // Writes block again from here on, as on standard output.
+    rustix::fs::fcntl_getfl(&fd)
+        .and_then(|fl| rustix::fs::fcntl_setfl(&fd, fl - OFlags::NONBLOCK))
+        .map_err(|e| OpenError::Io(format!("cannot open output {}: {e}", out.display())))?;
+    Ok(File::from(fd))
+}
+
+/// Refuses a node at OUT that another user owns (for root: one root did not make).
+fn owned_by_me(out: &Path, what: &str, uid: u32) -> Result<(), OpenError> {
+    let me = rustix::process::geteuid().as_raw();
+    if uid == me {
+        return Ok(());
     }
+    Err(OpenError::Refused(format!(
+        "output {} is {what} owned by user {uid}, not by you (user {me}): kms-envelope writes \
+         only through nodes you own; remove it or write elsewhere",
+        out.display()
+    )))
 }
 
 /// Dirty bytes after which the kernel is asked to start writing them back.
@@ -305,18 +341,10 @@ impl AtomicFile {
                 }
             }
             None => {
-                let proc = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+                let proc = proc_fd_path(&self.file);
                 if force {
                     // Link under a fresh name beside OUT, then rename over it atomically.
-                    let staging = self.dest.with_file_name(format!(
-                        ".{}.kms-envelope-{}",
-                        self.dest
-                            .file_name()
-                            .map(|n| n.to_string_lossy())
-                            .unwrap_or_default(),
-                        std::process::id()
-                    ));
-                    rustix::fs::linkat(CWD, proc.as_str(), CWD, &staging, AtFlags::SYMLINK_FOLLOW)?;
+                    let staging = link_staging(proc.as_str(), &self.dest)?;
                     if let Err(e) = self
                         .check_replaced()
                         .and_then(|()| std::fs::rename(&staging, &self.dest))
@@ -335,13 +363,53 @@ impl AtomicFile {
                 }
             }
         }
-        if let Some(dir) = self
-            .dest
-            .parent()
-            .filter(|p| self.durable && !p.as_os_str().is_empty())
-        {
-            File::open(dir)?.sync_all()?;
+        if self.durable {
+            File::open(parent_dir(&self.dest))?.sync_all()?;
         }
         Ok(())
+    }
+}
+
+/// The name under which `fd`'s file can be linked (`linkat` with AT_SYMLINK_FOLLOW).
+fn proc_fd_path(fd: &impl AsRawFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+/// The directory OUT is in: `.` for a bare name, whose parent is the empty path.
+fn parent_dir(out: &Path) -> PathBuf {
+    match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Links the unnamed file `proc` (its `/proc/self/fd` path) beside `dest` under a short random
+/// name: one derived from OUT's could pass NAME_MAX, and a predictable one could be taken
+/// first by another local user to make the command fail.
+fn link_staging(proc: &str, dest: &Path) -> io::Result<PathBuf> {
+    let mut tries = 0;
+    loop {
+        let mut random = [0u8; 8];
+        getrandom::fill(&mut random).map_err(|e| io::Error::other(e.to_string()))?;
+        let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let staging = dest.with_file_name(format!(".kms-envelope-{name}"));
+        match rustix::fs::linkat(CWD, proc, CWD, &staging, AtFlags::SYMLINK_FOLLOW) {
+            Ok(()) => return Ok(staging),
+            Err(rustix::io::Errno::EXIST) if tries < 8 => tries += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_name_is_in_the_current_directory() {
+        assert_eq!(parent_dir(Path::new("out.txt")), Path::new("."));
+        assert_eq!(parent_dir(Path::new("./out.txt")), Path::new("."));
+        assert_eq!(parent_dir(Path::new("a/out.txt")), Path::new("a"));
+        assert_eq!(parent_dir(Path::new("/out.txt")), Path::new("/"));
     }
 }
