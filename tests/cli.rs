@@ -1542,3 +1542,53 @@ fn rewrap_checks_keys_and_leaves_no_output_for_a_bad_input() {
     let out = std::fs::read(d.join("out.kms")).unwrap();
     assert_eq!(out[1..3], [0x05, 0x78], "0x0578 carries over");
 }
+
+#[test]
+fn rewrap_of_a_signed_input_to_a_stream_needs_the_dangerous_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (old, new) = (raw_key(d, 1), raw_key(d, 2).replace("ns:name", "ns:new"));
+    let pt: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let args = |input: &Path| {
+        let mut c = cli();
+        c.args([
+            "rewrap",
+            "--unwrap-raw-aes-key",
+            &old,
+            "--raw-aes-key",
+            &new,
+        ])
+        .args(["--remove-key", "ns:name", "-o", "-", "-i"])
+        .arg(input);
+        c
+    };
+    let signed = seal(d, &old, &pt, &["--suite", "0x0578"], "signed");
+    let out = args(&signed).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty(), "no frame released");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--dangerous-release-unverified"), "{err}");
+    // Asked for by name, the stream is written; an unsigned input needs no flag.
+    let unsigned = seal(d, &old, &pt, &[], "unsigned");
+    for (input, extra) in [
+        (&signed, &["--dangerous-release-unverified"][..]),
+        (&unsigned, &[][..]),
+    ] {
+        let out = args(input).args(extra).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let msg = d.join("streamed.kms");
+        std::fs::write(&msg, &out.stdout).unwrap();
+        let back = cli()
+            .args(["decrypt", "--raw-aes-key"])
+            .arg(raw_key(d, 2).replace("ns:name", "ns:new"))
+            .args(["-o", "-", "-i"])
+            .arg(&msg)
+            .output()
+            .unwrap();
+        assert_eq!(back.stdout, pt);
+    }
+}

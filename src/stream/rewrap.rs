@@ -242,6 +242,11 @@ impl<'k> Decryptor<'k> {
 }
 
 impl<R: Read> Rewrap<R> {
+    /// The input's suite (a signature, when it has one, is checked at the end of the body).
+    pub fn input_suite(&self) -> AlgorithmSuite {
+        self.reader.header().suite
+    }
+
     /// The keys that wrap the input's data key.
     pub fn input_keys(&self) -> Vec<WrappingKey> {
         self.input_keys.iter().cloned().collect()

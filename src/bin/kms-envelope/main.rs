@@ -222,7 +222,8 @@ struct RewrapArgs {
     #[command(flatten)]
     keys: KeyArgs,
     /// Drop this key (repeatable): a KMS key ARN or key ID, or a raw key's NAMESPACE:NAME,
-    /// exactly. A name that wraps none of IN's data keys is an error.
+    /// exactly. A name that wraps none of IN's data keys is an error. One replica of a
+    /// multi-Region key (mrk-…) removes every replica: each decrypts what another wrapped.
     #[arg(long = "remove-key", value_name = "KEY")]
     remove: Vec<String>,
     /// KMS key that unwraps the data key now (repeatable).
@@ -253,6 +254,12 @@ struct RewrapArgs {
     /// Threads that open and seal frames (default: all cores).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
+    /// Dangerous. Re-wrap a signed IN to a stream OUT (`-`, a pipe): new frames go out as IN's
+    /// frames authenticate, before IN's signature is checked, and whoever can decrypt IN could
+    /// have forged them; a bad signature still exits 1 and leaves the new message unfinished.
+    /// A file OUT needs no such flag: it appears only after the signature verifies.
+    #[arg(long)]
+    dangerous_release_unverified: bool,
 }
 
 #[derive(Subcommand)]
@@ -1137,13 +1144,24 @@ fn rewrap(aws: &AwsArgs, a: &RewrapArgs) -> Result<(), Failure> {
     }
     let wrap = MultiKeyring::new(None, rings).map_err(|e| failure("keyring", e))?;
     let mut out = a.out.open(&a.input)?;
-    let keys = {
+    // New frames are sealed as IN's authenticate, before IN's signature is checked: only a
+    // file OUT (linked into place after the end) keeps frames forged by a co-recipient unseen.
+    if job.input_suite().signature().is_some() && out.is_stream() && !a.dangerous_release_unverified
+    {
+        return Err(usage(format!(
+            "{in_name} is signed, and {} is not a regular file: its new frames would be \
+             released before the signature is checked; write to a file, or pass \
+             --dangerous-release-unverified",
+            shown(&a.out.output)
+        )));
+    }
+    let (keys, removed) = {
         let sink = BufWriter::with_capacity(1 << 20, out.writer());
         let done = job.write(&wrap, sink).map_err(fail)?;
         let mut sink = done.output;
         sink.flush()
             .map_err(|e| io_failure("cannot write", &a.out.output, e))?;
-        done.keys
+        (done.keys, done.removed)
     };
     out.commit()
         .map_err(|e| io_failure("cannot write", &a.out.output, e))?;
@@ -1152,8 +1170,14 @@ fn rewrap(aws: &AwsArgs, a: &RewrapArgs) -> Result<(), Failure> {
         "kms-envelope: {} holds a new data key and message ID, wrapped under:\n",
         shown(&a.out.output)
     );
-    for k in keys {
+    for k in &keys {
         report.push_str(&format!("  {}\n", terminal_safe(&k.to_string(), false)));
+    }
+    if !removed.is_empty() {
+        report.push_str("removed (every replica of a removed multi-Region key):\n");
+        for k in &removed {
+            report.push_str(&format!("  {}\n", terminal_safe(&k.to_string(), false)));
+        }
     }
     to_stderr(&report, true);
     Ok(())
