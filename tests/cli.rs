@@ -1592,3 +1592,61 @@ fn rewrap_of_a_signed_input_to_a_stream_needs_the_dangerous_flag() {
         assert_eq!(back.stdout, pt);
     }
 }
+
+#[test]
+fn rewrap_under_discovery_keeps_no_kms_key_outside_the_filter_unasked() {
+    use kms_envelope::format::EncryptedDataKey;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let old = raw_key(d, 1);
+    let new = raw_key(d, 2).replace("ns:name", "ns:new");
+    let foreign = "arn:aws:kms:us-east-1:999999999999:key/11111111-2222-3333-4444-555555555555";
+    let alias = "arn:aws:kms:us-east-1:123456789012:alias/chosen";
+    let write = |planted: &str, name: &str| {
+        let raw =
+            std::sync::Arc::new(kms_envelope::RawAesKeyring::new("ns", "name", &[1; 32]).unwrap())
+                as std::sync::Arc<dyn kms_envelope::Keyring>;
+        let forged = std::sync::Arc::new(Forged(vec![EncryptedDataKey {
+            provider_id: "aws-kms".into(),
+            provider_info: planted.as_bytes().to_vec(),
+            ciphertext: vec![1; 184],
+        }])) as std::sync::Arc<dyn kms_envelope::Keyring>;
+        let multi = kms_envelope::MultiKeyring::new(Some(raw), vec![forged]).unwrap();
+        let msg = kms_envelope::Encryptor::new(&multi)
+            .encrypt(b"chosen keys")
+            .unwrap();
+        let path = d.join(name);
+        std::fs::write(&path, msg).unwrap();
+        path
+    };
+    let discovery = [
+        "--discovery",
+        "--account",
+        "123456789012",
+        "--unwrap-raw-aes-key",
+        old.as_str(),
+        "--raw-aes-key",
+        new.as_str(),
+    ];
+    // A key of another account, planted by IN's author: named, and no KMS call made for it.
+    let input = write(foreign, "foreign.kms");
+    let (code, err, made) = rewrap_into(d, &discovery, &input);
+    assert_eq!((code, made), (Some(2), false), "{err}");
+    assert!(
+        err.contains(foreign) && err.contains("--remove-key"),
+        "{err}"
+    );
+    // Removed, the rest re-wraps; named with --key it would be kept deliberately.
+    let (code, err, made) = rewrap_into(
+        d,
+        &[&discovery[..], &["--remove-key", foreign]].concat(),
+        &input,
+    );
+    assert_eq!((code, made), (Some(0), true), "{err}");
+    assert!(err.contains("removed") && err.contains(foreign), "{err}");
+    // An alias ARN in IN is refused by the KMS keyring before anything is re-wrapped.
+    let input = write(alias, "alias.kms");
+    let (code, err, made) = rewrap_into(d, &discovery, &input);
+    assert!(code != Some(0) && !made, "{err}");
+    assert!(err.contains(alias), "{err}");
+}

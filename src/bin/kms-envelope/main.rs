@@ -22,7 +22,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use kms_envelope::admin::{KeyAdmin, KeyPolicy};
 use kms_envelope::format::HeaderLimits;
-use kms_envelope::keyring::{load_aws_config, DiscoveryFilter, KmsErrorKind, KmsKeyring};
+use kms_envelope::keyring::{load_aws_config, DiscoveryFilter, KmsArn, KmsErrorKind, KmsKeyring};
 use kms_envelope::stream::{scan_layout, DEFAULT_MAX_ENCRYPTED_DATA_KEYS, DEFAULT_MAX_HEADER_LEN};
 use kms_envelope::{
     AlgorithmSuite, CommitmentPolicy, Decryptor, EncryptionContext, Encryptor, Error, Keyring,
@@ -233,7 +233,9 @@ struct RewrapArgs {
     /// removed, it also wraps the new data key.
     #[arg(long = "unwrap-raw-aes-key", value_name = "NAMESPACE:NAME:FILE")]
     unwrap_raw: Vec<String>,
-    /// Unwrap with whichever KMS key of the --account(s) wrapped the data key.
+    /// Unwrap with whichever KMS key of the --account(s) wrapped the data key. A KMS key of
+    /// IN outside those accounts (or not a key ARN) is kept only if named with --key, and
+    /// otherwise must be removed with --remove-key: IN's author chose it.
     #[arg(long, conflicts_with = "unwrap_keys", requires = "accounts")]
     discovery: bool,
     /// With --discovery: accounts whose keys may be used (repeatable).
@@ -1110,6 +1112,22 @@ fn rewrap(aws: &AwsArgs, a: &RewrapArgs) -> Result<(), Failure> {
         let name = key.to_string();
         if key.provider_id == "aws-kms" {
             if !a.keys.keys.contains(&name) {
+                // Under discovery IN's author chose its keys: each kept one costs a KMS
+                // Encrypt under the caller's credentials and can decrypt the result, so one
+                // outside the filter is kept only when named.
+                let in_filter = KmsArn::parse(&name).is_some_and(|arn| {
+                    arn.resource_type == "key"
+                        && arn.partition == a.partition
+                        && a.accounts.contains(&arn.account)
+                });
+                if a.discovery && !in_filter {
+                    return Err(usage(format!(
+                        "re-wrapping {in_name}: KMS key {} wraps its data key and is outside \
+                         the --discovery accounts, so IN's author chose it: pass --remove-key \
+                         {0} to drop it, or --key {0} to keep it deliberately",
+                        terminal_safe(&name, false)
+                    )));
+                }
                 kept.keys.push(name);
             }
         } else if !a
