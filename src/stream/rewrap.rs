@@ -328,7 +328,8 @@ impl<R: Read> Rewrap<R> {
     /// accepts it): discard it.
     ///
     /// # Errors
-    /// A kept key that `keyring` did not wrap, a removed key that it wrapped, a keyring that
+    /// A frame length named above the [maximum](Self::max_frame_length); a kept key that
+    /// `keyring` did not wrap, a removed key (or a replica of one) that it wrapped, a keyring that
     /// replaced the data key or returned one of the input's wrapped keys, no key left; any
     /// failure to authenticate or read the input (altered, truncated, trailing bytes, a bad
     /// signature); a keyring or write failure.
