@@ -29,8 +29,8 @@ use crate::materials::{DataKey, DecryptionMaterials, EncryptionMaterials};
 use crate::Error;
 
 /// Most plaintext bytes moved from the decrypting reader to the encrypting writer at a time.
-/// The pump starts at [`PUMP_START`] and doubles while reads fill it, so a small message
-/// costs a small buffer; larger frames are assembled by the reader and writer themselves.
+/// The pump starts at [`PUMP_START`] and doubles after each read that returns data, so a
+/// small message costs a small buffer; larger frames are assembled by the reader and writer.
 const PUMP_LEN: usize = 4 << 20;
 /// The pump's first size.
 const PUMP_START: usize = 64 << 10;
@@ -374,9 +374,11 @@ impl<R: Read> Rewrap<R> {
                 Ok(0) => break,
                 Ok(n) => {
                     writer.write_all(&buf[..n])?;
-                    if n == buf.len() && buf.len() < PUMP_LEN {
-                        // A long message: larger moves, fewer calls. A fresh zeroizing buffer
-                        // rather than a resize, which would leave the old plaintext behind.
+                    if buf.len() < PUMP_LEN {
+                        // More is coming: larger moves, fewer calls (the reader hands out what
+                        // it has, rarely a full buffer, so do not wait for one). A fresh
+                        // zeroizing buffer rather than a resize, which would leave the old
+                        // plaintext behind.
                         buf = Zeroizing::new(vec![0u8; buf.len() * 2]);
                     }
                 }
