@@ -1770,3 +1770,111 @@ fn rewrap_checks_keys_and_leaves_no_output_for_a_bad_input() {
     let out = std::fs::read(d.join("out.kms")).unwrap();
     assert_eq!(out[1..3], [0x05, 0x78], "0x0578 carries over");
 }
+
+#[test]
+fn rewrap_of_a_signed_input_to_a_stream_needs_the_dangerous_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (old, new) = (raw_key(d, 1), raw_key(d, 2).replace("ns:name", "ns:new"));
+    let pt: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let args = |input: &Path| {
+        let mut c = cli();
+        c.args([
+            "rewrap",
+            "--unwrap-raw-aes-key",
+            &old,
+            "--raw-aes-key",
+            &new,
+        ])
+        .args(["--remove-key", "ns:name", "-o", "-", "-i"])
+        .arg(input);
+        c
+    };
+    let signed = seal(d, &old, &pt, &["--suite", "0x0578"], "signed");
+    let out = args(&signed).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty(), "no frame released");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--dangerous-release-unverified"), "{err}");
+    // Asked for by name, the stream is written; an unsigned input needs no flag.
+    let unsigned = seal(d, &old, &pt, &[], "unsigned");
+    for (input, extra) in [
+        (&signed, &["--dangerous-release-unverified"][..]),
+        (&unsigned, &[][..]),
+    ] {
+        let out = args(input).args(extra).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let msg = d.join("streamed.kms");
+        std::fs::write(&msg, &out.stdout).unwrap();
+        let back = cli()
+            .args(["decrypt", "--raw-aes-key"])
+            .arg(raw_key(d, 2).replace("ns:name", "ns:new"))
+            .args(["-o", "-", "-i"])
+            .arg(&msg)
+            .output()
+            .unwrap();
+        assert_eq!(back.stdout, pt);
+    }
+}
+
+#[test]
+fn rewrap_under_discovery_keeps_no_kms_key_outside_the_filter_unasked() {
+    use kms_envelope::format::EncryptedDataKey;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let old = raw_key(d, 1);
+    let new = raw_key(d, 2).replace("ns:name", "ns:new");
+    let foreign = "arn:aws:kms:us-east-1:999999999999:key/11111111-2222-3333-4444-555555555555";
+    let alias = "arn:aws:kms:us-east-1:123456789012:alias/chosen";
+    let write = |planted: &str, name: &str| {
+        let raw =
+            std::sync::Arc::new(kms_envelope::RawAesKeyring::new("ns", "name", &[1; 32]).unwrap())
+                as std::sync::Arc<dyn kms_envelope::Keyring>;
+        let forged = std::sync::Arc::new(Forged(vec![EncryptedDataKey {
+            provider_id: "aws-kms".into(),
+            provider_info: planted.as_bytes().to_vec(),
+            ciphertext: vec![1; 184],
+        }])) as std::sync::Arc<dyn kms_envelope::Keyring>;
+        let multi = kms_envelope::MultiKeyring::new(Some(raw), vec![forged]).unwrap();
+        let msg = kms_envelope::Encryptor::new(&multi)
+            .encrypt(b"chosen keys")
+            .unwrap();
+        let path = d.join(name);
+        std::fs::write(&path, msg).unwrap();
+        path
+    };
+    let discovery = [
+        "--discovery",
+        "--account",
+        "123456789012",
+        "--unwrap-raw-aes-key",
+        old.as_str(),
+        "--raw-aes-key",
+        new.as_str(),
+    ];
+    // A key of another account, planted by IN's author: named, and no KMS call made for it.
+    let input = write(foreign, "foreign.kms");
+    let (code, err, made) = rewrap_into(d, &discovery, &input);
+    assert_eq!((code, made), (Some(2), false), "{err}");
+    assert!(
+        err.contains(foreign) && err.contains("--remove-key"),
+        "{err}"
+    );
+    // Removed, the rest re-wraps; named with --key it would be kept deliberately.
+    let (code, err, made) = rewrap_into(
+        d,
+        &[&discovery[..], &["--remove-key", foreign]].concat(),
+        &input,
+    );
+    assert_eq!((code, made), (Some(0), true), "{err}");
+    assert!(err.contains("removed") && err.contains(foreign), "{err}");
+    // An alias ARN in IN is refused by the KMS keyring before anything is re-wrapped.
+    let input = write(alias, "alias.kms");
+    let (code, err, made) = rewrap_into(d, &discovery, &input);
+    assert!(code != Some(0) && !made, "{err}");
+    assert!(err.contains(alias), "{err}");
+}

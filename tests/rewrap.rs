@@ -11,13 +11,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use kms_envelope::format::PUBLIC_KEY_FIELD;
 use kms_envelope::format::{
     BlockKind, BodyAad, EncryptedDataKey, Header, HeaderLimits, FINAL_FRAME_MARKER,
 };
 use kms_envelope::materials::{
     CacheLimits, CachingKeyring, DataKeyCache, DecryptionMaterials, EncryptionMaterials,
 };
-use kms_envelope::stream::Rewrapped;
+use kms_envelope::stream::{Rewrapped, DEFAULT_MAX_FRAME_LENGTH};
 use kms_envelope::{
     AlgorithmSuite, CommitmentPolicy, Decryptor, EncryptionContext, Encryptor, Error, Keyring,
     MultiKeyring, RawAesKeyring,
@@ -521,7 +522,7 @@ fn a_keyring_that_does_not_wrap_the_fresh_data_key_is_refused() {
 }
 
 #[test]
-fn signed_and_legacy_inputs_and_bounded_memory() {
+fn signed_and_legacy_inputs_get_a_committing_suite_and_a_new_signature_key() {
     let old = raw("old", 1);
     let new = raw("new", 2);
     let pt = data(3 << 20);
@@ -548,7 +549,8 @@ fn signed_and_legacy_inputs_and_bounded_memory() {
             .frame_length(65_536)
             .encrypt(&pt)
             .unwrap();
-        // Less memory than the message: a signed body is not held whole to be re-wrapped.
+        // A buffer limit below the body: a signed body is not held whole to be re-wrapped
+        // (tests/rewrap_memory.rs measures the heap).
         let done = Decryptor::new(&old)
             .commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt)
             .max_buffered_len(1 << 20)
@@ -671,4 +673,155 @@ async fn aws_esdk_reads_a_rewrapped_message() {
             .unwrap_or_else(|e| panic!("aws-esdk refused the re-wrapped {suite}: {e:?}"));
         assert_eq!(out.plaintext.unwrap().into_inner(), pt, "{suite}");
     }
+}
+
+/// Adds a wrapped key of the test's choosing beside the real ones (making the data key when it
+/// comes first), as a keyring that wraps under a KMS key would.
+#[derive(Debug)]
+struct Planted(EncryptedDataKey);
+
+#[async_trait::async_trait]
+impl Keyring for Planted {
+    async fn on_encrypt(&self, m: &mut EncryptionMaterials) -> Result<(), Error> {
+        m.data_key_or_generate()?;
+        m.encrypted_data_keys.push(self.0.clone());
+        Ok(())
+    }
+    async fn on_decrypt(
+        &self,
+        _: &mut DecryptionMaterials,
+        _: &[EncryptedDataKey],
+    ) -> Result<(), Error> {
+        Err(Error::NoUsableDataKey(Vec::new()))
+    }
+}
+
+fn planted_kms(arn: &str) -> Arc<dyn Keyring> {
+    Arc::new(Planted(EncryptedDataKey {
+        provider_id: "aws-kms".into(),
+        provider_info: arn.as_bytes().to_vec(),
+        ciphertext: vec![7; 32],
+    }))
+}
+
+#[test]
+fn a_removed_multi_region_key_cannot_come_back_as_a_replica() {
+    let east = "arn:aws:kms:us-east-1:111122223333:key/mrk-1234";
+    let west = "arn:aws:kms:us-west-2:111122223333:key/mrk-1234";
+    let old = Arc::new(raw("old", 1)) as Arc<dyn Keyring>;
+    let msg =
+        Encryptor::new(&MultiKeyring::new(Some(old.clone()), vec![planted_kms(east)]).unwrap())
+            .encrypt(b"replicas")
+            .unwrap();
+    let job = || {
+        Decryptor::new(&*old)
+            .rewrap(&msg[..])
+            .unwrap()
+            .remove(east)
+            .unwrap()
+    };
+    // The us-west-2 replica decrypts what us-east-1 wrapped: wrapping under it keeps the
+    // removed key.
+    let mut out = Vec::new();
+    let err = job()
+        .write(
+            &MultiKeyring::new(Some(old.clone()), vec![planted_kms(west)]).unwrap(),
+            &mut out,
+        )
+        .map(|_| ())
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    assert!(err.to_string().contains(west), "{err}");
+    assert!(out.is_empty(), "nothing written");
+    // Named by the other replica's ARN, the key is removed all the same; the removed set is
+    // reported.
+    let done = Decryptor::new(&*old)
+        .rewrap(&msg[..])
+        .unwrap()
+        .remove(west)
+        .unwrap()
+        .write(&*old, Vec::new())
+        .unwrap();
+    let removed: Vec<String> = done.removed.iter().map(ToString::to_string).collect();
+    assert_eq!(removed, [east]);
+    let kept: Vec<String> = done.keys.iter().map(ToString::to_string).collect();
+    assert_eq!(kept, ["ns:old"]);
+}
+
+#[test]
+fn the_output_frame_length_stays_readable_by_default() {
+    let key = raw("k", 1);
+    let pt = data(100_000);
+    let msg = Encryptor::new(&key)
+        .frame_length(4096)
+        .encrypt(&pt)
+        .unwrap();
+    let job = || Decryptor::new(&key).rewrap(&msg[..]).unwrap();
+    // Above the limit a default reader applies: refused before anything is written.
+    let mut out = Vec::new();
+    let err = job()
+        .frame_length(DEFAULT_MAX_FRAME_LENGTH + 1)
+        .write(&key, &mut out)
+        .map(|_| ())
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    assert!(out.is_empty());
+    let done = job()
+        .frame_length(DEFAULT_MAX_FRAME_LENGTH)
+        .write(&key, Vec::new())
+        .unwrap();
+    assert_eq!(Decryptor::new(&key).decrypt(&done.output).unwrap(), pt);
+    // Raised on purpose, it is allowed; so is a lower limit, which the input's frames obey.
+    let done = job()
+        .max_frame_length(u32::MAX)
+        .frame_length(DEFAULT_MAX_FRAME_LENGTH + 1)
+        .write(&key, Vec::new())
+        .unwrap();
+    assert_eq!(
+        header(&done.output).0.body.frame_length,
+        DEFAULT_MAX_FRAME_LENGTH + 1
+    );
+    // An input whose frames exceed the new limit (its reader's limit was raised) is written
+    // with frames a default reader takes.
+    let done = job()
+        .max_frame_length(1024)
+        .write(&key, Vec::new())
+        .unwrap();
+    assert_eq!(header(&done.output).0.body.frame_length, 1024);
+    assert_eq!(Decryptor::new(&key).decrypt(&done.output).unwrap(), pt);
+}
+
+#[test]
+fn an_expected_signature_key_is_not_carried_into_the_new_context() {
+    let key = raw("k", 1);
+    let msg = Encryptor::new(&key)
+        .suite(AlgorithmSuite::Aes256GcmHkdfSha512CommitKeyEcdsaP384)
+        .context(EncryptionContext::new().with("purpose", "test"))
+        .encrypt(b"signed")
+        .unwrap();
+    let public = header(&msg)
+        .0
+        .body
+        .context
+        .get(PUBLIC_KEY_FIELD)
+        .unwrap()
+        .to_owned();
+    // The caller expects the whole context it saw, the signature key included.
+    let expected = EncryptionContext::new()
+        .with("purpose", "test")
+        .with(PUBLIC_KEY_FIELD, public.clone());
+    let done = Decryptor::new(&key)
+        .expected_context(expected)
+        .rewrap(&msg[..])
+        .unwrap()
+        .write(&key, Vec::new())
+        .unwrap();
+    let (h, _) = header(&done.output);
+    let new_public = h.body.context.get(PUBLIC_KEY_FIELD).unwrap();
+    assert_ne!(new_public, public, "a new signature key");
+    assert_eq!(h.body.context.get("purpose"), Some("test"));
+    assert_eq!(
+        Decryptor::new(&key).decrypt(&done.output).unwrap(),
+        b"signed"
+    );
 }

@@ -18,19 +18,22 @@ use std::sync::Mutex;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use super::options::{Decryptor, Encryptor, DEFAULT_FRAME_LENGTH};
+use super::options::{Decryptor, Encryptor, DEFAULT_FRAME_LENGTH, DEFAULT_MAX_FRAME_LENGTH};
 use super::sync::DecryptingReader;
 use crate::format::{
     AlgorithmSuite, ContentType, EncryptedDataKey, EncryptionContext, IV_LEN, PUBLIC_KEY_FIELD,
-    TAG_LEN,
+    RESERVED_PREFIX, TAG_LEN,
 };
 use crate::keyring::Keyring;
 use crate::materials::{DataKey, DecryptionMaterials, EncryptionMaterials};
 use crate::Error;
 
-/// Plaintext bytes moved from the decrypting reader to the encrypting writer at a time (at
-/// least a frame, so that both sides work on whole frames, straight from and into it).
+/// Most plaintext bytes moved from the decrypting reader to the encrypting writer at a time.
+/// The pump starts at [`PUMP_START`] and doubles after each read that returns data, so a
+/// small message costs a small buffer; larger frames are assembled by the reader and writer.
 const PUMP_LEN: usize = 4 << 20;
+/// The pump's first size.
+const PUMP_START: usize = 64 << 10;
 
 /// The wrapping key a wrapped data key names: a KMS key ARN (`aws-kms`), or a raw keyring's
 /// namespace and key name. Two wrapped copies under one key name the same `WrappingKey`.
@@ -64,15 +67,50 @@ impl WrappingKey {
 
     /// Whether `spec` names this key exactly: the key ARN or the key ID (the part after
     /// `key/`) of a KMS key; `NAMESPACE:NAME` of a raw key. Not a prefix, not an alias.
+    ///
+    /// A multi-Region key's ARN names every replica (same partition, account and `mrk-` key
+    /// ID, any Region), as the KMS keyring's decrypt matches them: a replica the caller did not
+    /// name can still unwrap what another replica wrapped.
     pub fn is_named_by(&self, spec: &str) -> bool {
         if self.provider_id == "aws-kms" {
             let arn = String::from_utf8_lossy(&self.name);
-            return arn == spec || arn.rsplit_once(":key/").is_some_and(|(_, id)| id == spec);
+            return arn == spec
+                || arn.rsplit_once(":key/").is_some_and(|(_, id)| id == spec)
+                || mrk_replicas(&arn, spec);
         }
         spec.strip_prefix(self.provider_id.as_str())
             .and_then(|rest| rest.strip_prefix(':'))
             .is_some_and(|name| name.as_bytes() == self.name)
     }
+
+    /// Whether the two are one key for decryption: equal, or replicas of one multi-Region
+    /// KMS key.
+    pub fn same_key(&self, other: &WrappingKey) -> bool {
+        self == other
+            || (self.provider_id == "aws-kms"
+                && other.provider_id == "aws-kms"
+                && mrk_replicas(
+                    &String::from_utf8_lossy(&self.name),
+                    &String::from_utf8_lossy(&other.name),
+                ))
+    }
+}
+
+/// Whether two KMS key ARNs name replicas of one multi-Region key (the KMS keyring's rule).
+#[cfg(feature = "kms")]
+fn mrk_replicas(a: &str, b: &str) -> bool {
+    use crate::keyring::KmsArn;
+    match (KmsArn::parse(a), KmsArn::parse(b)) {
+        (Some(a), Some(b)) => a.is_mrk() && a.mrk_matches(&b),
+        _ => false,
+    }
+}
+
+/// Without the `kms` feature no keyring of this crate unwraps `aws-kms` keys: only exact
+/// names match.
+#[cfg(not(feature = "kms"))]
+fn mrk_replicas(_: &str, _: &str) -> bool {
+    false
 }
 
 impl std::fmt::Display for WrappingKey {
@@ -123,6 +161,8 @@ pub struct Rewrap<R: Read> {
     required_keys: Vec<String>,
     suite: AlgorithmSuite,
     frame_length: u32,
+    frame_length_named: bool,
+    max_frame_length: u32,
     threads: usize,
     backend: crate::AeadBackend,
     max_encrypted_data_keys: u16,
@@ -137,6 +177,8 @@ pub struct Rewrapped<W> {
     /// The keys that wrap the new message's data key: the input's keys less the removed ones,
     /// and the new ones.
     pub keys: Vec<WrappingKey>,
+    /// The input's keys that were removed (every replica of a removed multi-Region key).
+    pub removed: Vec<WrappingKey>,
 }
 
 impl<'k> Decryptor<'k> {
@@ -161,14 +203,15 @@ impl<'k> Decryptor<'k> {
             .reader(input)?;
         let header = reader.header();
         let mut context = header.context.clone();
-        context.remove(PUBLIC_KEY_FIELD);
         let mut required_keys = Vec::new();
         for (k, v) in self.expected_context.iter() {
-            if !context.contains_key(k) {
+            // Reserved keys (the old signature key) are the writer's to set, not the caller's.
+            if !context.contains_key(k) && !k.starts_with(RESERVED_PREFIX) {
                 context.insert(k, v);
                 required_keys.push(k.to_owned());
             }
         }
+        context.remove(PUBLIC_KEY_FIELD);
         let signed = header.suite.signature().is_some();
         let suite = match header.suite {
             s if s.is_committing() => s,
@@ -189,6 +232,8 @@ impl<'k> Decryptor<'k> {
             required_keys,
             suite,
             frame_length,
+            frame_length_named: false,
+            max_frame_length: DEFAULT_MAX_FRAME_LENGTH,
             threads: self.threads,
             backend: self.backend,
             max_encrypted_data_keys: self.max_encrypted_data_keys,
@@ -197,6 +242,11 @@ impl<'k> Decryptor<'k> {
 }
 
 impl<R: Read> Rewrap<R> {
+    /// The input's suite (a signature, when it has one, is checked at the end of the body).
+    pub fn input_suite(&self) -> AlgorithmSuite {
+        self.reader.header().suite
+    }
+
     /// The keys that wrap the input's data key.
     pub fn input_keys(&self) -> Vec<WrappingKey> {
         self.input_keys.iter().cloned().collect()
@@ -209,7 +259,8 @@ impl<R: Read> Rewrap<R> {
     }
 
     /// Drops the key `spec` names exactly (see [`WrappingKey::is_named_by`]) from the new
-    /// message.
+    /// message. Naming one replica of a multi-Region KMS key removes every replica: each can
+    /// decrypt what another wrapped, so keeping one would keep the removed key.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] when `spec` names none of the input's keys, so that a
@@ -247,9 +298,20 @@ impl<R: Read> Rewrap<R> {
         Ok(self)
     }
 
-    /// Plaintext bytes per frame of the new message (1 to 2^32 − 1).
+    /// Plaintext bytes per frame of the new message (1 to the
+    /// [maximum](Self::max_frame_length); default: the input's, lowered to the maximum).
+    /// A larger one makes [`write`](Self::write) fail.
     pub fn frame_length(mut self, frame_length: u32) -> Self {
         self.frame_length = frame_length;
+        self.frame_length_named = true;
+        self
+    }
+
+    /// The largest frame length the new message may have (default
+    /// [`DEFAULT_MAX_FRAME_LENGTH`], which a default [`Decryptor`] reads). Raise it only when
+    /// every reader of the new message raises its own limit as far.
+    pub fn max_frame_length(mut self, max: u32) -> Self {
+        self.max_frame_length = max;
         self
     }
 
@@ -266,7 +328,8 @@ impl<R: Read> Rewrap<R> {
     /// accepts it): discard it.
     ///
     /// # Errors
-    /// A kept key that `keyring` did not wrap, a removed key that it wrapped, a keyring that
+    /// A frame length named above the [maximum](Self::max_frame_length); a kept key that
+    /// `keyring` did not wrap, a removed key (or a replica of one) that it wrapped, a keyring that
     /// replaced the data key or returned one of the input's wrapped keys, no key left; any
     /// failure to authenticate or read the input (altered, truncated, trailing bytes, a bad
     /// signature); a keyring or write failure.
@@ -275,6 +338,19 @@ impl<R: Read> Rewrap<R> {
         keyring: &dyn Keyring,
         output: W,
     ) -> Result<Rewrapped<W>, Error> {
+        if self.frame_length > self.max_frame_length {
+            if self.frame_length_named {
+                return Err(Error::InvalidArgument(format!(
+                    "a frame length of {} bytes is above the limit of {} that readers apply by \
+                     default, so the new message would be unreadable to them: choose a smaller \
+                     frame length, or raise the limit with max_frame_length",
+                    self.frame_length, self.max_frame_length
+                )));
+            }
+            // The input's own frames were larger (its reader's limit was raised): the frame
+            // length is no part of the plaintext, so the new message gets readable ones.
+            self.frame_length = self.max_frame_length;
+        }
         let checked = Checked {
             inner: keyring,
             kept: self.input_keys.difference(&self.removed).cloned().collect(),
@@ -291,15 +367,21 @@ impl<R: Read> Rewrap<R> {
             .backend(self.backend)
             .max_encrypted_data_keys(self.max_encrypted_data_keys)
             .writer(output)?;
-        let len = (self.frame_length as usize)
-            .clamp(1, 64 << 20)
-            .max(PUMP_LEN);
-        let mut buf = Zeroizing::new(vec![0u8; len]);
+        let mut buf = Zeroizing::new(vec![0u8; PUMP_START]);
         loop {
             match self.reader.read(&mut buf) {
                 // The end: every frame and the signature verified, and nothing follows.
                 Ok(0) => break,
-                Ok(n) => writer.write_all(&buf[..n])?,
+                Ok(n) => {
+                    writer.write_all(&buf[..n])?;
+                    if buf.len() < PUMP_LEN {
+                        // More is coming: larger moves, fewer calls (the reader hands out what
+                        // it has, rarely a full buffer, so do not wait for one). A fresh
+                        // zeroizing buffer rather than a resize, which would leave the old
+                        // plaintext behind.
+                        buf = Zeroizing::new(vec![0u8; buf.len() * 2]);
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
             }
@@ -310,7 +392,12 @@ impl<R: Read> Rewrap<R> {
             .into_inner()
             .expect("no panic while holding the lock")
             .expect("the keyring ran before the header was written");
-        Ok(Rewrapped { output, keys })
+        let removed = self.removed.into_iter().collect();
+        Ok(Rewrapped {
+            output,
+            keys,
+            removed,
+        })
     }
 }
 
@@ -362,11 +449,15 @@ impl Keyring for Checked<'_> {
                 listed(&missing)
             )));
         }
-        let back: BTreeSet<WrappingKey> = self.removed.intersection(&out).cloned().collect();
+        let back: BTreeSet<WrappingKey> = out
+            .iter()
+            .filter(|k| self.removed.iter().any(|r| r.same_key(k)))
+            .cloned()
+            .collect();
         if !back.is_empty() {
             return Err(Error::InvalidArgument(format!(
-                "the keyring wrapped the new data key under {}, which was to be removed: leave it \
-                 out of the keyring",
+                "the keyring wrapped the new data key under {}, which was to be removed (a \
+                 multi-Region key's replicas are one key): leave it out of the keyring",
                 listed(&back)
             )));
         }
@@ -433,5 +524,56 @@ mod tests {
         let rsa = WrappingKey::of(&edk("ns", b"rsa-key"));
         assert_eq!(rsa.to_string(), "ns:rsa-key");
         assert_ne!(rsa, aes);
+    }
+
+    /// One replica of a multi-Region key names them all: removing it removes every replica
+    /// in the input, and a replica in the output counts as the removed key.
+    #[cfg(feature = "kms")]
+    #[test]
+    fn a_multi_region_key_is_named_by_any_replica() {
+        let east = "arn:aws:kms:us-east-1:111122223333:key/mrk-1234";
+        let west = "arn:aws:kms:us-west-2:111122223333:key/mrk-1234";
+        let (e, w) = (
+            WrappingKey::of(&edk("aws-kms", east.as_bytes())),
+            WrappingKey::of(&edk("aws-kms", west.as_bytes())),
+        );
+        assert!(e.is_named_by(west) && w.is_named_by(east));
+        assert!(e.same_key(&w) && w.same_key(&e));
+        for other in [
+            "arn:aws:kms:us-west-2:444455556666:key/mrk-1234",
+            "arn:aws-cn:kms:cn-north-1:111122223333:key/mrk-1234",
+            "arn:aws:kms:us-west-2:111122223333:key/mrk-5678",
+            "arn:aws:kms:us-west-2:111122223333:alias/mrk-1234",
+        ] {
+            assert!(!e.is_named_by(other), "{other}");
+            assert!(!e.same_key(&WrappingKey::of(&edk("aws-kms", other.as_bytes()))));
+        }
+        // Ordinary keys stay exact: same account and ID in another Region is another key.
+        let plain = "arn:aws:kms:us-east-1:111122223333:key/1234abcd";
+        let k = WrappingKey::of(&edk("aws-kms", plain.as_bytes()));
+        assert!(!k.is_named_by("arn:aws:kms:us-west-2:111122223333:key/1234abcd"));
+        // A raw key whose name looks like an ARN is not a KMS key.
+        let raw = WrappingKey::of(&edk("ns", west.as_bytes()));
+        assert!(!raw.same_key(&w) && !w.same_key(&raw));
+
+        // `remove` with the west ARN drops both replicas from an input holding both.
+        let key = crate::RawAesKeyring::new("ns", "k", &[7; 32]).unwrap();
+        let msg = crate::Encryptor::new(&key).encrypt(b"x").unwrap();
+        let mut job = crate::Decryptor::new(&key).rewrap(&msg[..]).unwrap();
+        job.input_keys.extend([e.clone(), w.clone()]);
+        let job = job.remove(west).unwrap();
+        assert_eq!(job.kept_keys(), vec![WrappingKey::of(&msg_key(&msg))]);
+        let job = job.remove("ns:k").unwrap();
+        assert!(job.kept_keys().is_empty());
+    }
+
+    #[cfg(feature = "kms")]
+    fn msg_key(msg: &[u8]) -> EncryptedDataKey {
+        let limits = crate::format::HeaderLimits {
+            max_encrypted_data_keys: 8,
+            max_header_len: 1 << 20,
+        };
+        let (h, _) = crate::format::Header::parse(msg, &limits).unwrap().unwrap();
+        h.body.encrypted_data_keys[0].clone()
     }
 }

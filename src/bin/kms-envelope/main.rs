@@ -22,7 +22,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use kms_envelope::admin::{KeyAdmin, KeyPolicy};
 use kms_envelope::format::HeaderLimits;
-use kms_envelope::keyring::{load_aws_config, DiscoveryFilter, KmsErrorKind, KmsKeyring};
+use kms_envelope::keyring::{load_aws_config, DiscoveryFilter, KmsArn, KmsErrorKind, KmsKeyring};
 use kms_envelope::stream::{scan_layout, DEFAULT_MAX_ENCRYPTED_DATA_KEYS, DEFAULT_MAX_HEADER_LEN};
 use kms_envelope::{
     AlgorithmSuite, CommitmentPolicy, Decryptor, EncryptionContext, Encryptor, Error, Keyring,
@@ -228,7 +228,8 @@ struct RewrapArgs {
     #[command(flatten)]
     keys: KeyArgs,
     /// Drop this key (repeatable): a KMS key ARN or key ID, or a raw key's NAMESPACE:NAME,
-    /// exactly. A name that wraps none of IN's data keys is an error.
+    /// exactly. A name that wraps none of IN's data keys is an error. One replica of a
+    /// multi-Region key (mrk-…) removes every replica: each decrypts what another wrapped.
     #[arg(long = "remove-key", value_name = "KEY")]
     remove: Vec<String>,
     /// KMS key that unwraps the data key now (repeatable).
@@ -238,7 +239,9 @@ struct RewrapArgs {
     /// removed, it also wraps the new data key.
     #[arg(long = "unwrap-raw-aes-key", value_name = "NAMESPACE:NAME:FILE")]
     unwrap_raw: Vec<String>,
-    /// Unwrap with whichever KMS key of the --account(s) wrapped the data key.
+    /// Unwrap with whichever KMS key of the --account(s) wrapped the data key. A KMS key of
+    /// IN outside those accounts (or not a key ARN) is kept only if named with --key, and
+    /// otherwise must be removed with --remove-key: IN's author chose it.
     #[arg(long, conflicts_with = "unwrap_keys", requires = "accounts")]
     discovery: bool,
     /// With --discovery: accounts whose keys may be used (repeatable).
@@ -259,6 +262,12 @@ struct RewrapArgs {
     /// Threads that open and seal frames (default: all cores).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
+    /// Dangerous. Re-wrap a signed IN to a stream OUT (`-`, a pipe): new frames go out as IN's
+    /// frames authenticate, before IN's signature is checked, and whoever can decrypt IN could
+    /// have forged them; a bad signature still exits 1 and leaves the new message unfinished.
+    /// A file OUT needs no such flag: it appears only after the signature verifies.
+    #[arg(long)]
+    dangerous_release_unverified: bool,
 }
 
 #[derive(Subcommand)]
@@ -1126,6 +1135,22 @@ fn rewrap(aws: &AwsArgs, a: &RewrapArgs) -> Result<(), Failure> {
         let name = key.to_string();
         if key.provider_id == "aws-kms" {
             if !a.keys.keys.contains(&name) {
+                // Under discovery IN's author chose its keys: each kept one costs a KMS
+                // Encrypt under the caller's credentials and can decrypt the result, so one
+                // outside the filter is kept only when named.
+                let in_filter = KmsArn::parse(&name).is_some_and(|arn| {
+                    arn.resource_type == "key"
+                        && arn.partition == a.partition
+                        && a.accounts.contains(&arn.account)
+                });
+                if a.discovery && !in_filter {
+                    return Err(usage(format!(
+                        "re-wrapping {in_name}: KMS key {} wraps its data key and is outside \
+                         the --discovery accounts, so IN's author chose it: pass --remove-key \
+                         {0} to drop it, or --key {0} to keep it deliberately",
+                        terminal_safe(&name, false)
+                    )));
+                }
                 kept.keys.push(name);
             }
         } else if !a
@@ -1160,13 +1185,24 @@ fn rewrap(aws: &AwsArgs, a: &RewrapArgs) -> Result<(), Failure> {
     }
     let wrap = MultiKeyring::new(None, rings).map_err(|e| failure("keyring", e))?;
     let mut out = a.out.open(&a.input)?;
-    let keys = {
+    // New frames are sealed as IN's authenticate, before IN's signature is checked: only a
+    // file OUT (linked into place after the end) keeps frames forged by a co-recipient unseen.
+    if job.input_suite().signature().is_some() && out.is_stream() && !a.dangerous_release_unverified
+    {
+        return Err(usage(format!(
+            "{in_name} is signed, and {} is not a regular file: its new frames would be \
+             released before the signature is checked; write to a file, or pass \
+             --dangerous-release-unverified",
+            shown(&a.out.output)
+        )));
+    }
+    let (keys, removed) = {
         let sink = BufWriter::with_capacity(1 << 20, out.writer());
         let done = job.write(&wrap, sink).map_err(fail)?;
         let mut sink = done.output;
         sink.flush()
             .map_err(|e| io_failure("cannot write", &a.out.output, e))?;
-        done.keys
+        (done.keys, done.removed)
     };
     out.commit()
         .map_err(|e| io_failure("cannot write", &a.out.output, e))?;
@@ -1175,8 +1211,14 @@ fn rewrap(aws: &AwsArgs, a: &RewrapArgs) -> Result<(), Failure> {
         "kms-envelope: {} holds a new data key and message ID, wrapped under:\n",
         shown(&a.out.output)
     );
-    for k in keys {
+    for k in &keys {
         report.push_str(&format!("  {}\n", terminal_safe(&k.to_string(), false)));
+    }
+    if !removed.is_empty() {
+        report.push_str("removed (every replica of a removed multi-Region key):\n");
+        for k in &removed {
+            report.push_str(&format!("  {}\n", terminal_safe(&k.to_string(), false)));
+        }
     }
     to_stderr(&report, true);
     Ok(())
