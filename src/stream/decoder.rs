@@ -374,7 +374,7 @@ impl BodyDecoder {
         debug_assert!(self.ahead_len.is_none());
         let workers = self.workers_for(pos);
         let tail = self.end - pos;
-        let target = self.fill_target().max(tail + 1);
+        let target = self.fill_target(tail).max(tail + 1);
         self.grow(true, target);
         self.ahead[..tail].copy_from_slice(&self.buf[pos..self.end]);
         self.moved += tail;
@@ -482,21 +482,22 @@ impl BodyDecoder {
         Ok(())
     }
 
-    /// How far to fill a buffer with ciphertext (from the start of the unparsed input): a
-    /// batch once the message has proved that large (small messages keep small buffers), ending
-    /// on a frame boundary so that a full read leaves no partial frame to move; at least what
-    /// the opener asked for.
-    fn fill_target(&self) -> usize {
+    /// How far to fill a buffer with ciphertext (from the start of the unparsed input, of which
+    /// `buffered` bytes are there): a batch once the message has proved that large (small
+    /// messages keep small buffers), ending on a frame boundary once it holds a frame, so that a
+    /// full read leaves no partial frame to move; what the opener asked for, doubling as bytes
+    /// arrive: a declared frame length alone never sizes a buffer.
+    fn fill_target(&self, buffered: usize) -> usize {
         let slot = self.opener.regular_frame_len();
         let grown = self
             .total_in
             .clamp(READ_CHUNK, self.batch_bytes.max(READ_CHUNK));
-        let target = if slot == 0 {
+        let target = if slot == 0 || grown < slot {
             grown
         } else {
             grown.next_multiple_of(slot).min(self.batch_bytes)
         };
-        target.max(self.need)
+        target.max(self.need.min(grown.max(buffered.saturating_mul(2))))
     }
 
     /// Where the adaptor should read input to. Only asked when less than a block is buffered
@@ -513,7 +514,7 @@ impl BodyDecoder {
             self.end -= self.start;
             self.start = 0;
         }
-        let target = self.fill_target().max(self.end + 1);
+        let target = self.fill_target(self.end).max(self.end + 1);
         self.grow(false, target);
         &mut self.buf[self.end..target]
     }
