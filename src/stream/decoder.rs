@@ -148,6 +148,13 @@ pub(crate) struct BodyDecoder {
     batch_bytes: usize,
     /// Whether two buffers (one opening, one reading ahead) fit [`STREAM_BUFFER_LIMIT`].
     read_ahead: bool,
+    /// Bytes the last read asked of the source, and whether it gave fewer: a source that
+    /// stops short (a pipe, a peer that waits) is not read ahead of, so that the plaintext
+    /// already verified is handed out before the next read, which may block.
+    asked: usize,
+    source_short: bool,
+    /// A read ahead that failed after its batch opened: reported once that plaintext is out.
+    read_error: Option<std::io::Error>,
     /// Fewest frames the caller's buffer must take for frames to open straight into it: one
     /// per worker, so that the direct path does not leave the workers idle.
     direct_frames: usize,
@@ -206,6 +213,9 @@ impl BodyDecoder {
             batch_frames,
             batch_bytes,
             read_ahead: 2 * batch_bytes <= STREAM_BUFFER_LIMIT,
+            asked: 0,
+            source_short: false,
+            read_error: None,
             direct_frames: batch_frames.min(threads).max(1),
             total_in: 0,
             moved: 0,
@@ -258,6 +268,9 @@ impl BodyDecoder {
                 self.complete = true;
                 continue;
             }
+            if let Some(e) = self.read_error.take() {
+                return Err(e.into());
+            }
             if !self.open_batch(fill.as_deref_mut())? {
                 return Ok(Need::Input);
             }
@@ -301,9 +314,14 @@ impl BodyDecoder {
     }
 
     /// Whether the next input should be read while the parsed blocks open: the buffer ran out
-    /// before the next block, more blocks follow, and two buffers fit the limit.
+    /// before the next block, more blocks follow, two buffers fit the limit, and the source
+    /// filled the last read whole.
     fn may_read_ahead(&self) -> bool {
-        self.short && self.read_ahead && !self.blocks.last().is_some_and(|b| b.last)
+        self.short
+            && self.read_ahead
+            && !self.source_short
+            && self.read_error.is_none()
+            && !self.blocks.last().is_some_and(|b| b.last)
     }
 
     /// Opens whole regular frames straight from the buffered ciphertext into `out` (out of
@@ -389,9 +407,14 @@ impl BodyDecoder {
             || fill(space),
         );
         opened?;
-        let read = read?;
         self.start = pos;
         self.end = pos;
+        // The batch opened: its plaintext goes out first, a failed read is reported after it.
+        let read = read.unwrap_or_else(|e| {
+            self.read_error = Some(e);
+            0
+        });
+        self.source_short = read < target - tail;
         self.total_in += read;
         self.ahead_len = Some(tail + read);
         Ok(())
@@ -406,6 +429,7 @@ impl BodyDecoder {
             && self.ready.is_empty()
             && !self.awaiting_eof
             && !self.opener.is_done()
+            && self.read_error.is_none()
     }
 
     /// Parses up to `limit` complete blocks from the buffered ciphertext into `self.blocks`;
@@ -505,6 +529,7 @@ impl BodyDecoder {
     /// is filled up to a batch.
     pub(crate) fn input_space(&mut self) -> &mut [u8] {
         if self.awaiting_eof {
+            self.asked = 1;
             return &mut self.probe;
         }
         debug_assert!(self.ahead_len.is_none() && self.ready.is_empty());
@@ -516,6 +541,7 @@ impl BodyDecoder {
         }
         let target = self.fill_target(self.end).max(self.end + 1);
         self.grow(false, target);
+        self.asked = target - self.end;
         &mut self.buf[self.end..target]
     }
 
@@ -532,6 +558,7 @@ impl BodyDecoder {
         if n == 0 {
             return Err(FormatError::Truncated.into());
         }
+        self.source_short = n < self.asked;
         self.end += n;
         self.total_in += n;
         Ok(())
