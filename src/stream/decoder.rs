@@ -191,7 +191,8 @@ impl BodyDecoder {
         let batch_bytes = if slot == 0 {
             READ_CHUNK
         } else {
-            batch_frames * slot
+            // Saturating: a frame length raised near `usize::MAX` on 32-bit must not wrap.
+            batch_frames.saturating_mul(slot)
         };
         BodyDecoder {
             opener,
@@ -212,7 +213,7 @@ impl BodyDecoder {
             complete: false,
             batch_frames,
             batch_bytes,
-            read_ahead: 2 * batch_bytes <= STREAM_BUFFER_LIMIT,
+            read_ahead: batch_bytes.saturating_mul(2) <= STREAM_BUFFER_LIMIT,
             asked: 0,
             source_short: false,
             read_error: None,
