@@ -273,3 +273,35 @@ fn the_async_reader_stays_bounded() {
         }
     }
 }
+
+/// A small message declaring a large frame length: the reader allocates what arrives, not the
+/// declared frame (an encrypter must not make every reader allocate 64 MiB per message).
+#[test]
+fn a_small_message_with_a_large_frame_length_allocates_what_arrives() {
+    let _guard = measuring();
+    let kr = keyring();
+    let frame = 64 * MIB;
+    let pt = data::pseudo_random(10_000);
+    let msg = Encryptor::new(&kr)
+        .frame_length(frame as u32)
+        .encrypt(&pt)
+        .unwrap();
+    for threads in [1, 2] {
+        let dec = Decryptor::new(&kr).threads(threads);
+        let mut out = Vec::new();
+        let streamed = peak_growth(|| {
+            dec.reader(&msg[..]).unwrap().read_to_end(&mut out).unwrap();
+        });
+        assert_eq!(out, pt);
+        let mut whole = Vec::new();
+        let one_shot = peak_growth(|| whole = dec.decrypt(&msg).unwrap());
+        assert_eq!(whole, pt);
+        for (how, heap) in [("reader", streamed), ("decrypt", one_shot)] {
+            assert!(
+                heap < msg.len() + MIB,
+                "{how}, {threads} threads: {heap} bytes of heap for a {}-byte message",
+                msg.len()
+            );
+        }
+    }
+}

@@ -148,6 +148,13 @@ pub(crate) struct BodyDecoder {
     batch_bytes: usize,
     /// Whether two buffers (one opening, one reading ahead) fit [`STREAM_BUFFER_LIMIT`].
     read_ahead: bool,
+    /// Bytes the last read asked of the source, and whether it gave fewer: a source that
+    /// stops short (a pipe, a peer that waits) is not read ahead of, so that the plaintext
+    /// already verified is handed out before the next read, which may block.
+    asked: usize,
+    source_short: bool,
+    /// A read ahead that failed after its batch opened: reported once that plaintext is out.
+    read_error: Option<std::io::Error>,
     /// Fewest frames the caller's buffer must take for frames to open straight into it: one
     /// per worker, so that the direct path does not leave the workers idle.
     direct_frames: usize,
@@ -184,7 +191,8 @@ impl BodyDecoder {
         let batch_bytes = if slot == 0 {
             READ_CHUNK
         } else {
-            batch_frames * slot
+            // Saturating: a frame length raised near `usize::MAX` on 32-bit must not wrap.
+            batch_frames.saturating_mul(slot)
         };
         BodyDecoder {
             opener,
@@ -205,7 +213,10 @@ impl BodyDecoder {
             complete: false,
             batch_frames,
             batch_bytes,
-            read_ahead: 2 * batch_bytes <= STREAM_BUFFER_LIMIT,
+            read_ahead: batch_bytes.saturating_mul(2) <= STREAM_BUFFER_LIMIT,
+            asked: 0,
+            source_short: false,
+            read_error: None,
             direct_frames: batch_frames.min(threads).max(1),
             total_in: 0,
             moved: 0,
@@ -258,6 +269,9 @@ impl BodyDecoder {
                 self.complete = true;
                 continue;
             }
+            if let Some(e) = self.read_error.take() {
+                return Err(e.into());
+            }
             if !self.open_batch(fill.as_deref_mut())? {
                 return Ok(Need::Input);
             }
@@ -301,9 +315,14 @@ impl BodyDecoder {
     }
 
     /// Whether the next input should be read while the parsed blocks open: the buffer ran out
-    /// before the next block, more blocks follow, and two buffers fit the limit.
+    /// before the next block, more blocks follow, two buffers fit the limit, and the source
+    /// filled the last read whole.
     fn may_read_ahead(&self) -> bool {
-        self.short && self.read_ahead && !self.blocks.last().is_some_and(|b| b.last)
+        self.short
+            && self.read_ahead
+            && !self.source_short
+            && self.read_error.is_none()
+            && !self.blocks.last().is_some_and(|b| b.last)
     }
 
     /// Opens whole regular frames straight from the buffered ciphertext into `out` (out of
@@ -374,7 +393,7 @@ impl BodyDecoder {
         debug_assert!(self.ahead_len.is_none());
         let workers = self.workers_for(pos);
         let tail = self.end - pos;
-        let target = self.fill_target().max(tail + 1);
+        let target = self.fill_target(tail).max(tail + 1);
         self.grow(true, target);
         self.ahead[..tail].copy_from_slice(&self.buf[pos..self.end]);
         self.moved += tail;
@@ -389,9 +408,14 @@ impl BodyDecoder {
             || fill(space),
         );
         opened?;
-        let read = read?;
         self.start = pos;
         self.end = pos;
+        // The batch opened: its plaintext goes out first, a failed read is reported after it.
+        let read = read.unwrap_or_else(|e| {
+            self.read_error = Some(e);
+            0
+        });
+        self.source_short = read < target - tail;
         self.total_in += read;
         self.ahead_len = Some(tail + read);
         Ok(())
@@ -406,6 +430,7 @@ impl BodyDecoder {
             && self.ready.is_empty()
             && !self.awaiting_eof
             && !self.opener.is_done()
+            && self.read_error.is_none()
     }
 
     /// Parses up to `limit` complete blocks from the buffered ciphertext into `self.blocks`;
@@ -482,21 +507,22 @@ impl BodyDecoder {
         Ok(())
     }
 
-    /// How far to fill a buffer with ciphertext (from the start of the unparsed input): a
-    /// batch once the message has proved that large (small messages keep small buffers), ending
-    /// on a frame boundary so that a full read leaves no partial frame to move; at least what
-    /// the opener asked for.
-    fn fill_target(&self) -> usize {
+    /// How far to fill a buffer with ciphertext (from the start of the unparsed input, of which
+    /// `buffered` bytes are there): a batch once the message has proved that large (small
+    /// messages keep small buffers), ending on a frame boundary once it holds a frame, so that a
+    /// full read leaves no partial frame to move; what the opener asked for, doubling as bytes
+    /// arrive: a declared frame length alone never sizes a buffer.
+    fn fill_target(&self, buffered: usize) -> usize {
         let slot = self.opener.regular_frame_len();
         let grown = self
             .total_in
             .clamp(READ_CHUNK, self.batch_bytes.max(READ_CHUNK));
-        let target = if slot == 0 {
+        let target = if slot == 0 || grown < slot {
             grown
         } else {
             grown.next_multiple_of(slot).min(self.batch_bytes)
         };
-        target.max(self.need)
+        target.max(self.need.min(grown.max(buffered.saturating_mul(2))))
     }
 
     /// Where the adaptor should read input to. Only asked when less than a block is buffered
@@ -504,6 +530,7 @@ impl BodyDecoder {
     /// is filled up to a batch.
     pub(crate) fn input_space(&mut self) -> &mut [u8] {
         if self.awaiting_eof {
+            self.asked = 1;
             return &mut self.probe;
         }
         debug_assert!(self.ahead_len.is_none() && self.ready.is_empty());
@@ -513,8 +540,9 @@ impl BodyDecoder {
             self.end -= self.start;
             self.start = 0;
         }
-        let target = self.fill_target().max(self.end + 1);
+        let target = self.fill_target(self.end).max(self.end + 1);
         self.grow(false, target);
+        self.asked = target - self.end;
         &mut self.buf[self.end..target]
     }
 
@@ -531,6 +559,7 @@ impl BodyDecoder {
         if n == 0 {
             return Err(FormatError::Truncated.into());
         }
+        self.source_short = n < self.asked;
         self.end += n;
         self.total_in += n;
         Ok(())

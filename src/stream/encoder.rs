@@ -26,16 +26,16 @@ pub(crate) const BATCH_LIMIT: usize = STREAM_BUFFER_LIMIT / 4;
 const FINISH_ROOM: usize = 256;
 
 /// How many frames of `slot` bytes go in one batch: enough for every thread to have work, and
-/// a few MiB at most otherwise; never more than [`BATCH_LIMIT`] bytes of plaintext unless a
-/// single frame is larger, whatever the thread count.
+/// a few MiB at most otherwise; never more than [`BATCH_LIMIT`] bytes of frames on the wire
+/// (so of plaintext too) unless a single frame is larger, whatever the thread count.
 pub(crate) fn batch_frames(slot: usize, threads: usize) -> usize {
     let frames = match (slot, threads) {
         (0, _) => return 1,
         (_, 0 | 1) => SERIAL_BATCH / slot,
         _ => (PARALLEL_BATCH / slot).max(2 * threads),
     };
-    let frame = slot.saturating_sub(REGULAR_FRAME_PREFIX + TAG_LEN).max(1);
-    frames.min(BATCH_LIMIT / frame).max(1)
+    // By the wire size: with small frames the per-frame overhead is most of a batch.
+    frames.min(BATCH_LIMIT / slot).max(1)
 }
 
 /// A buffer that holds plaintext at times: what was ever written to it (everything below its
@@ -177,7 +177,8 @@ impl FrameEncoder {
             full: 0,
             partial: 0,
             pending: None,
-            double: 2 * batch_frames * slot <= STREAM_BUFFER_LIMIT,
+            // Saturating: a frame length raised near `usize::MAX` on 32-bit must not wrap.
+            double: batch_frames.saturating_mul(slot).saturating_mul(2) <= STREAM_BUFFER_LIMIT,
             threads,
             workers: None,
             declared,
@@ -470,6 +471,20 @@ mod tests {
             .write_draining(&data, |_| Err(std::io::Error::other("disk full")))
             .unwrap_err();
         assert!(err.to_string().contains("disk full"), "{err}");
+    }
+
+    #[test]
+    fn a_batch_of_small_frames_stays_within_the_limit_on_the_wire() {
+        for frame in [1usize, 16, 100, 4096, 65_536, 1 << 20, 8 << 20] {
+            let slot = REGULAR_FRAME_PREFIX + frame + TAG_LEN;
+            for threads in [1, 2, 16, 1024, 1 << 20] {
+                let n = batch_frames(slot, threads);
+                assert!(
+                    n == 1 || n * slot <= BATCH_LIMIT,
+                    "{frame}-byte frames, {threads} threads: {n} frames of {slot} bytes"
+                );
+            }
+        }
     }
 
     #[test]

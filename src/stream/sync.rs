@@ -187,8 +187,14 @@ impl<R: Read> Read for DecryptingReader<R> {
             return Ok(0);
         }
         self.step(out).map_err(|e| {
-            self.poisoned = true;
-            e.into()
+            let e = io::Error::from(e);
+            // A source that would block or timed out may be read again: the decoder stops at
+            // a read, not in the middle of a block.
+            self.poisoned = !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+            );
+            e
         })
     }
 }
@@ -316,6 +322,139 @@ mod tests {
                          {moved} bytes moved for a {}-byte message",
                         msg.len()
                     );
+                }
+            }
+        }
+    }
+
+    /// A peer that sent part of a message and waits: the source holds `msg[..stall]`, then
+    /// says `WouldBlock` once, then gives the rest.
+    struct Stalling<'a> {
+        msg: &'a [u8],
+        pos: usize,
+        stall: usize,
+        stalled: bool,
+    }
+
+    impl Read for Stalling<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.pos == self.stall && !self.stalled {
+                self.stalled = true;
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            let end = if self.stalled {
+                self.msg.len()
+            } else {
+                self.stall
+            };
+            let n = buf.len().min(end - self.pos);
+            buf[..n].copy_from_slice(&self.msg[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    /// Plaintext that is verified is handed out while the source stalls, the stall is reported
+    /// without ending the message, and a retry goes on; the final frame still waits for the end
+    /// of input.
+    #[test]
+    fn a_stalled_source_gets_the_verified_plaintext_first_and_may_be_retried() {
+        let kr = RawAesKeyring::new("n", "k", &[5; 32]).unwrap();
+        let frame = 4096;
+        let slot = frame + 4 + 12 + 16;
+        let pt: Vec<u8> = (0..10 * frame + 1000).map(|i| (i % 251) as u8).collect();
+        let msg = Encryptor::new(&kr)
+            .frame_length(frame as u32)
+            .encrypt(&pt)
+            .unwrap();
+        let body = 10 * slot + (4 + 4 + 12 + 4) + 1000 + 16;
+        let header = msg.len() - body;
+        // Stalled after three frames; and after the final frame, before the end of input.
+        for (stall, before) in [(header + 3 * slot, 3 * frame), (msg.len(), 10 * frame)] {
+            for threads in [1, 2] {
+                let dec = Decryptor::new(&kr).threads(threads);
+                for size in [1, 100, 4096, 1 << 20] {
+                    let case = format!("stall at {stall}, {threads} threads, {size}-byte reads");
+                    let src = Stalling {
+                        msg: &msg,
+                        pos: 0,
+                        stall,
+                        stalled: false,
+                    };
+                    let mut r = dec.reader(src).unwrap();
+                    let mut out = vec![0u8; size];
+                    let mut got = Vec::new();
+                    let stalled = loop {
+                        match r.read(&mut out) {
+                            Ok(0) => panic!("{case}: the message ended at the stall"),
+                            Ok(n) => got.extend_from_slice(&out[..n]),
+                            Err(e) => break e,
+                        }
+                    };
+                    assert_eq!(stalled.kind(), std::io::ErrorKind::WouldBlock, "{case}");
+                    assert_eq!(got.len(), before, "{case}");
+                    loop {
+                        match r.read(&mut out).unwrap() {
+                            0 => break,
+                            n => got.extend_from_slice(&out[..n]),
+                        }
+                    }
+                    assert!(got == pt, "{case}: the plaintext differs");
+                }
+            }
+        }
+    }
+
+    /// A source that fills every read whole (as a file does) but times out once, on its
+    /// `fail`-th read.
+    struct TimesOutOnce<'a> {
+        rest: &'a [u8],
+        reads: usize,
+        fail: usize,
+    }
+
+    impl Read for TimesOutOnce<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.reads += 1;
+            if self.reads == self.fail {
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+            self.rest.read(buf)
+        }
+    }
+
+    /// A read ahead that fails (here while a batch opens) loses nothing: the batch's plaintext
+    /// comes out, the error follows, and a retry reads on to the end.
+    #[test]
+    fn a_failed_read_ahead_keeps_the_opened_batch_and_may_be_retried() {
+        let kr = RawAesKeyring::new("n", "k", &[5; 32]).unwrap();
+        let pt: Vec<u8> = (0..6_000_000u32).map(|i| (i % 251) as u8).collect();
+        let msg = Encryptor::new(&kr).frame_length(4096).encrypt(&pt).unwrap();
+        for threads in [1, 2] {
+            let dec = Decryptor::new(&kr).threads(threads);
+            for size in [65_536, 1 << 20] {
+                for fail in 2..6 {
+                    let case = format!("{threads} threads, {size}-byte reads, read {fail} fails");
+                    let src = TimesOutOnce {
+                        rest: &msg,
+                        reads: 0,
+                        fail,
+                    };
+                    let mut r = dec.reader(src).unwrap();
+                    let mut out = vec![0u8; size];
+                    let (mut got, mut errors) = (Vec::new(), 0);
+                    loop {
+                        match r.read(&mut out) {
+                            Ok(0) => break,
+                            Ok(n) => got.extend_from_slice(&out[..n]),
+                            Err(e) => {
+                                assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{case}");
+                                errors += 1;
+                            }
+                        }
+                    }
+                    assert_eq!(errors, 1, "{case}");
+                    assert!(got == pt, "{case}: the plaintext differs");
                 }
             }
         }
