@@ -782,6 +782,7 @@ fn force_replaces_only_regular_files() {
     // A FIFO is written through, never replaced: its reader gets the plaintext.
     let fifo = d.join("fifo");
     assert!(StdCommand::new("mkfifo")
+        .args(["-m", "600"])
         .arg(&fifo)
         .status()
         .unwrap()
@@ -811,6 +812,7 @@ fn force_replaces_only_regular_files() {
     // A FIFO nobody reads is refused at once rather than waited on.
     let lonely = d.join("lonely.fifo");
     assert!(StdCommand::new("mkfifo")
+        .args(["-m", "600"])
         .arg(&lonely)
         .status()
         .unwrap()
@@ -829,6 +831,41 @@ fn force_replaces_only_regular_files() {
         "{}",
         String::from_utf8_lossy(&r.stderr)
     );
+
+    // A FIFO of our own that others may read is refused, --force or not: a reader already
+    // there (as another local user's would be) gets nothing.
+    let shared = d.join("shared.fifo");
+    assert!(StdCommand::new("mkfifo")
+        .args(["-m", "644"])
+        .arg(&shared)
+        .status()
+        .unwrap()
+        .success());
+    for force in [false, true] {
+        let mut reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(&shared)
+            .unwrap();
+        let mut c = cli_std();
+        c.args(["decrypt", "--raw-aes-key", &spec, "-i"])
+            .arg(&sealed)
+            .arg("-o")
+            .arg(&shared);
+        if force {
+            c.arg("--force");
+        }
+        let r = finish_within(&mut c, 10);
+        let mut got = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut reader, &mut got);
+        assert!(got.is_empty(), "the FIFO got {} bytes", got.len());
+        assert_eq!(r.status.code(), Some(2), "force {force}");
+        assert!(
+            String::from_utf8_lossy(&r.stderr).contains("chmod go-r"),
+            "{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+    }
 
     let root = rustix::process::geteuid().is_root();
     if root {

@@ -110,6 +110,7 @@ impl Output {
             Ok(m) if m.file_type().is_fifo() || m.file_type().is_char_device() => {
                 // Checked before opening too: opening a FIFO wakes whoever waits on it.
                 owned_by_me(out, kind(m.file_type()), m.uid())?;
+                private_fifo(out, m.file_type().is_fifo(), m.mode())?;
                 return write_through(out).map(Output::Stream);
             }
             Ok(m) if m.file_type().is_symlink() => {
@@ -225,6 +226,7 @@ fn write_through(out: &Path) -> Result<File, OpenError> {
         }
     };
     owned_by_me(out, what, st.st_uid)?;
+    private_fifo(out, what == "a FIFO", st.st_mode)?;
     // Writes block again from here on, as on standard output.
     rustix::fs::fcntl_getfl(&fd)
         .and_then(|fl| rustix::fs::fcntl_setfl(&fd, fl - OFlags::NONBLOCK))
@@ -242,6 +244,20 @@ fn owned_by_me(out: &Path, what: &str, uid: u32) -> Result<(), OpenError> {
         "output {} is {what} owned by user {uid}, not by you (user {me}): kms-envelope writes \
          only through nodes you own; remove it or write elsewhere",
         out.display()
+    )))
+}
+
+/// Refuses a FIFO that group or others may open for reading: another local user's reader
+/// would get the plaintext. A device is not affected (reading it does not return what was written).
+fn private_fifo(out: &Path, fifo: bool, mode: u32) -> Result<(), OpenError> {
+    if !fifo || mode & 0o044 == 0 {
+        return Ok(());
+    }
+    Err(OpenError::Refused(format!(
+        "output {} is a FIFO that other users may read (mode {:o}): `chmod go-r` it, or write \
+         elsewhere",
+        out.display(),
+        mode & 0o7777
     )))
 }
 
