@@ -1810,6 +1810,8 @@ fn rewrap_checks_keys_and_leaves_no_output_for_a_bad_input() {
 
 #[test]
 fn rewrap_of_a_signed_input_to_a_stream_needs_the_dangerous_flag() {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (old, new) = (raw_key(d, 1), raw_key(d, 2).replace("ns:name", "ns:new"));
@@ -1833,6 +1835,38 @@ fn rewrap_of_a_signed_input_to_a_stream_needs_the_dangerous_flag() {
     assert!(out.stdout.is_empty(), "no frame released");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--dangerous-release-unverified"), "{err}");
+    // A FIFO OUT is refused before it is opened: its waiting reader is never woken to see a
+    // normal end of an empty stream.
+    let fifo = d.join("out.fifo");
+    assert!(StdCommand::new("mkfifo")
+        .args(["-m", "600"])
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    let mut c = cli_std();
+    c.args(["rewrap", "--unwrap-raw-aes-key", &old, "--raw-aes-key", &new])
+        .args(["--remove-key", "ns:name", "-i"])
+        .arg(&signed)
+        .arg("-o")
+        .arg(&fifo);
+    let out = finish_within(&mut c, 10);
+    assert_eq!(out.status.code(), Some(2));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(!reader.is_finished(), "the FIFO was opened");
+    // Our own writer is the first the reader sees.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(&fifo)
+        .unwrap()
+        .write_all(b"first")
+        .unwrap();
+    assert_eq!(reader.join().unwrap(), b"first");
     // Asked for by name, the stream is written; an unsigned input needs no flag.
     let unsigned = seal(d, &old, &pt, &[], "unsigned");
     for (input, extra) in [

@@ -1184,17 +1184,25 @@ fn rewrap(aws: &AwsArgs, a: &RewrapArgs) -> Result<(), Failure> {
         )));
     }
     let wrap = MultiKeyring::new(None, rings).map_err(|e| failure("keyring", e))?;
-    let mut out = a.out.open(&a.input)?;
     // New frames are sealed as IN's authenticate, before IN's signature is checked: only a
     // file OUT (linked into place after the end) keeps frames forged by a co-recipient unseen.
-    if job.input_suite().signature().is_some() && out.is_stream() && !a.dangerous_release_unverified
-    {
-        return Err(usage(format!(
+    // Decided on the path before `open`, so a FIFO's reader is not woken and then sees a
+    // normal end; again on the opened output, which may have been swapped meanwhile.
+    let signed = job.input_suite().signature().is_some() && !a.dangerous_release_unverified;
+    let refuse = || {
+        usage(format!(
             "{in_name} is signed, and {} is not a regular file: its new frames would be \
              released before the signature is checked; write to a file, or pass \
              --dangerous-release-unverified",
             shown(&a.out.output)
-        )));
+        ))
+    };
+    if signed && Output::names_a_stream(&a.out.output) {
+        return Err(refuse());
+    }
+    let mut out = a.out.open(&a.input)?;
+    if signed && out.is_stream() {
+        return Err(refuse());
     }
     let (keys, removed) = {
         let sink = BufWriter::with_capacity(1 << 20, out.writer());

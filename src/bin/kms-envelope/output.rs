@@ -172,6 +172,17 @@ impl Output {
         }))
     }
 
+    /// Whether OUT names a stream (`-`, or an existing FIFO or character device, not followed
+    /// through a link), so that a refusal that depends on it comes before `open` wakes a reader.
+    /// `open` checks the node again on its descriptor.
+    pub fn names_a_stream(out: &Path) -> bool {
+        out == Path::new("-")
+            || out.symlink_metadata().is_ok_and(|m| {
+                let t = m.file_type();
+                t.is_fifo() || t.is_char_device()
+            })
+    }
+
     /// Whether bytes written reach a reader at once (so a signed message's plaintext must be
     /// held until its signature verifies), rather than an unnamed file that `commit` links.
     pub fn is_stream(&self) -> bool {
