@@ -681,6 +681,7 @@ fn pump(
     on_read_error: impl Fn(io::Error) -> Failure,
     on_write_error: impl Fn(io::Error) -> Failure,
     pb: Option<&indicatif::ProgressBar>,
+    stream: bool,
 ) -> Result<(), Failure> {
     use std::sync::mpsc::sync_channel;
     type Chunk = Zeroizing<Vec<u8>>;
@@ -720,10 +721,10 @@ fn pump(
             };
             if let Err(e) = writer.write_all(&buf[..n]) {
                 let f = on_write_error(e);
-                if f.code == closed_stdout().code {
+                if f.code == closed_stdout().code && stream {
                     // The reader has gone. End now: leaving the scope would join the reading
-                    // thread, which may be blocked on an idle input. A closed pipe means a
-                    // stream OUT, so there is no temporary file to remove.
+                    // thread, which may be blocked on an idle input. Only for a stream OUT:
+                    // a file's EPIPE (FUSE) returns, so its temporary file is removed.
                     if let Some(pb) = pb {
                         pb.finish_and_clear();
                     }
@@ -838,6 +839,7 @@ fn encrypt(aws: &AwsArgs, a: &EncryptArgs) -> Result<(), Failure> {
         enc = enc.threads(t.into());
     }
     let out_name = shown(&a.out.output);
+    let stream = out.is_stream();
     // The ciphertext is buffered (frames are written in pieces); no plaintext passes here.
     let sink = BufWriter::with_capacity(1 << 20, out.writer());
     let mut w = enc
@@ -850,6 +852,7 @@ fn encrypt(aws: &AwsArgs, a: &EncryptArgs) -> Result<(), Failure> {
         |e| io_failure("cannot read input", &a.input, e),
         |e| write_failure(&a.out.output, e),
         pb.as_ref(),
+        stream,
     )?;
     let mut sink = w
         .finish()
@@ -912,6 +915,7 @@ fn decrypt(aws: &AwsArgs, a: &DecryptArgs) -> Result<(), Failure> {
         .map_err(|e| failure(&format!("decrypting {in_name}"), e))?;
     let signed = reader.header().suite.signature().is_some();
     let out = a.out.open(&a.input)?;
+    let stream = out.is_stream();
     let pb = progress(aws, len, "decrypt");
     let read_error = |e: io::Error| failure(&format!("decrypting {in_name}"), Error::from(e));
     deliver(a, out, signed, None, |sink| {
@@ -921,6 +925,7 @@ fn decrypt(aws: &AwsArgs, a: &DecryptArgs) -> Result<(), Failure> {
             read_error,
             |e| write_failure(&a.out.output, e),
             pb.as_ref(),
+            stream,
         )
     })?;
     if let Some(pb) = pb {
@@ -1018,6 +1023,7 @@ fn decrypt_range(
             .map_err(|e| failure(&format!("decrypting {in_name}"), e))?;
         let mut reader: Box<dyn Read + Send> = Box::new(reader);
         let out = a.out.open(&a.input)?;
+        let stream = out.is_stream();
         let read_error = |e: io::Error| failure(&format!("decrypting {in_name}"), Error::from(e));
         return deliver(a, out, true, Some((start, end)), |sink| {
             pump(
@@ -1026,6 +1032,7 @@ fn decrypt_range(
                 read_error,
                 |e| write_failure(&a.out.output, e),
                 None,
+                stream,
             )
         });
     }
