@@ -390,8 +390,18 @@ impl AtomicFile {
                 }
             }
         }
+        // OUT is complete and in place: a directory that cannot be synced (one without read
+        // permission, mode -wx) costs only the new name's durability, so warn and succeed.
         if self.durable {
-            File::open(parent_dir(&self.dest))?.sync_all()?;
+            let dir = parent_dir(&self.dest);
+            if let Err(e) = File::open(&dir).and_then(|d| d.sync_all()) {
+                crate::warn(&format!(
+                    "{} is written, but its directory {} could not be synced ({e}): after a \
+                     power loss or OS crash the new name may be lost",
+                    self.dest.display(),
+                    dir.display()
+                ));
+            }
         }
         Ok(())
     }
