@@ -1849,11 +1849,17 @@ fn rewrap_of_a_signed_input_to_a_stream_needs_the_dangerous_flag() {
         std::thread::spawn(move || std::fs::read(fifo).unwrap())
     };
     let mut c = cli_std();
-    c.args(["rewrap", "--unwrap-raw-aes-key", &old, "--raw-aes-key", &new])
-        .args(["--remove-key", "ns:name", "-i"])
-        .arg(&signed)
-        .arg("-o")
-        .arg(&fifo);
+    c.args([
+        "rewrap",
+        "--unwrap-raw-aes-key",
+        &old,
+        "--raw-aes-key",
+        &new,
+    ])
+    .args(["--remove-key", "ns:name", "-i"])
+    .arg(&signed)
+    .arg("-o")
+    .arg(&fifo);
     let out = finish_within(&mut c, 10);
     assert_eq!(out.status.code(), Some(2));
     std::thread::sleep(std::time::Duration::from_millis(200));
@@ -1948,4 +1954,44 @@ fn rewrap_under_discovery_keeps_no_kms_key_outside_the_filter_unasked() {
     let (code, err, made) = rewrap_into(d, &discovery, &input);
     assert!(code != Some(0) && !made, "{err}");
     assert!(err.contains(alias), "{err}");
+}
+
+#[test]
+fn rewrap_keeps_a_kms_key_of_in_only_when_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let old = raw_key(d, 1);
+    let new = raw_key(d, 2).replace("ns:name", "ns:new");
+    let m = support::moto();
+    let kms = support::kms_client(&m.endpoint(), "us-east-1");
+    let planted = support::create_key(&kms, false);
+    let id = planted.rsplit_once(":key/").unwrap().1.to_owned();
+    // IN is wrapped under the raw key the caller unwraps with, and under a KMS key IN's author
+    // added that the caller never names.
+    let input = seal(d, &old, b"chosen keys", &["--key", &planted], "in.kms");
+    let base = [
+        "--unwrap-raw-aes-key",
+        old.as_str(),
+        "--raw-aes-key",
+        new.as_str(),
+    ];
+    let (code, err, made) = rewrap_into(d, &base, &input);
+    assert_eq!((code, made), (Some(2), false), "{err}");
+    assert!(
+        err.contains(&planted) && err.contains("--remove-key it, or name it with --key"),
+        "{err}"
+    );
+    // Named by ARN or key ID, it is kept; removed, it is gone.
+    for extra in [["--key", planted.as_str()], ["--key", id.as_str()]] {
+        let (code, err, made) = rewrap_into(d, &[&base[..], &extra[..]].concat(), &input);
+        assert_eq!((code, made), (Some(0), true), "{err}");
+        assert!(err.contains(&planted), "{err}");
+    }
+    let (code, err, made) = rewrap_into(
+        d,
+        &[&base[..], &["--remove-key", planted.as_str()]].concat(),
+        &input,
+    );
+    assert_eq!((code, made), (Some(0), true), "{err}");
+    assert!(err.contains("removed") && err.contains(&planted), "{err}");
 }

@@ -239,9 +239,10 @@ struct RewrapArgs {
     /// removed, it also wraps the new data key.
     #[arg(long = "unwrap-raw-aes-key", value_name = "NAMESPACE:NAME:FILE")]
     unwrap_raw: Vec<String>,
-    /// Unwrap with whichever KMS key of the --account(s) wrapped the data key. A KMS key of
-    /// IN outside those accounts (or not a key ARN) is kept only if named with --key, and
-    /// otherwise must be removed with --remove-key: IN's author chose it.
+    /// Unwrap with whichever KMS key of the --account(s) wrapped the data key. In any mode a
+    /// KMS key of IN that is kept must be named (--key or --unwrap-key: key ARN or key ID, any
+    /// replica of a multi-Region key) or, with --discovery, be a key of those accounts;
+    /// otherwise remove it with --remove-key: IN's author chose it.
     #[arg(long, conflicts_with = "unwrap_keys", requires = "accounts")]
     discovery: bool,
     /// With --discovery: accounts whose keys may be used (repeatable).
@@ -1142,19 +1143,29 @@ fn rewrap(aws: &AwsArgs, a: &RewrapArgs) -> Result<(), Failure> {
         let name = key.to_string();
         if key.provider_id == "aws-kms" {
             if !a.keys.keys.contains(&name) {
-                // Under discovery IN's author chose its keys: each kept one costs a KMS
-                // Encrypt under the caller's credentials and can decrypt the result, so one
-                // outside the filter is kept only when named.
+                // IN's author chose its keys: each kept one costs a KMS Encrypt under the
+                // caller's credentials and can decrypt the result, so it is kept only when
+                // the caller named it, or under --discovery when inside the filter.
+                let named = a
+                    .keys
+                    .keys
+                    .iter()
+                    .chain(&a.unwrap_keys)
+                    .any(|s| key.is_named_by(s));
                 let in_filter = KmsArn::parse(&name).is_some_and(|arn| {
                     arn.resource_type == "key"
                         && arn.partition == a.partition
                         && a.accounts.contains(&arn.account)
                 });
-                if a.discovery && !in_filter {
+                if !named && !(a.discovery && in_filter) {
+                    let why = if a.discovery {
+                        "is outside the --discovery accounts"
+                    } else {
+                        "is not named by --unwrap-key or --key"
+                    };
                     return Err(usage(format!(
-                        "re-wrapping {in_name}: KMS key {} wraps its data key and is outside \
-                         the --discovery accounts, so IN's author chose it: pass --remove-key \
-                         {0} to drop it, or --key {0} to keep it deliberately",
+                        "re-wrapping {in_name}: KMS key {} wraps its data key and {why}, so \
+                         IN's author chose it: --remove-key it, or name it with --key to keep it",
                         terminal_safe(&name, false)
                     )));
                 }
