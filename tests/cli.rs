@@ -1949,11 +1949,24 @@ fn rewrap_under_discovery_keeps_no_kms_key_outside_the_filter_unasked() {
     );
     assert_eq!((code, made), (Some(0), true), "{err}");
     assert!(err.contains("removed") && err.contains(foreign), "{err}");
-    // An alias ARN in IN is refused by the KMS keyring before anything is re-wrapped.
+    // An alias ARN in IN is not a key of the filter: refused before anything is re-wrapped.
     let input = write(alias, "alias.kms");
     let (code, err, made) = rewrap_into(d, &discovery, &input);
-    assert!(code != Some(0) && !made, "{err}");
-    assert!(err.contains(alias), "{err}");
+    assert_eq!((code, made), (Some(2), false), "{err}");
+    assert!(
+        err.contains(alias) && err.contains("--remove-key it"),
+        "{err}"
+    );
+    // A malformed Region picks a KMS client: refused even when its key ID is named.
+    let id = "11111111-2222-3333-4444-555555555555";
+    let odd = format!("arn:aws:kms:us-east-1.example.com:123456789012:key/{id}");
+    let input = write(&odd, "odd.kms");
+    let (code, err, made) = rewrap_into(d, &[&discovery[..], &["--key", id]].concat(), &input);
+    assert_eq!((code, made), (Some(2), false), "{err}");
+    assert!(
+        err.contains(&odd) && err.contains("well-formed Region"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -1146,16 +1146,24 @@ fn rewrap(aws: &AwsArgs, a: &RewrapArgs) -> Result<(), Failure> {
                 // IN's author chose its keys: each kept one costs a KMS Encrypt under the
                 // caller's credentials and can decrypt the result, so it is kept only when
                 // the caller named it, or under --discovery when inside the filter.
+                // Its Region picks the KMS client of the Encrypt: from IN, it must be well
+                // formed, even when the caller names the key by its key ID.
+                let arn = KmsArn::parse(&name).filter(|arn| arn.resource_type == "key");
+                if !arn.as_ref().is_some_and(KmsArn::region_is_well_formed) {
+                    return Err(usage(format!(
+                        "re-wrapping {in_name}: {} wraps its data key and is not a KMS key ARN \
+                         with a well-formed Region, so it cannot be kept: --remove-key it",
+                        terminal_safe(&name, false)
+                    )));
+                }
                 let named = a
                     .keys
                     .keys
                     .iter()
                     .chain(&a.unwrap_keys)
                     .any(|s| key.is_named_by(s));
-                let in_filter = KmsArn::parse(&name).is_some_and(|arn| {
-                    arn.resource_type == "key"
-                        && arn.partition == a.partition
-                        && a.accounts.contains(&arn.account)
+                let in_filter = arn.is_some_and(|arn| {
+                    arn.partition == a.partition && a.accounts.contains(&arn.account)
                 });
                 if !named && !(a.discovery && in_filter) {
                     let why = if a.discovery {
