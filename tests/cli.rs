@@ -1611,6 +1611,11 @@ fn closed_stdout_modes_and_fifo_inputs() {
         help.contains("left behind") && help.contains("twice this size"),
         "{help}"
     );
+    // Any fatal signal, not only SIGKILL, leaves the named file; a shared FIFO is refused.
+    assert!(
+        help.contains("SIGTERM") && help.contains("chmod go-r"),
+        "{help}"
+    );
 
     // --range on a FIFO says IN must be a regular file (and does not wait for a writer).
     let fifo = d.join("in.fifo");

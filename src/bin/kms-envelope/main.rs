@@ -115,8 +115,9 @@ struct OutArgs {
     /// complete. Where the file system has no unnamed temporary files (NFS, FUSE) or /proc is
     /// not mounted, the work is done in a named `.kms-envelope-XXXXXX` beside OUT, removed on
     /// any failure but left behind, holding (for a signed message, unverified) plaintext, if
-    /// the process is killed with SIGKILL. An existing FIFO or character device that you own is
-    /// written through, like `-` (a FIFO must already have a reader); a symbolic link,
+    /// the process is ended by a signal (SIGKILL, SIGTERM, SIGINT, SIGHUP). An existing FIFO or
+    /// character device that you own is written through, like `-` (a FIFO must already have a
+    /// reader and be readable by you alone: `chmod go-r` it); a symbolic link,
     /// directory, block device, socket, or another user's FIFO or device is refused.
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     output: PathBuf,
@@ -1165,7 +1166,7 @@ fn rewrap(aws: &AwsArgs, a: &RewrapArgs) -> Result<(), Failure> {
                 let in_filter = arn.is_some_and(|arn| {
                     arn.partition == a.partition && a.accounts.contains(&arn.account)
                 });
-                if !named && !(a.discovery && in_filter) {
+                if !(named || a.discovery && in_filter) {
                     let why = if a.discovery {
                         "is outside the --discovery accounts"
                     } else {

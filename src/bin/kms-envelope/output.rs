@@ -29,7 +29,8 @@ pub enum Output {
 /// A file under construction. Usually (O_TMPFILE) it has no name until `commit`: if the
 /// process dies, the kernel reclaims it and nothing is left behind. Where the file system has
 /// no unnamed files (NFS, FUSE) or /proc is not mounted, it is a named `.kms-envelope-XXXXXX`
-/// beside OUT, removed on any failure, but left behind if the process is killed (SIGKILL).
+/// beside OUT, removed on any failure, but left behind if the process is ended by a signal
+/// (SIGKILL, SIGTERM, SIGINT, SIGHUP: there is no handler).
 pub struct AtomicFile {
     file: File,
     /// Bytes written, and how far writeback has been asked for.
