@@ -2013,3 +2013,46 @@ fn rewrap_keeps_a_kms_key_of_in_only_when_named() {
     assert_eq!((code, made), (Some(0), true), "{err}");
     assert!(err.contains("removed") && err.contains(&planted), "{err}");
 }
+
+#[test]
+fn an_unsyncable_directory_after_the_link_is_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    if !rustix::process::geteuid().is_root()
+        || StdCommand::new("setpriv").arg("--help").output().is_err()
+    {
+        eprintln!("not root or no setpriv: skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let spec = raw_key(d, 5);
+    let sealed = seal(d, &spec, b"in place", &[], "m.kms");
+    // Run as another user who can write into, but not read, OUT's directory (mode -wx).
+    let perm =
+        |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    perm(d, 0o755);
+    for f in std::fs::read_dir(d).unwrap() {
+        perm(&f.unwrap().path(), 0o644);
+    }
+    let out_dir = d.join("wx");
+    std::fs::create_dir(&out_dir).unwrap();
+    std::os::unix::fs::chown(&out_dir, Some(65534), Some(65534)).unwrap();
+    perm(&out_dir, 0o300);
+    let out = out_dir.join("out.txt");
+    let r = StdCommand::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(assert_cmd::cargo::cargo_bin("kms-envelope"))
+        .args(["decrypt", "--raw-aes-key", &spec, "-i"])
+        .arg(&sealed)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("warning") && err.contains("could not be synced"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), b"in place");
+}
