@@ -782,6 +782,7 @@ fn force_replaces_only_regular_files() {
     // A FIFO is written through, never replaced: its reader gets the plaintext.
     let fifo = d.join("fifo");
     assert!(StdCommand::new("mkfifo")
+        .args(["-m", "600"])
         .arg(&fifo)
         .status()
         .unwrap()
@@ -811,6 +812,7 @@ fn force_replaces_only_regular_files() {
     // A FIFO nobody reads is refused at once rather than waited on.
     let lonely = d.join("lonely.fifo");
     assert!(StdCommand::new("mkfifo")
+        .args(["-m", "600"])
         .arg(&lonely)
         .status()
         .unwrap()
@@ -829,6 +831,41 @@ fn force_replaces_only_regular_files() {
         "{}",
         String::from_utf8_lossy(&r.stderr)
     );
+
+    // A FIFO of our own that others may read is refused, --force or not: a reader already
+    // there (as another local user's would be) gets nothing.
+    let shared = d.join("shared.fifo");
+    assert!(StdCommand::new("mkfifo")
+        .args(["-m", "644"])
+        .arg(&shared)
+        .status()
+        .unwrap()
+        .success());
+    for force in [false, true] {
+        let mut reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(&shared)
+            .unwrap();
+        let mut c = cli_std();
+        c.args(["decrypt", "--raw-aes-key", &spec, "-i"])
+            .arg(&sealed)
+            .arg("-o")
+            .arg(&shared);
+        if force {
+            c.arg("--force");
+        }
+        let r = finish_within(&mut c, 10);
+        let mut got = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut reader, &mut got);
+        assert!(got.is_empty(), "the FIFO got {} bytes", got.len());
+        assert_eq!(r.status.code(), Some(2), "force {force}");
+        assert!(
+            String::from_utf8_lossy(&r.stderr).contains("chmod go-r"),
+            "{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+    }
 
     let root = rustix::process::geteuid().is_root();
     if root {
@@ -1574,6 +1611,11 @@ fn closed_stdout_modes_and_fifo_inputs() {
         help.contains("left behind") && help.contains("twice this size"),
         "{help}"
     );
+    // Any fatal signal, not only SIGKILL, leaves the named file; a shared FIFO is refused.
+    assert!(
+        help.contains("SIGTERM") && help.contains("chmod go-r"),
+        "{help}"
+    );
 
     // --range on a FIFO says IN must be a regular file (and does not wait for a writer).
     let fifo = d.join("in.fifo");
@@ -1773,6 +1815,8 @@ fn rewrap_checks_keys_and_leaves_no_output_for_a_bad_input() {
 
 #[test]
 fn rewrap_of_a_signed_input_to_a_stream_needs_the_dangerous_flag() {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (old, new) = (raw_key(d, 1), raw_key(d, 2).replace("ns:name", "ns:new"));
@@ -1796,6 +1840,44 @@ fn rewrap_of_a_signed_input_to_a_stream_needs_the_dangerous_flag() {
     assert!(out.stdout.is_empty(), "no frame released");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--dangerous-release-unverified"), "{err}");
+    // A FIFO OUT is refused before it is opened: its waiting reader is never woken to see a
+    // normal end of an empty stream.
+    let fifo = d.join("out.fifo");
+    assert!(StdCommand::new("mkfifo")
+        .args(["-m", "600"])
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    let mut c = cli_std();
+    c.args([
+        "rewrap",
+        "--unwrap-raw-aes-key",
+        &old,
+        "--raw-aes-key",
+        &new,
+    ])
+    .args(["--remove-key", "ns:name", "-i"])
+    .arg(&signed)
+    .arg("-o")
+    .arg(&fifo);
+    let out = finish_within(&mut c, 10);
+    assert_eq!(out.status.code(), Some(2));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(!reader.is_finished(), "the FIFO was opened");
+    // Our own writer is the first the reader sees.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(&fifo)
+        .unwrap()
+        .write_all(b"first")
+        .unwrap();
+    assert_eq!(reader.join().unwrap(), b"first");
     // Asked for by name, the stream is written; an unsigned input needs no flag.
     let unsigned = seal(d, &old, &pt, &[], "unsigned");
     for (input, extra) in [
@@ -1872,9 +1954,105 @@ fn rewrap_under_discovery_keeps_no_kms_key_outside_the_filter_unasked() {
     );
     assert_eq!((code, made), (Some(0), true), "{err}");
     assert!(err.contains("removed") && err.contains(foreign), "{err}");
-    // An alias ARN in IN is refused by the KMS keyring before anything is re-wrapped.
+    // An alias ARN in IN is not a key of the filter: refused before anything is re-wrapped.
     let input = write(alias, "alias.kms");
     let (code, err, made) = rewrap_into(d, &discovery, &input);
-    assert!(code != Some(0) && !made, "{err}");
-    assert!(err.contains(alias), "{err}");
+    assert_eq!((code, made), (Some(2), false), "{err}");
+    assert!(
+        err.contains(alias) && err.contains("--remove-key it"),
+        "{err}"
+    );
+    // A malformed Region picks a KMS client: refused even when its key ID is named.
+    let id = "11111111-2222-3333-4444-555555555555";
+    let odd = format!("arn:aws:kms:us-east-1.example.com:123456789012:key/{id}");
+    let input = write(&odd, "odd.kms");
+    let (code, err, made) = rewrap_into(d, &[&discovery[..], &["--key", id]].concat(), &input);
+    assert_eq!((code, made), (Some(2), false), "{err}");
+    assert!(
+        err.contains(&odd) && err.contains("well-formed Region"),
+        "{err}"
+    );
+}
+
+#[test]
+fn rewrap_keeps_a_kms_key_of_in_only_when_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let old = raw_key(d, 1);
+    let new = raw_key(d, 2).replace("ns:name", "ns:new");
+    let m = support::moto();
+    let kms = support::kms_client(&m.endpoint(), "us-east-1");
+    let planted = support::create_key(&kms, false);
+    let id = planted.rsplit_once(":key/").unwrap().1.to_owned();
+    // IN is wrapped under the raw key the caller unwraps with, and under a KMS key IN's author
+    // added that the caller never names.
+    let input = seal(d, &old, b"chosen keys", &["--key", &planted], "in.kms");
+    let base = [
+        "--unwrap-raw-aes-key",
+        old.as_str(),
+        "--raw-aes-key",
+        new.as_str(),
+    ];
+    let (code, err, made) = rewrap_into(d, &base, &input);
+    assert_eq!((code, made), (Some(2), false), "{err}");
+    assert!(
+        err.contains(&planted) && err.contains("--remove-key it, or name it with --key"),
+        "{err}"
+    );
+    // Named by ARN or key ID, it is kept; removed, it is gone.
+    for extra in [["--key", planted.as_str()], ["--key", id.as_str()]] {
+        let (code, err, made) = rewrap_into(d, &[&base[..], &extra[..]].concat(), &input);
+        assert_eq!((code, made), (Some(0), true), "{err}");
+        assert!(err.contains(&planted), "{err}");
+    }
+    let (code, err, made) = rewrap_into(
+        d,
+        &[&base[..], &["--remove-key", planted.as_str()]].concat(),
+        &input,
+    );
+    assert_eq!((code, made), (Some(0), true), "{err}");
+    assert!(err.contains("removed") && err.contains(&planted), "{err}");
+}
+
+#[test]
+fn an_unsyncable_directory_after_the_link_is_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    if !rustix::process::geteuid().is_root()
+        || StdCommand::new("setpriv").arg("--help").output().is_err()
+    {
+        eprintln!("not root or no setpriv: skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let spec = raw_key(d, 5);
+    let sealed = seal(d, &spec, b"in place", &[], "m.kms");
+    // Run as another user who can write into, but not read, OUT's directory (mode -wx).
+    let perm =
+        |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    perm(d, 0o755);
+    for f in std::fs::read_dir(d).unwrap() {
+        perm(&f.unwrap().path(), 0o644);
+    }
+    let out_dir = d.join("wx");
+    std::fs::create_dir(&out_dir).unwrap();
+    std::os::unix::fs::chown(&out_dir, Some(65534), Some(65534)).unwrap();
+    perm(&out_dir, 0o300);
+    let out = out_dir.join("out.txt");
+    let r = StdCommand::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(assert_cmd::cargo::cargo_bin("kms-envelope"))
+        .args(["decrypt", "--raw-aes-key", &spec, "-i"])
+        .arg(&sealed)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("warning") && err.contains("could not be synced"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), b"in place");
 }

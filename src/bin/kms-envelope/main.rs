@@ -115,8 +115,9 @@ struct OutArgs {
     /// complete. Where the file system has no unnamed temporary files (NFS, FUSE) or /proc is
     /// not mounted, the work is done in a named `.kms-envelope-XXXXXX` beside OUT, removed on
     /// any failure but left behind, holding (for a signed message, unverified) plaintext, if
-    /// the process is killed with SIGKILL. An existing FIFO or character device that you own is
-    /// written through, like `-` (a FIFO must already have a reader); a symbolic link,
+    /// the process is ended by a signal (SIGKILL, SIGTERM, SIGINT, SIGHUP). An existing FIFO or
+    /// character device that you own is written through, like `-` (a FIFO must already have a
+    /// reader and be readable by you alone: `chmod go-r` it); a symbolic link,
     /// directory, block device, socket, or another user's FIFO or device is refused.
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     output: PathBuf,
@@ -239,9 +240,10 @@ struct RewrapArgs {
     /// removed, it also wraps the new data key.
     #[arg(long = "unwrap-raw-aes-key", value_name = "NAMESPACE:NAME:FILE")]
     unwrap_raw: Vec<String>,
-    /// Unwrap with whichever KMS key of the --account(s) wrapped the data key. A KMS key of
-    /// IN outside those accounts (or not a key ARN) is kept only if named with --key, and
-    /// otherwise must be removed with --remove-key: IN's author chose it.
+    /// Unwrap with whichever KMS key of the --account(s) wrapped the data key. In any mode a
+    /// KMS key of IN that is kept must be named (--key or --unwrap-key: key ARN or key ID, any
+    /// replica of a multi-Region key) or, with --discovery, be a key of those accounts;
+    /// otherwise remove it with --remove-key: IN's author chose it.
     #[arg(long, conflicts_with = "unwrap_keys", requires = "accounts")]
     discovery: bool,
     /// With --discovery: accounts whose keys may be used (repeatable).
@@ -681,6 +683,7 @@ fn pump(
     on_read_error: impl Fn(io::Error) -> Failure,
     on_write_error: impl Fn(io::Error) -> Failure,
     pb: Option<&indicatif::ProgressBar>,
+    stream: bool,
 ) -> Result<(), Failure> {
     use std::sync::mpsc::sync_channel;
     type Chunk = Zeroizing<Vec<u8>>;
@@ -720,10 +723,10 @@ fn pump(
             };
             if let Err(e) = writer.write_all(&buf[..n]) {
                 let f = on_write_error(e);
-                if f.code == closed_stdout().code {
+                if f.code == closed_stdout().code && stream {
                     // The reader has gone. End now: leaving the scope would join the reading
-                    // thread, which may be blocked on an idle input. A closed pipe means a
-                    // stream OUT, so there is no temporary file to remove.
+                    // thread, which may be blocked on an idle input. Only for a stream OUT:
+                    // a file's EPIPE (FUSE) returns, so its temporary file is removed.
                     if let Some(pb) = pb {
                         pb.finish_and_clear();
                     }
@@ -838,6 +841,7 @@ fn encrypt(aws: &AwsArgs, a: &EncryptArgs) -> Result<(), Failure> {
         enc = enc.threads(t.into());
     }
     let out_name = shown(&a.out.output);
+    let stream = out.is_stream();
     // The ciphertext is buffered (frames are written in pieces); no plaintext passes here.
     let sink = BufWriter::with_capacity(1 << 20, out.writer());
     let mut w = enc
@@ -850,6 +854,7 @@ fn encrypt(aws: &AwsArgs, a: &EncryptArgs) -> Result<(), Failure> {
         |e| io_failure("cannot read input", &a.input, e),
         |e| write_failure(&a.out.output, e),
         pb.as_ref(),
+        stream,
     )?;
     let mut sink = w
         .finish()
@@ -912,6 +917,7 @@ fn decrypt(aws: &AwsArgs, a: &DecryptArgs) -> Result<(), Failure> {
         .map_err(|e| failure(&format!("decrypting {in_name}"), e))?;
     let signed = reader.header().suite.signature().is_some();
     let out = a.out.open(&a.input)?;
+    let stream = out.is_stream();
     let pb = progress(aws, len, "decrypt");
     let read_error = |e: io::Error| failure(&format!("decrypting {in_name}"), Error::from(e));
     deliver(a, out, signed, None, |sink| {
@@ -921,6 +927,7 @@ fn decrypt(aws: &AwsArgs, a: &DecryptArgs) -> Result<(), Failure> {
             read_error,
             |e| write_failure(&a.out.output, e),
             pb.as_ref(),
+            stream,
         )
     })?;
     if let Some(pb) = pb {
@@ -1018,6 +1025,7 @@ fn decrypt_range(
             .map_err(|e| failure(&format!("decrypting {in_name}"), e))?;
         let mut reader: Box<dyn Read + Send> = Box::new(reader);
         let out = a.out.open(&a.input)?;
+        let stream = out.is_stream();
         let read_error = |e: io::Error| failure(&format!("decrypting {in_name}"), Error::from(e));
         return deliver(a, out, true, Some((start, end)), |sink| {
             pump(
@@ -1026,6 +1034,7 @@ fn decrypt_range(
                 read_error,
                 |e| write_failure(&a.out.output, e),
                 None,
+                stream,
             )
         });
     }
@@ -1135,19 +1144,37 @@ fn rewrap(aws: &AwsArgs, a: &RewrapArgs) -> Result<(), Failure> {
         let name = key.to_string();
         if key.provider_id == "aws-kms" {
             if !a.keys.keys.contains(&name) {
-                // Under discovery IN's author chose its keys: each kept one costs a KMS
-                // Encrypt under the caller's credentials and can decrypt the result, so one
-                // outside the filter is kept only when named.
-                let in_filter = KmsArn::parse(&name).is_some_and(|arn| {
-                    arn.resource_type == "key"
-                        && arn.partition == a.partition
-                        && a.accounts.contains(&arn.account)
-                });
-                if a.discovery && !in_filter {
+                // IN's author chose its keys: each kept one costs a KMS Encrypt under the
+                // caller's credentials and can decrypt the result, so it is kept only when
+                // the caller named it, or under --discovery when inside the filter.
+                // Its Region picks the KMS client of the Encrypt: from IN, it must be well
+                // formed, even when the caller names the key by its key ID.
+                let arn = KmsArn::parse(&name).filter(|arn| arn.resource_type == "key");
+                if !arn.as_ref().is_some_and(KmsArn::region_is_well_formed) {
                     return Err(usage(format!(
-                        "re-wrapping {in_name}: KMS key {} wraps its data key and is outside \
-                         the --discovery accounts, so IN's author chose it: pass --remove-key \
-                         {0} to drop it, or --key {0} to keep it deliberately",
+                        "re-wrapping {in_name}: {} wraps its data key and is not a KMS key ARN \
+                         with a well-formed Region, so it cannot be kept: --remove-key it",
+                        terminal_safe(&name, false)
+                    )));
+                }
+                let named = a
+                    .keys
+                    .keys
+                    .iter()
+                    .chain(&a.unwrap_keys)
+                    .any(|s| key.is_named_by(s));
+                let in_filter = arn.is_some_and(|arn| {
+                    arn.partition == a.partition && a.accounts.contains(&arn.account)
+                });
+                if !(named || a.discovery && in_filter) {
+                    let why = if a.discovery {
+                        "is outside the --discovery accounts"
+                    } else {
+                        "is not named by --unwrap-key or --key"
+                    };
+                    return Err(usage(format!(
+                        "re-wrapping {in_name}: KMS key {} wraps its data key and {why}, so \
+                         IN's author chose it: --remove-key it, or name it with --key to keep it",
                         terminal_safe(&name, false)
                     )));
                 }
@@ -1184,17 +1211,25 @@ fn rewrap(aws: &AwsArgs, a: &RewrapArgs) -> Result<(), Failure> {
         )));
     }
     let wrap = MultiKeyring::new(None, rings).map_err(|e| failure("keyring", e))?;
-    let mut out = a.out.open(&a.input)?;
     // New frames are sealed as IN's authenticate, before IN's signature is checked: only a
     // file OUT (linked into place after the end) keeps frames forged by a co-recipient unseen.
-    if job.input_suite().signature().is_some() && out.is_stream() && !a.dangerous_release_unverified
-    {
-        return Err(usage(format!(
+    // Decided on the path before `open`, so a FIFO's reader is not woken and then sees a
+    // normal end; again on the opened output, which may have been swapped meanwhile.
+    let signed = job.input_suite().signature().is_some() && !a.dangerous_release_unverified;
+    let refuse = || {
+        usage(format!(
             "{in_name} is signed, and {} is not a regular file: its new frames would be \
              released before the signature is checked; write to a file, or pass \
              --dangerous-release-unverified",
             shown(&a.out.output)
-        )));
+        ))
+    };
+    if signed && Output::names_a_stream(&a.out.output) {
+        return Err(refuse());
+    }
+    let mut out = a.out.open(&a.input)?;
+    if signed && out.is_stream() {
+        return Err(refuse());
     }
     let (keys, removed) = {
         let sink = BufWriter::with_capacity(1 << 20, out.writer());

@@ -29,7 +29,8 @@ pub enum Output {
 /// A file under construction. Usually (O_TMPFILE) it has no name until `commit`: if the
 /// process dies, the kernel reclaims it and nothing is left behind. Where the file system has
 /// no unnamed files (NFS, FUSE) or /proc is not mounted, it is a named `.kms-envelope-XXXXXX`
-/// beside OUT, removed on any failure, but left behind if the process is killed (SIGKILL).
+/// beside OUT, removed on any failure, but left behind if the process is ended by a signal
+/// (SIGKILL, SIGTERM, SIGINT, SIGHUP: there is no handler).
 pub struct AtomicFile {
     file: File,
     /// Bytes written, and how far writeback has been asked for.
@@ -110,6 +111,7 @@ impl Output {
             Ok(m) if m.file_type().is_fifo() || m.file_type().is_char_device() => {
                 // Checked before opening too: opening a FIFO wakes whoever waits on it.
                 owned_by_me(out, kind(m.file_type()), m.uid())?;
+                private_fifo(out, m.file_type().is_fifo(), m.mode())?;
                 return write_through(out).map(Output::Stream);
             }
             Ok(m) if m.file_type().is_symlink() => {
@@ -171,6 +173,17 @@ impl Output {
         }))
     }
 
+    /// Whether OUT names a stream (`-`, or an existing FIFO or character device, not followed
+    /// through a link), so that a refusal that depends on it comes before `open` wakes a reader.
+    /// `open` checks the node again on its descriptor.
+    pub fn names_a_stream(out: &Path) -> bool {
+        out == Path::new("-")
+            || out.symlink_metadata().is_ok_and(|m| {
+                let t = m.file_type();
+                t.is_fifo() || t.is_char_device()
+            })
+    }
+
     /// Whether bytes written reach a reader at once (so a signed message's plaintext must be
     /// held until its signature verifies), rather than an unnamed file that `commit` links.
     pub fn is_stream(&self) -> bool {
@@ -225,6 +238,7 @@ fn write_through(out: &Path) -> Result<File, OpenError> {
         }
     };
     owned_by_me(out, what, st.st_uid)?;
+    private_fifo(out, what == "a FIFO", st.st_mode)?;
     // Writes block again from here on, as on standard output.
     rustix::fs::fcntl_getfl(&fd)
         .and_then(|fl| rustix::fs::fcntl_setfl(&fd, fl - OFlags::NONBLOCK))
@@ -242,6 +256,20 @@ fn owned_by_me(out: &Path, what: &str, uid: u32) -> Result<(), OpenError> {
         "output {} is {what} owned by user {uid}, not by you (user {me}): kms-envelope writes \
          only through nodes you own; remove it or write elsewhere",
         out.display()
+    )))
+}
+
+/// Refuses a FIFO that group or others may open for reading: another local user's reader
+/// would get the plaintext. A device is not affected (reading it does not return what was written).
+fn private_fifo(out: &Path, fifo: bool, mode: u32) -> Result<(), OpenError> {
+    if !fifo || mode & 0o044 == 0 {
+        return Ok(());
+    }
+    Err(OpenError::Refused(format!(
+        "output {} is a FIFO that other users may read (mode {:o}): `chmod go-r` it, or write \
+         elsewhere",
+        out.display(),
+        mode & 0o7777
     )))
 }
 
@@ -363,8 +391,18 @@ impl AtomicFile {
                 }
             }
         }
+        // OUT is complete and in place: a directory that cannot be synced (one without read
+        // permission, mode -wx) costs only the new name's durability, so warn and succeed.
         if self.durable {
-            File::open(parent_dir(&self.dest))?.sync_all()?;
+            let dir = parent_dir(&self.dest);
+            if let Err(e) = File::open(&dir).and_then(|d| d.sync_all()) {
+                crate::warn(&format!(
+                    "{} is written, but its directory {} could not be synced ({e}): after a \
+                     power loss or OS crash the new name may be lost",
+                    self.dest.display(),
+                    dir.display()
+                ));
+            }
         }
         Ok(())
     }
