@@ -1,9 +1,7 @@
 //! Hostile input within bounded memory, every tamper case through every adaptor, and no key
 //! bytes in any `Debug` or `Display`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Read;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use base64::Engine;
 use kms_envelope::format::{EncryptedDataKey, HeaderLimits};
@@ -11,37 +9,11 @@ use kms_envelope::{
     AlgorithmSuite, DataKey, Decryptor, EncryptionContext, Encryptor, Error, RawAesKeyring,
 };
 
-/// Tracks the live heap and its peak, to assert that hostile lengths allocate little.
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(l) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(l.size(), Ordering::SeqCst) + l.size();
-            PEAK.fetch_max(now, Ordering::SeqCst);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) };
-        LIVE.fetch_sub(l.size(), Ordering::SeqCst);
-    }
-}
-
+#[path = "support/alloc.rs"]
+mod alloc;
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-/// Runs `f` and returns how far the heap grew above where it started.
-fn peak_growth(f: impl FnOnce()) -> usize {
-    let base = LIVE.load(Ordering::SeqCst);
-    PEAK.store(base, Ordering::SeqCst);
-    f();
-    PEAK.load(Ordering::SeqCst).saturating_sub(base)
-}
+static ALLOCATOR: alloc::Counting = alloc::Counting;
+use alloc::peak_growth;
 
 fn keyring() -> RawAesKeyring {
     RawAesKeyring::new("hard", "key", &[0x5C; 32]).unwrap()

@@ -3,8 +3,6 @@
 #[path = "support/data.rs"]
 mod data;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use kms_envelope::stream::DEFAULT_MAX_FRAME_LENGTH;
@@ -12,40 +10,14 @@ use kms_envelope::{AlgorithmSuite, CommitmentPolicy, Decryptor, Encryptor, RawAe
 
 use data::pseudo_random as data;
 
-/// Tracks the live heap and its peak (as tests/hardening.rs does).
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(l) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(l.size(), Ordering::SeqCst) + l.size();
-            PEAK.fetch_max(now, Ordering::SeqCst);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) };
-        LIVE.fetch_sub(l.size(), Ordering::SeqCst);
-    }
-}
-
+#[path = "support/alloc.rs"]
+mod alloc;
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: alloc::Counting = alloc::Counting;
+use alloc::measure;
 
 /// The tests share one heap count: one measurement at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Runs `f` and returns how far the heap grew above where it started.
-fn peak_growth<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let base = LIVE.load(Ordering::SeqCst);
-    PEAK.store(base, Ordering::SeqCst);
-    let out = f();
-    (out, PEAK.load(Ordering::SeqCst).saturating_sub(base))
-}
 
 const MIB: usize = 1 << 20;
 
@@ -61,7 +33,7 @@ fn a_small_message_with_large_frames_gets_a_small_pump() {
             .threads(1)
             .encrypt(&pt)
             .unwrap();
-        let (done, grew) = peak_growth(|| {
+        let (done, grew) = measure(|| {
             Decryptor::new(&old)
                 .threads(1)
                 .rewrap(&msg[..])
@@ -100,7 +72,7 @@ fn a_signed_message_is_rewrapped_in_bounded_memory() {
             .unwrap();
         for threads in [1, 4] {
             // The output goes to a sink that counts, so only the re-wrap's own memory shows.
-            let (done, grew) = peak_growth(|| {
+            let (done, grew) = measure(|| {
                 Decryptor::new(&old)
                     .commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt)
                     .threads(threads)

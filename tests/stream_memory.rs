@@ -9,51 +9,23 @@
 #[path = "support/data.rs"]
 mod data;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use kms_envelope::stream::STREAM_BUFFER_LIMIT;
 use kms_envelope::{Decryptor, Encryptor, RawAesKeyring};
 
-/// Tracks the live heap and its peak.
-struct Counting;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(l) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(l.size(), Ordering::SeqCst) + l.size();
-            PEAK.fetch_max(now, Ordering::SeqCst);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) };
-        LIVE.fetch_sub(l.size(), Ordering::SeqCst);
-    }
-}
-
+#[path = "support/alloc.rs"]
+mod alloc;
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: alloc::Counting = alloc::Counting;
+use alloc::peak_growth;
 
 /// One test at a time: the counters are global, and another test's allocations would count.
 static MEASURING: Mutex<()> = Mutex::new(());
 
 fn measuring() -> std::sync::MutexGuard<'static, ()> {
     MEASURING.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Runs `f` and returns how far the heap grew above where it started.
-fn peak_growth(f: impl FnOnce()) -> usize {
-    let base = LIVE.load(Ordering::SeqCst);
-    PEAK.store(base, Ordering::SeqCst);
-    f();
-    PEAK.load(Ordering::SeqCst).saturating_sub(base)
 }
 
 fn keyring() -> RawAesKeyring {
