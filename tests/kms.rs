@@ -4,6 +4,10 @@
 
 mod support;
 
+#[path = "support/planted.rs"]
+mod planted;
+use planted::Planted;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +18,6 @@ use kms_envelope::format::EncryptedDataKey;
 use kms_envelope::keyring::{
     DiscoveryFilter, KmsArnProblem, KmsErrorKind, KmsKeyring, KmsKeyringBuilder,
 };
-use kms_envelope::materials::{DecryptionMaterials, EncryptionMaterials};
 use kms_envelope::{
     Decryptor, EncryptionContext, Encryptor, Error, Keyring, MultiKeyring, RawAesKeyring,
 };
@@ -428,28 +431,6 @@ async fn async_and_sync_kms_messages_interoperate() {
             .unwrap(),
         b"sync"
     );
-}
-
-/// Adds a wrapped key of the test's choosing beside the real ones (making the data key when it
-/// comes first), so that the header authenticates with it in place, as a message written by an
-/// attacker would.
-#[derive(Debug)]
-struct Planted(EncryptedDataKey);
-
-#[async_trait::async_trait]
-impl Keyring for Planted {
-    async fn on_encrypt(&self, m: &mut EncryptionMaterials) -> Result<(), Error> {
-        m.data_key_or_generate()?;
-        m.encrypted_data_keys.push(self.0.clone());
-        Ok(())
-    }
-    async fn on_decrypt(
-        &self,
-        _: &mut DecryptionMaterials,
-        _: &[EncryptedDataKey],
-    ) -> Result<(), Error> {
-        Err(Error::NoUsableDataKey(Vec::new()))
-    }
 }
 
 fn kms_edk(provider_info: &[u8], ciphertext: Vec<u8>) -> EncryptedDataKey {

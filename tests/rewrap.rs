@@ -5,6 +5,10 @@
 #[path = "support/data.rs"]
 mod data;
 
+#[path = "support/planted.rs"]
+mod planted;
+use planted::Planted;
+
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -672,27 +676,6 @@ async fn aws_esdk_reads_a_rewrapped_message() {
             .await
             .unwrap_or_else(|e| panic!("aws-esdk refused the re-wrapped {suite}: {e:?}"));
         assert_eq!(out.plaintext.unwrap().into_inner(), pt, "{suite}");
-    }
-}
-
-/// Adds a wrapped key of the test's choosing beside the real ones (making the data key when it
-/// comes first), as a keyring that wraps under a KMS key would.
-#[derive(Debug)]
-struct Planted(EncryptedDataKey);
-
-#[async_trait::async_trait]
-impl Keyring for Planted {
-    async fn on_encrypt(&self, m: &mut EncryptionMaterials) -> Result<(), Error> {
-        m.data_key_or_generate()?;
-        m.encrypted_data_keys.push(self.0.clone());
-        Ok(())
-    }
-    async fn on_decrypt(
-        &self,
-        _: &mut DecryptionMaterials,
-        _: &[EncryptedDataKey],
-    ) -> Result<(), Error> {
-        Err(Error::NoUsableDataKey(Vec::new()))
     }
 }
 

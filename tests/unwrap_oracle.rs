@@ -2,6 +2,10 @@
 //! key of the wrong length, a key that does not open the header), the answer is the same, and
 //! the keyring goes on to the message's next wrapped key.
 
+#[path = "support/planted.rs"]
+mod planted;
+use planted::Planted;
+
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
@@ -22,28 +26,6 @@ use kms_envelope::{
 
 const NS: &str = "oracle-ns";
 const NAME: &str = "oracle-key";
-
-/// Makes the data key and plants a wrapped key of the test's choosing in front of the real
-/// ones, so that the header authenticates with it in place (as an attacker's would once the
-/// attacker encrypts the message).
-#[derive(Debug)]
-struct Planted(EncryptedDataKey);
-
-#[async_trait::async_trait]
-impl Keyring for Planted {
-    async fn on_encrypt(&self, m: &mut EncryptionMaterials) -> Result<(), Error> {
-        m.data_key_or_generate()?;
-        m.encrypted_data_keys.push(self.0.clone());
-        Ok(())
-    }
-    async fn on_decrypt(
-        &self,
-        _: &mut DecryptionMaterials,
-        _: &[EncryptedDataKey],
-    ) -> Result<(), Error> {
-        Err(Error::NoUsableDataKey(Vec::new()))
-    }
-}
 
 fn planted(ciphertext: Vec<u8>) -> Planted {
     Planted(EncryptedDataKey {
