@@ -770,9 +770,38 @@ fn seal(d: &Path, spec: &str, pt: &[u8], extra: &[&str], name: &str) -> std::pat
     sealed
 }
 
+/// Decrypts `sealed` into the FIFO `fifo`, with and without `--force`, while a reader is already
+/// there (as another local user's would be): each run exits 2 saying `why`, and the reader gets
+/// nothing.
+fn fifo_output_is_refused(fifo: &Path, spec: &str, sealed: &Path, why: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    for force in [false, true] {
+        let mut reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(fifo)
+            .unwrap();
+        let mut c = cli_std();
+        c.args(["decrypt", "--raw-aes-key", spec, "-i"])
+            .arg(sealed)
+            .arg("-o")
+            .arg(fifo);
+        if force {
+            c.arg("--force");
+        }
+        let r = finish_within(&mut c, 10);
+        let mut got = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut reader, &mut got);
+        assert!(got.is_empty(), "the FIFO got {} bytes", got.len());
+        assert_eq!(r.status.code(), Some(2), "force {force}");
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(err.contains(why), "{err}");
+    }
+}
+
 #[test]
 fn force_replaces_only_regular_files() {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let spec = raw_key(d, 4);
@@ -841,31 +870,7 @@ fn force_replaces_only_regular_files() {
         .status()
         .unwrap()
         .success());
-    for force in [false, true] {
-        let mut reader = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-            .open(&shared)
-            .unwrap();
-        let mut c = cli_std();
-        c.args(["decrypt", "--raw-aes-key", &spec, "-i"])
-            .arg(&sealed)
-            .arg("-o")
-            .arg(&shared);
-        if force {
-            c.arg("--force");
-        }
-        let r = finish_within(&mut c, 10);
-        let mut got = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut reader, &mut got);
-        assert!(got.is_empty(), "the FIFO got {} bytes", got.len());
-        assert_eq!(r.status.code(), Some(2), "force {force}");
-        assert!(
-            String::from_utf8_lossy(&r.stderr).contains("chmod go-r"),
-            "{}",
-            String::from_utf8_lossy(&r.stderr)
-        );
-    }
+    fifo_output_is_refused(&shared, &spec, &sealed, "chmod go-r");
 
     let root = rustix::process::geteuid().is_root();
     if root {
@@ -877,33 +882,8 @@ fn force_replaces_only_regular_files() {
             .unwrap()
             .success());
         std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
-        for force in [false, true] {
-            // A reader already there (non-blocking), as an attacker's would be.
-            let mut reader = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-                .open(&foreign)
-                .unwrap();
-            let mut c = cli_std();
-            c.args(["decrypt", "--raw-aes-key", &spec, "-i"])
-                .arg(&sealed)
-                .arg("-o")
-                .arg(&foreign);
-            if force {
-                c.arg("--force");
-            }
-            let r = finish_within(&mut c, 10);
-            let mut got = Vec::new();
-            let _ = std::io::Read::read_to_end(&mut reader, &mut got);
-            assert!(got.is_empty(), "the FIFO got {} bytes", got.len());
-            assert_eq!(r.status.code(), Some(2), "force {force}");
-            assert!(
-                String::from_utf8_lossy(&r.stderr).contains("owned by user 65534"),
-                "{}",
-                String::from_utf8_lossy(&r.stderr)
-            );
-            assert!(foreign.symlink_metadata().unwrap().file_type().is_fifo());
-        }
+        fifo_output_is_refused(&foreign, &spec, &sealed, "owned by user 65534");
+        assert!(foreign.symlink_metadata().unwrap().file_type().is_fifo());
 
         // A character device node (the null device's numbers, made here) is written through.
         let node = d.join("null");
