@@ -5,6 +5,7 @@
 mod body;
 pub(crate) mod codec;
 mod context;
+pub(crate) mod frame;
 mod header;
 mod suite;
 

@@ -1,15 +1,17 @@
-//! The decrypting side's buffer discipline, shared by the sync and async readers: where input
-//! goes, when plaintext may be released, and the end-of-message checks. Frames open straight
-//! into the caller's buffer when it is large enough (out of place, on the workers), otherwise
-//! in place and copied out. No I/O here: blocking adaptors may lend a read function, run on
-//! their own thread while the workers decrypt.
+//! The decrypting side's buffer discipline, shared by the sync and async readers: the header
+//! buffer ([`HeaderBuffer`]), where body input goes, when plaintext may be released, and the
+//! end-of-message checks. Frames open straight into the caller's buffer when it is large
+//! enough (out of place, on the workers), otherwise in place and copied out. No I/O here:
+//! blocking adaptors may lend a read function, run on the caller's thread while the workers
+//! decrypt; blocking header reads are in `header_io.rs`. See `docs/PIPELINE.md`.
 
 use std::collections::VecDeque;
 use std::ops::Range;
 
-use super::encoder::{batch_frames, reserve_zeroizing, Wiped, Workers};
+use super::encoder::{reserve_zeroizing, Wiped};
 use super::machine::{Block, Opener, Step};
 use super::options::STREAM_BUFFER_LIMIT;
+use super::workers::{batch_frames, Workers};
 use crate::format::{FormatError, Header, HeaderLimits, HeaderStep};
 use crate::Error;
 
@@ -83,34 +85,9 @@ impl HeaderBuffer {
     }
 }
 
-/// One read from a blocking source, retried when interrupted by a signal.
-pub(crate) fn read_retrying<R: std::io::Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
-    loop {
-        match r.read(buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            other => return other,
-        }
-    }
-}
-
-/// Reads a header from a blocking source (retrying interrupted reads); returns it and the bytes
-/// read past it.
-pub(crate) fn read_header<R: std::io::Read>(
-    r: &mut R,
-    limits: &HeaderLimits,
-) -> Result<(Header, Vec<u8>), Error> {
-    let mut hb = HeaderBuffer::default();
-    loop {
-        let n = read_retrying(r, hb.input_space())?;
-        if let Some(done) = hb.input_filled(n, limits)? {
-            return Ok(done);
-        }
-    }
-}
-
 /// The body's buffer and release rules on top of the [`Opener`].
 ///
-/// Memory: ciphertext is read a batch at a time (at most [`BATCH_LIMIT`](super::encoder::BATCH_LIMIT) bytes, or one block),
+/// Memory: ciphertext is read a batch at a time (at most [`BATCH_LIMIT`](super::workers::BATCH_LIMIT) bytes, or one block),
 /// and only once the buffered blocks are used up: with a blocking source, the next batch is
 /// read into a second buffer while the workers open the current one. So two batches at most,
 /// whatever the thread count and the caller's buffer size; work is linear in the message size

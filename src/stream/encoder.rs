@@ -1,42 +1,22 @@
 //! The encrypting side's buffer discipline, shared by the sync and async writers: whole frames
 //! of a large write are sealed straight from the caller's data into frame slots laid out as
 //! they go on the wire (out of place: the copy is the encryption); smaller writes are gathered
-//! into slots and sealed in place. Batches of frames are sealed on a thread pool when there is
-//! one, and blocking writers write one batch out while the next is sealed.
-
-use std::sync::Arc;
+//! into slots and sealed in place. Batches of frames are sealed on the workers
+//! (`workers.rs`) when there are any, and blocking writers write one batch out while the next
+//! is sealed. Also the zeroizing buffers both sides use. No I/O: writers lend a drain function.
+//! See `docs/PIPELINE.md`.
 
 use zeroize::Zeroize;
 
 use super::machine::Sealer;
 use super::options::STREAM_BUFFER_LIMIT;
+use super::workers::{batch_frames, Workers};
 use crate::format::{FINAL_FRAME_PREFIX, REGULAR_FRAME_PREFIX, TAG_LEN};
 use crate::Error;
 
-/// Bytes of frames sealed together on one thread.
-const SERIAL_BATCH: usize = 256 * 1024;
-/// Bytes of frames sealed or opened together across the pool.
-const PARALLEL_BATCH: usize = 2 * 1024 * 1024;
-
-/// Most plaintext bytes of one batch: a reader or a writer keeps two batches at most (see
-/// [`STREAM_BUFFER_LIMIT`]).
-pub(crate) const BATCH_LIMIT: usize = STREAM_BUFFER_LIMIT / 4;
 /// Room left after the last slot of a buffer for the final frame's longer prefix and the
 /// signature, so that finishing does not move the buffer.
 const FINISH_ROOM: usize = 256;
-
-/// How many frames of `slot` bytes go in one batch: enough for every thread to have work, and
-/// a few MiB at most otherwise; never more than [`BATCH_LIMIT`] bytes of frames on the wire
-/// (so of plaintext too) unless a single frame is larger, whatever the thread count.
-pub(crate) fn batch_frames(slot: usize, threads: usize) -> usize {
-    let frames = match (slot, threads) {
-        (0, _) => return 1,
-        (_, 0 | 1) => SERIAL_BATCH / slot,
-        _ => (PARALLEL_BATCH / slot).max(2 * threads),
-    };
-    // By the wire size: with small frames the per-frame overhead is most of a batch.
-    frames.min(BATCH_LIMIT / slot).max(1)
-}
 
 /// A buffer that holds plaintext at times: what was ever written to it (everything below its
 /// length: buffers are cleared only once what they held is sealed) is zeroized on drop.
@@ -70,59 +50,6 @@ pub(crate) fn reserve_zeroizing(v: &mut Vec<u8>, len: usize, ceiling: usize) {
         moved.extend_from_slice(v);
         v.zeroize();
         *v = moved;
-    }
-}
-
-/// Where batches run: on the caller's thread, on rayon's shared pool (when the count asked
-/// for is its size, the default), or on a pool of the message's own.
-#[derive(Debug, Clone, Default)]
-pub(crate) enum Workers {
-    #[default]
-    Caller,
-    Shared,
-    Own(Arc<rayon::ThreadPool>),
-}
-
-impl Workers {
-    pub(crate) fn new(threads: usize) -> Self {
-        if threads <= 1 {
-            return Workers::Caller;
-        }
-        if threads == rayon::current_num_threads() {
-            return Workers::Shared;
-        }
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("kms-envelope-{i}"))
-            .build()
-            .map_or(Workers::Caller, |p| Workers::Own(Arc::new(p)))
-    }
-
-    /// Runs `work` on the workers while `beside` runs on the caller's thread (which need not
-    /// be `Send`: it is where the I/O happens); returns both results. With no workers, `beside`
-    /// runs first.
-    pub(crate) fn overlap<A: Send, B>(
-        &self,
-        work: impl FnOnce() -> A + Send,
-        beside: impl FnOnce() -> B,
-    ) -> (A, B) {
-        let mut a = None;
-        let b = match self {
-            Workers::Caller => {
-                let b = beside();
-                a = Some(work());
-                b
-            }
-            Workers::Shared => rayon::in_place_scope(|s| {
-                s.spawn(|_| a = Some(work()));
-                beside()
-            }),
-            Workers::Own(pool) => pool.in_place_scope(|s| {
-                s.spawn(|_| a = Some(work()));
-                beside()
-            }),
-        };
-        (a.expect("the scope ran `work` to completion"), b)
     }
 }
 
@@ -471,20 +398,6 @@ mod tests {
             .write_draining(&data, |_| Err(std::io::Error::other("disk full")))
             .unwrap_err();
         assert!(err.to_string().contains("disk full"), "{err}");
-    }
-
-    #[test]
-    fn a_batch_of_small_frames_stays_within_the_limit_on_the_wire() {
-        for frame in [1usize, 16, 100, 4096, 65_536, 1 << 20, 8 << 20] {
-            let slot = REGULAR_FRAME_PREFIX + frame + TAG_LEN;
-            for threads in [1, 2, 16, 1024, 1 << 20] {
-                let n = batch_frames(slot, threads);
-                assert!(
-                    n == 1 || n * slot <= BATCH_LIMIT,
-                    "{frame}-byte frames, {threads} threads: {n} frames of {slot} bytes"
-                );
-            }
-        }
     }
 
     #[test]

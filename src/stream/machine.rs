@@ -3,21 +3,21 @@
 //! [`FrameCipher`] seals and opens one body block given its position; [`Sealer`] and
 //! [`Opener`] add the order (sequence numbers, final frame, signature) on top of it. Only a
 //! [`Sealer`] seals, and only a fresh [`MessageId`] builds one.
-//! Adaptors own the buffers and the I/O; they hand the machine whole blocks. Sealing and
-//! opening of many blocks can run on a thread pool: the order-dependent work (sequence numbers,
-//! signature hashing) stays with the caller.
+//! Adaptors own the buffers and the I/O; they hand the machine whole blocks. Frame headers are
+//! written and read by the frame codec (`format/frame.rs`), the only parser of them. The
+//! order-dependent work (sequence numbers, the signature) is done here, in order; the
+//! independent per-frame sealing and opening is handed to [`Workers::each`], which may run it
+//! on a pool (`workers.rs`). See `docs/PIPELINE.md`.
 
 use std::ops::Range;
 
-use rayon::prelude::*;
-
-use super::encoder::Workers;
+use super::workers::Workers;
 use crate::crypto::signature::{Signer, Verifier};
 use crate::crypto::{random_bytes, AeadKey};
+use crate::format::frame::{FrameHeader, FrameRead, SingleBlockHeader};
 use crate::format::{
-    frame_iv, AlgorithmSuite, BlockKind, BodyAad, ContentType, FormatError, FINAL_FRAME_MARKER,
-    FINAL_FRAME_PREFIX, IV_LEN, MAX_FRAMES, MAX_NON_FRAMED_LEN, NON_FRAMED_PREFIX,
-    REGULAR_FRAME_PREFIX, TAG_LEN,
+    frame_iv, AlgorithmSuite, BlockKind, BodyAad, ContentType, FormatError, FINAL_FRAME_PREFIX,
+    IV_LEN, MAX_FRAMES, REGULAR_FRAME_PREFIX, TAG_LEN,
 };
 use crate::Error;
 
@@ -90,23 +90,19 @@ impl FrameCipher {
             REGULAR_FRAME_PREFIX
         };
         let len = frame.len() - prefix - TAG_LEN;
-        let iv = frame_iv(seq);
-        let kind = if last {
-            BlockKind::FinalFrame
+        // `len` is at most the frame length (a `u32`): the callers lay the slots out so.
+        let header = if last {
+            FrameHeader::Final {
+                seq,
+                len: len as u32,
+            }
         } else {
-            BlockKind::Frame
+            FrameHeader::Regular { seq }
         };
-        let (head, rest) = frame.split_at_mut(prefix);
-        if last {
-            head[..4].copy_from_slice(&FINAL_FRAME_MARKER.to_be_bytes());
-            head[4..8].copy_from_slice(&seq.to_be_bytes());
-            head[8..8 + IV_LEN].copy_from_slice(&iv);
-            head[8 + IV_LEN..].copy_from_slice(&(len as u32).to_be_bytes());
-        } else {
-            head[..4].copy_from_slice(&seq.to_be_bytes());
-            head[4..].copy_from_slice(&iv);
-        }
-        let aad = BodyAad::new(&self.message_id, kind, seq, len as u64);
+        let (head, rest) = frame.split_at_mut(header.wire_len());
+        header.write(head);
+        let iv = frame_iv(seq);
+        let aad = BodyAad::new(&self.message_id, header.kind(), seq, len as u64);
         let sealed = match src {
             Some(plaintext) => self.key.seal_into(&iv, aad.as_ref(), plaintext, rest),
             None => {
@@ -146,83 +142,26 @@ impl FrameCipher {
     }
 }
 
-/// Runs `f` over each item, on the workers when there is more than one item.
-fn each<T: Send>(
-    workers: &Workers,
-    items: &mut [T],
-    f: impl Fn(usize, &mut T) -> Result<(), Error> + Sync,
-) -> Result<(), Error> {
-    let parallel = |items: &mut [T]| {
-        items
-            .par_iter_mut()
-            .enumerate()
-            .try_for_each(|(i, item)| f(i, item))
-    };
-    match workers {
-        Workers::Shared if items.len() > 1 => parallel(items),
-        Workers::Own(pool) if items.len() > 1 => pool.install(|| parallel(items)),
-        _ => items
-            .iter_mut()
-            .enumerate()
-            .try_for_each(|(i, item)| f(i, item)),
-    }
-}
-
-fn check_iv(iv: &[u8], seq: u32) -> Result<(), Error> {
-    if iv != frame_iv(seq) {
-        return Err(FormatError::BadFrame("unexpected IV").into());
-    }
-    Ok(())
-}
-
 /// Finds frame number `seq` at the start of `buf`: a regular frame, or the final one (its
-/// block then ends before any footer). Checks the sequence number, the IV and the final
-/// frame's length; decrypts nothing.
+/// block then ends before any footer). The frame codec checks its header (sequence number, IV,
+/// the final frame's length, the frame count); nothing is decrypted. Asks for the whole frame.
 pub(crate) fn locate_frame(buf: &[u8], seq: u32, frame_length: u32) -> Result<Step, Error> {
-    if buf.len() < 4 {
-        return Ok(Step::NeedMore(4));
-    }
-    let first = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes"));
-    if first != FINAL_FRAME_MARKER {
-        let total = REGULAR_FRAME_PREFIX + frame_length as usize + TAG_LEN;
-        if first != seq {
-            return Err(FormatError::BadFrame("frame out of sequence").into());
-        }
-        if buf.len() < total {
-            return Ok(Step::NeedMore(total));
-        }
-        check_iv(&buf[4..4 + IV_LEN], seq)?;
-        return Ok(Step::Block(Block {
-            consumed: total,
-            sealed: REGULAR_FRAME_PREFIX..total,
-            kind: BlockKind::Frame,
-            seq,
-            len: u64::from(frame_length),
-            last: false,
-        }));
-    }
-    if buf.len() < FINAL_FRAME_PREFIX {
-        return Ok(Step::NeedMore(FINAL_FRAME_PREFIX));
-    }
-    if u32::from_be_bytes(buf[4..8].try_into().expect("4 bytes")) != seq {
-        return Err(FormatError::BadFrame("final frame out of sequence").into());
-    }
-    check_iv(&buf[8..8 + IV_LEN], seq)?;
-    let len = u32::from_be_bytes(buf[20..24].try_into().expect("4 bytes"));
-    if len > frame_length {
-        return Err(FormatError::BadFrame("final frame longer than the frame length").into());
-    }
-    let end = FINAL_FRAME_PREFIX + len as usize + TAG_LEN;
+    let header = match FrameHeader::read(buf, seq, frame_length)? {
+        FrameRead::NeedMore(n) => return Ok(Step::NeedMore(n)),
+        FrameRead::Header(h) => h,
+    };
+    // Saturating: on 32-bit a frame length near `u32::MAX` cannot be buffered anyway.
+    let end = usize::try_from(header.frame_wire_len(frame_length)).unwrap_or(usize::MAX);
     if buf.len() < end {
         return Ok(Step::NeedMore(end));
     }
     Ok(Step::Block(Block {
         consumed: end,
-        sealed: FINAL_FRAME_PREFIX..end,
-        kind: BlockKind::FinalFrame,
-        seq,
-        len: u64::from(len),
-        last: true,
+        sealed: header.wire_len()..end,
+        kind: header.kind(),
+        seq: header.seq(),
+        len: u64::from(header.content_len(frame_length)),
+        last: header.is_final(),
     }))
 }
 
@@ -303,7 +242,7 @@ impl Sealer {
         self.next_seq += count as u32;
         let mut slots: Vec<&mut [u8]> = frames.chunks_mut(slot).collect();
         let cipher = &self.cipher;
-        each(workers, &mut slots, |i, slot| {
+        workers.each(&mut slots, |i, slot| {
             let src = plaintext.map(|p| &p[i * frame..(i + 1) * frame]);
             cipher.seal(base + i as u32, false, slot, src)
         })?;
@@ -449,7 +388,7 @@ impl Opener {
             rest = tail;
         }
         let cipher = &self.cipher;
-        each(workers, &mut parts, |_, (sealed, b)| cipher.open(b, sealed))
+        workers.each(&mut parts, |_, (sealed, b)| cipher.open(b, sealed))
     }
 
     /// Opens regular frames parsed from `buf` (in order, each relative to `buf`) into `out`, one
@@ -472,7 +411,7 @@ impl Opener {
         }
         debug_assert!(rest.is_empty());
         let cipher = &self.cipher;
-        each(workers, &mut parts, |_, (out, b)| {
+        workers.each(&mut parts, |_, (out, b)| {
             cipher.open_into(b, &buf[b.sealed.clone()], out)
         })
     }
@@ -495,12 +434,10 @@ impl Opener {
             need => return Ok(need),
         };
         if block.last {
-            let (seq, end) = (block.seq, block.consumed);
-            return self.parse_last(buf, BlockKind::FinalFrame, seq, FINAL_FRAME_PREFIX, end);
+            let (seq, start, end) = (block.seq, block.sealed.start, block.consumed);
+            return self.parse_last(buf, BlockKind::FinalFrame, seq, start, end);
         }
-        if self.next_seq >= MAX_FRAMES {
-            return Err(FormatError::BadFrame("too many frames").into());
-        }
+        // The frame codec refused a regular frame that would leave no number for the final one.
         if let Some(v) = &mut self.verifier {
             v.update(&buf[..block.consumed]);
         }
@@ -509,23 +446,20 @@ impl Opener {
     }
 
     fn parse_single_block(&mut self, buf: &[u8]) -> Result<Step, Error> {
-        if buf.len() < NON_FRAMED_PREFIX {
-            return Ok(Step::NeedMore(NON_FRAMED_PREFIX));
-        }
-        check_iv(&buf[..IV_LEN], 1)?;
-        let len = u64::from_be_bytes(buf[IV_LEN..NON_FRAMED_PREFIX].try_into().expect("8 bytes"));
-        if len > MAX_NON_FRAMED_LEN {
-            return Err(FormatError::BadFrame("non-framed body over the AES-GCM limit").into());
-        }
-        if len > self.max_body_len {
+        let header = match SingleBlockHeader::read(buf)? {
+            FrameRead::NeedMore(n) => return Ok(Step::NeedMore(n)),
+            FrameRead::Header(h) => h,
+        };
+        if header.len > self.max_body_len {
             return Err(FormatError::FrameTooLarge {
-                len,
+                len: header.len,
                 max: self.max_body_len,
             }
             .into());
         }
-        let end = NON_FRAMED_PREFIX + len as usize + TAG_LEN;
-        self.parse_last(buf, BlockKind::SingleBlock, 1, NON_FRAMED_PREFIX, end)
+        let end = usize::try_from(header.block_wire_len()).unwrap_or(usize::MAX);
+        let (kind, seq) = (BlockKind::SingleBlock, SingleBlockHeader::SEQ);
+        self.parse_last(buf, kind, seq, SingleBlockHeader::WIRE_LEN, end)
     }
 
     /// The last block (`buf[..end]`, ciphertext from `ct_start`) and, for signed suites, the

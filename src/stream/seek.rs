@@ -1,6 +1,8 @@
-//! Random access to a framed message: read any byte range, decrypting only the frames that
-//! cover it, each checked against its own tag (which binds its sequence number, so a frame
-//! moved elsewhere fails). The header is read and verified once.
+//! Random access to a framed message: the [`ReadAt`] sources, [`SeekableReader`] and its async
+//! face. A read decrypts only the frames that cover it, each checked against its own tag (which
+//! binds its sequence number, so a frame moved elsewhere fails). The header is read (through
+//! `header_io.rs`) and verified once; the final frame is found from the frame structure
+//! (`layout.rs`); frames are parsed and opened by the machine and the frame codec.
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::{Mutex, OnceLock};
@@ -9,15 +11,14 @@ use std::ops::Range;
 
 use zeroize::{Zeroize, Zeroizing};
 
+use super::header_io::{eof_is_truncation, read_header_with};
 use super::layout::find_final_frame;
 use super::machine::{FrameCipher, Step};
 use super::message::unwrap_header;
 use super::options::Decryptor;
 use crate::crypto::AeadKey;
-use crate::format::{
-    ContentType, FormatError, Header, HeaderBody, HeaderLimits, FINAL_FRAME_PREFIX,
-    REGULAR_FRAME_PREFIX, TAG_LEN,
-};
+use crate::format::frame::FrameHeader;
+use crate::format::{ContentType, FormatError, Header, HeaderBody, HeaderLimits};
 use crate::Error;
 
 /// A source that can be read at any offset without a shared cursor: files, and bytes in memory.
@@ -72,14 +73,6 @@ impl<T: ReadAt + ?Sized> ReadAt for &T {
     }
     fn size(&self) -> io::Result<u64> {
         (**self).size()
-    }
-}
-
-pub(crate) fn eof_is_truncation(e: io::Error) -> Error {
-    if e.kind() == io::ErrorKind::UnexpectedEof {
-        FormatError::Truncated.into()
-    } else {
-        Error::Io(e)
     }
 }
 
@@ -143,17 +136,25 @@ fn read_header_at<S: ReadAt>(
     allow_signed: bool,
 ) -> Result<(Header, u64, u64), Error> {
     let total = source.size()?;
-    let mut buf = vec![0u8; 4096.min(total as usize)];
-    let (header, header_len) = loop {
-        source
-            .read_exact_at(&mut buf, 0)
-            .map_err(eof_is_truncation)?;
-        match Header::parse(&buf, limits)? {
-            Some((h, used)) => break (h, used as u64),
-            None if buf.len() as u64 >= total => return Err(FormatError::Truncated.into()),
-            None => buf.resize((buf.len() * 2).min(total as usize), 0),
-        }
-    };
+    let mut at = 0u64;
+    let (header, leftover) = read_header_with(
+        |buf| {
+            let n = buf
+                .len()
+                .min(usize::try_from(total - at).unwrap_or(usize::MAX));
+            match source.read_exact_at(&mut buf[..n], at) {
+                // A source shorter than its size: the header is truncated, as at its end.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+                Err(e) => Err(e),
+                Ok(()) => {
+                    at += n as u64;
+                    Ok(n)
+                }
+            }
+        },
+        limits,
+    )?;
+    let header_len = at - leftover.len() as u64;
     if header.body.content_type != ContentType::Framed {
         return Err(Error::InvalidArgument(
             "random access needs a framed message; this one is a single block".into(),
@@ -190,6 +191,7 @@ impl<S: ReadAt> SeekableReader<S> {
     ) -> Result<Self, Error> {
         let last = find_final_frame(&source, total, header_len, &body)?;
         let frame = u64::from(body.frame_length);
+        let slot = FrameHeader::regular_frame_len(body.frame_length);
         let cipher = FrameCipher::new(key, body.message_id.clone(), body.frame_length);
         Ok(SeekableReader {
             source,
@@ -197,7 +199,7 @@ impl<S: ReadAt> SeekableReader<S> {
             cipher,
             header_len,
             frame,
-            slot: frame + (REGULAR_FRAME_PREFIX + TAG_LEN) as u64,
+            slot,
             regular: last.index,
             claimed_len: last.index * frame + last.len,
             verified_len: OnceLock::new(),
@@ -265,7 +267,8 @@ impl<S: ReadAt> SeekableReader<S> {
     /// Reads frame `index` into `spare` (or a new buffer) and opens it in place.
     fn decrypt(&self, index: u64, spare: Option<Zeroizing<Vec<u8>>>) -> Result<Frame, Error> {
         let len = if index == self.regular {
-            (FINAL_FRAME_PREFIX + TAG_LEN) as u64 + (self.claimed_len - self.regular * self.frame)
+            // At most the frame length, a `u32`: `find_final_frame` checked it.
+            FrameHeader::final_frame_len((self.claimed_len - self.regular * self.frame) as u32)
         } else {
             self.slot
         } as usize;

@@ -2,8 +2,9 @@
 
 use std::io::{self, Read, Write};
 
-use super::decoder::{read_header, read_retrying, BodyDecoder, Need};
+use super::decoder::{BodyDecoder, Need};
 use super::encoder::FrameEncoder;
+use super::header_io::{read_header, read_retrying};
 use super::message::{begin_decrypt, begin_encrypt};
 use super::options::{Decryptor, Encryptor};
 use crate::format::HeaderBody;
