@@ -69,7 +69,8 @@ impl FrameCipher {
 
     /// Bytes of one regular frame on the wire.
     pub(crate) fn regular_frame_len(&self) -> usize {
-        REGULAR_FRAME_PREFIX + self.frame_length as usize + TAG_LEN
+        // Saturating: on 32-bit a frame length near `u32::MAX` cannot be buffered anyway.
+        usize::try_from(FrameHeader::regular_frame_len(self.frame_length)).unwrap_or(usize::MAX)
     }
 
     /// Seals block `seq`. `frame` is `[prefix][plaintext][TAG_LEN spare]`, the prefix being

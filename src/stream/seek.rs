@@ -1,8 +1,8 @@
 //! Random access to a framed message: the [`ReadAt`] sources, [`SeekableReader`] and its async
 //! face. A read decrypts only the frames that cover it, each checked against its own tag (which
 //! binds its sequence number, so a frame moved elsewhere fails). The header is read (through
-//! `header_io.rs`) and verified once; the final frame is found from the frame structure
-//! (`layout.rs`); frames are parsed and opened by the machine and the frame codec.
+//! `header_io.rs`) and verified once; the final frame, and so the footer, is found from the
+//! frame structure near the end; frames are parsed by the frame codec and opened by the machine.
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::{Mutex, OnceLock};
@@ -12,12 +12,11 @@ use std::ops::Range;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::header_io::{eof_is_truncation, read_header_with};
-use super::layout::find_final_frame;
 use super::machine::{FrameCipher, Step};
 use super::message::unwrap_header;
 use super::options::Decryptor;
 use crate::crypto::AeadKey;
-use crate::format::frame::FrameHeader;
+use crate::format::frame::{FrameHeader, FrameRead};
 use crate::format::{ContentType, FormatError, Header, HeaderBody, HeaderLimits};
 use crate::Error;
 
@@ -74,6 +73,84 @@ impl<T: ReadAt + ?Sized> ReadAt for &T {
     fn size(&self) -> io::Result<u64> {
         (**self).size()
     }
+}
+
+/// Where a framed body's final frame lies. Nothing here is authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FinalFrame {
+    /// Its index (0-based): the number of regular frames before it.
+    pub(crate) index: u64,
+    /// The plaintext length its header states.
+    pub(crate) len: u64,
+    /// Bytes of footer after it (0 for unsigned suites).
+    pub(crate) footer_len: u64,
+}
+
+/// Finds the final frame of a framed message of `total` bytes from the frame structure, reading
+/// only the frame prefixes near the end: the final frame starts on a frame boundary, and every
+/// boundary before it holds a regular frame's sequence number, so the first boundary (among those
+/// the footer's `u16` length allows) that holds the final-frame marker is it. No guess at the
+/// signature length: its `u16` must then match the bytes that are left exactly.
+///
+/// # Errors
+/// A truncated message, frames out of sequence, a footer that does not fit, bytes after the end.
+pub(crate) fn find_final_frame<S: ReadAt + ?Sized>(
+    source: &S,
+    total: u64,
+    header_len: u64,
+    body: &HeaderBody,
+) -> Result<FinalFrame, Error> {
+    let frame = u64::from(body.frame_length);
+    let slot = FrameHeader::regular_frame_len(body.frame_length);
+    let (min_footer, max_footer) = match body.suite.signature() {
+        Some(_) => (2, 2 + u64::from(u16::MAX)),
+        None => (0, 0),
+    };
+    // The final frame starts at `header_len + n * slot` and takes FINAL_FRAME_PREFIX + len +
+    // TAG_LEN bytes, len <= frame; the footer takes the rest.
+    let latest = total
+        .checked_sub(header_len + FrameHeader::final_frame_len(0) + min_footer)
+        .ok_or(FormatError::Truncated)?;
+    let earliest = latest.saturating_sub(frame + max_footer - min_footer);
+    for n in earliest.div_ceil(slot)..=latest / slot {
+        let at = header_len + n * slot;
+        let mut prefix = [0u8; FrameHeader::MAX_WIRE_LEN];
+        source
+            .read_exact_at(&mut prefix, at)
+            .map_err(eof_is_truncation)?;
+        let seq = u32::try_from(n + 1).map_err(|_| FormatError::BadFrame("too many frames"))?;
+        // The codec checks the sequence number and the IV, and the final frame's length.
+        let header = match FrameHeader::read(&prefix, seq, body.frame_length)? {
+            FrameRead::Header(h @ FrameHeader::Final { .. }) => h,
+            _ => continue,
+        };
+        let end = header.frame_wire_len(body.frame_length);
+        let footer_len = total.checked_sub(at + end).ok_or(FormatError::Truncated)?;
+        if min_footer == 0 {
+            if footer_len != 0 {
+                return Err(FormatError::TrailingBytes.into());
+            }
+        } else {
+            let mut sig_len = [0u8; 2];
+            if footer_len < 2 {
+                return Err(FormatError::Truncated.into());
+            }
+            source
+                .read_exact_at(&mut sig_len, at + end)
+                .map_err(eof_is_truncation)?;
+            match (2 + u64::from(u16::from_be_bytes(sig_len))).cmp(&footer_len) {
+                std::cmp::Ordering::Less => return Err(FormatError::TrailingBytes.into()),
+                std::cmp::Ordering::Greater => return Err(FormatError::Truncated.into()),
+                std::cmp::Ordering::Equal => {}
+            }
+        }
+        return Ok(FinalFrame {
+            index: n,
+            len: u64::from(header.content_len(body.frame_length)),
+            footer_len,
+        });
+    }
+    Err(FormatError::Truncated.into())
 }
 
 /// One decrypted frame: the frame as read, opened in place. Zeroized when replaced or dropped.
