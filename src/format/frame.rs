@@ -231,7 +231,10 @@ impl SingleBlockHeader {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::format::IV_LEN;
 
     fn written(h: FrameHeader) -> Vec<u8> {
         let mut out = vec![0u8; h.wire_len()];
@@ -295,6 +298,74 @@ mod tests {
         block[3] = 1;
         block[12..].copy_from_slice(&5u64.to_be_bytes());
         assert!(SingleBlockHeader::read(&block).is_err(), "unexpected IV");
+    }
+
+    fn edge_u32() -> impl Strategy<Value = u32> {
+        prop_oneof![
+            Just(0u32),
+            Just(1),
+            Just(MAX_FRAMES - 1),
+            Just(MAX_FRAMES),
+            Just(FINAL_FRAME_MARKER),
+            any::<u32>()
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+        /// On any bytes near a real header (a byte altered, cut short, another number
+        /// expected), reading never panics, and what it accepts is exactly the header it
+        /// would write: one canonical encoding, every check held.
+        #[test]
+        fn reading_accepts_only_what_writing_gives(
+            last in any::<bool>(),
+            seq in edge_u32(),
+            len in edge_u32(),
+            frame_length in edge_u32(),
+            expected in prop_oneof![Just(None), edge_u32().prop_map(Some)],
+            flip in prop::option::of((0usize..FINAL_FRAME_PREFIX, 1u8..=255)),
+            cut in 0usize..=FINAL_FRAME_PREFIX,
+        ) {
+            let h = if last {
+                FrameHeader::Final { seq, len }
+            } else {
+                FrameHeader::Regular { seq }
+            };
+            let mut bytes = written(h);
+            if let Some((i, x)) = flip {
+                let i = i % bytes.len();
+                bytes[i] ^= x;
+            }
+            bytes.truncate(cut);
+            let expected = expected.unwrap_or(seq);
+            match FrameHeader::read(&bytes, expected, frame_length) {
+                Ok(FrameRead::Header(got)) => {
+                    prop_assert_eq!(got.seq(), expected);
+                    prop_assert_eq!(&bytes[..got.wire_len()], &written(got)[..]);
+                    prop_assert!(got.content_len(frame_length) <= frame_length);
+                    prop_assert!(got.seq() < MAX_FRAMES || (got.is_final() && got.seq() == MAX_FRAMES));
+                }
+                Ok(FrameRead::NeedMore(n)) => prop_assert!(n > bytes.len()),
+                Err(e) => prop_assert!(matches!(e, FormatError::BadFrame(_)), "{e:?}"),
+            }
+            let untouched = flip.is_none() && cut >= h.wire_len() && expected == seq;
+            let valid = seq != FINAL_FRAME_MARKER && match h {
+                FrameHeader::Regular { .. } => seq < MAX_FRAMES,
+                FrameHeader::Final { .. } => seq <= MAX_FRAMES && len <= frame_length,
+            };
+            if untouched && valid {
+                prop_assert_eq!(
+                    FrameHeader::read(&bytes, seq, frame_length).unwrap(),
+                    FrameRead::Header(h)
+                );
+            }
+            let block = SingleBlockHeader::read(&bytes);
+            if let Ok(FrameRead::Header(b)) = block {
+                prop_assert!(b.len <= MAX_NON_FRAMED_LEN);
+                prop_assert_eq!(&bytes[..IV_LEN], &frame_iv(1)[..]);
+            }
+        }
     }
 
     #[test]
