@@ -47,7 +47,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Encrypt IN to OUT under one or more keys.
+    // IN is plaintext here. `mut_arg` moves the argument it changes to the end of the usage
+    // line: moving OUT after it too keeps `--input <IN> --output <OUT>` in that order.
     #[command(mut_arg("input", |a| a.help("Plaintext to read (`-` for stdin)")))]
+    #[command(mut_arg("output", |a| a))]
     Encrypt(EncryptArgs),
     /// Decrypt IN to OUT; every byte written has been authenticated.
     Decrypt(DecryptArgs),
