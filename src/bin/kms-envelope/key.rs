@@ -8,7 +8,7 @@ use kms_envelope::keyring::load_aws_config;
 use kms_envelope::Error;
 
 use crate::args::{strip_file_uri, AwsArgs};
-use crate::exit::{failure, io_error, io_failure, usage, Code, Failure};
+use crate::exit::{code_of, failure, io_error, io_failure, usage, Code, Failure};
 use crate::term::{print_json, terminal_safe, to_stderr, to_stdout};
 
 #[derive(Subcommand)]
@@ -163,6 +163,15 @@ pub fn run(aws: &AwsArgs, cmd: &KeyCommand) -> Result<(), Failure> {
         let config = load_aws_config(aws.profile.as_deref(), aws.region.as_deref(), aws.endpoint_url.as_deref()).await;
         let admin = KeyAdmin::new(&config);
         let kms = |e: Error| failure("KMS", e);
+        // A refused argument (alias name, waiting period) is the caller's to fix: its message
+        // alone, not under "KMS:"; the code is still code_of's.
+        let argument_or_kms = |e: Error| match &e {
+            Error::InvalidArgument(m) => Failure {
+                code: code_of(&e),
+                message: m.clone(),
+            },
+            _ => kms(e),
+        };
         match cmd {
             KeyCommand::Create { policy, tags, description, alias_name, allow_policy_warnings } => {
                 let (text, parsed) = read_policy(policy)?;
@@ -188,10 +197,7 @@ pub fn run(aws: &AwsArgs, cmd: &KeyCommand) -> Result<(), Failure> {
                 print_json(&out)?;
             }
             KeyCommand::CreateAlias { alias_name, target_key_id } => {
-                admin.create_alias(alias_name, target_key_id).await.map_err(|e| match e {
-                    Error::InvalidArgument(m) => usage(m),
-                    e => kms(e),
-                })?;
+                admin.create_alias(alias_name, target_key_id).await.map_err(argument_or_kms)?;
             }
             KeyCommand::ListAliases { key_id } => print_json(&admin.list_aliases(key_id.as_deref()).await.map_err(kms)?)?,
             KeyCommand::Describe { key_id } => print_json(&admin.describe_key(key_id).await.map_err(kms)?)?,
@@ -201,10 +207,7 @@ pub fn run(aws: &AwsArgs, cmd: &KeyCommand) -> Result<(), Failure> {
                 &admin
                     .schedule_key_deletion(key_id, *pending_window_in_days)
                     .await
-                    .map_err(|e| match e {
-                        Error::InvalidArgument(m) => usage(m),
-                        e => kms(e),
-                    })?,
+                    .map_err(argument_or_kms)?,
             )?,
             KeyCommand::CancelDeletion { key_id } => print_json(&admin.cancel_key_deletion(key_id).await.map_err(kms)?)?,
             KeyCommand::Template { .. } | KeyCommand::Lint { .. } => unreachable!("handled above"),
