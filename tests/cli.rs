@@ -2036,3 +2036,35 @@ fn an_unsyncable_directory_after_the_link_is_a_warning() {
     );
     assert_eq!(std::fs::read(&out).unwrap(), b"in place");
 }
+
+/// The exit codes `--help` lists (exit::TABLE) are the README's: each code, with the same words.
+#[test]
+fn help_and_readme_list_the_same_exit_codes() {
+    // No KMS call: any endpoint will do.
+    let help = cli_at("http://127.0.0.1:9").arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    // The table as (code, meaning) pairs, whitespace folded, up to the sentence's end.
+    let table = |text: &str| -> Vec<(String, String)> {
+        let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        let at = flat.find("Exit codes: ").expect("an exit-code table") + "Exit codes: ".len();
+        let rest = &flat[at..];
+        let end = rest.find(" (").or_else(|| rest.find('.')).unwrap();
+        rest[..end]
+            .split(", ")
+            .map(|item| {
+                let (code, what) = item.split_once(' ').unwrap();
+                (
+                    code.to_owned(),
+                    what.replace("KMS or credential", "KMS/credential"),
+                )
+            })
+            .collect()
+    };
+    let (from_help, from_readme) = (table(&help), table(&readme));
+    let codes: Vec<&str> = from_help.iter().map(|(c, _)| c.as_str()).collect();
+    assert_eq!(codes, ["0", "1", "2", "3", "4", "141"], "{help}");
+    assert_eq!(from_help, from_readme);
+}

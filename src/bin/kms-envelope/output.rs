@@ -396,7 +396,7 @@ impl AtomicFile {
         if self.durable {
             let dir = parent_dir(&self.dest);
             if let Err(e) = File::open(&dir).and_then(|d| d.sync_all()) {
-                crate::warn(&format!(
+                crate::term::warn(&format!(
                     "{} is written, but its directory {} could not be synced ({e}): after a \
                      power loss or OS crash the new name may be lost",
                     self.dest.display(),

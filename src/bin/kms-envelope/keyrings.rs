@@ -1,0 +1,99 @@
+//! Keyrings from command-line arguments: KMS keys, raw AES keys, discovery.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use kms_envelope::keyring::{DiscoveryFilter, KmsKeyring};
+use kms_envelope::{Keyring, MultiKeyring, RawAesKeyring};
+
+use crate::args::{strip_file_uri, AwsArgs, KeyArgs};
+use crate::exit::{failure, io_failure, usage, Failure};
+
+fn raw_aes_keyring(spec: &str) -> Result<RawAesKeyring, Failure> {
+    let mut parts = spec.splitn(3, ':');
+    let (Some(ns), Some(name), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(usage(format!(
+            "--raw-aes-key {spec:?}: write it as NAMESPACE:NAME:FILE"
+        )));
+    };
+    let path = Path::new(strip_file_uri(file));
+    let key = zeroize::Zeroizing::new(
+        std::fs::read(path).map_err(|e| io_failure("cannot read raw AES key file", path, e))?,
+    );
+    if key.len() != 32 {
+        return Err(usage(format!(
+            "--raw-aes-key: {} holds {} bytes; a raw AES-256 key file holds exactly 32",
+            path.display(),
+            key.len()
+        )));
+    }
+    RawAesKeyring::new(ns, name, &key).map_err(|e| usage(format!("--raw-aes-key {ns}:{name}: {e}")))
+}
+
+/// What the KMS keys of a keyring do.
+pub enum KmsMode {
+    /// The first key makes the data key, the others wrap it too.
+    Encrypt,
+    /// The named keys unwrap the data key.
+    Decrypt,
+    /// Whichever KMS key wrapped the data key, within the filter if there is one.
+    Discovery(Option<DiscoveryFilter>),
+}
+
+/// One keyring of all the keys in `keys` (a multi-keyring when there are several).
+pub fn build_keyring(
+    aws: &AwsArgs,
+    keys: &KeyArgs,
+    mode: KmsMode,
+) -> Result<Arc<dyn Keyring>, Failure> {
+    let mut rings: Vec<Arc<dyn Keyring>> = Vec::new();
+    let discovery = matches!(mode, KmsMode::Discovery(_));
+    if !keys.keys.is_empty() || discovery {
+        let mut b = KmsKeyring::builder();
+        if let Some(r) = &aws.region {
+            b = b.region(r);
+        }
+        if let Some(u) = &aws.endpoint_url {
+            b = b.endpoint_url(u);
+        }
+        if let Some(p) = &aws.profile {
+            b = b.profile(p);
+        }
+        match mode {
+            KmsMode::Discovery(filter) => b = b.discovery(filter),
+            KmsMode::Encrypt => {
+                let mut it = keys.keys.iter();
+                if let Some(first) = it.next() {
+                    b = b.generator(first);
+                }
+                for k in it {
+                    b = b.key(k);
+                }
+            }
+            KmsMode::Decrypt => {
+                for k in &keys.keys {
+                    b = b.key(k);
+                }
+            }
+        }
+        rings.push(Arc::new(b.build().map_err(|e| failure("KMS keyring", e))?));
+    }
+    for spec in &keys.raw_aes_keys {
+        rings.push(Arc::new(raw_aes_keyring(spec)?));
+    }
+    match rings.len() {
+        0 => Err(usage("name a key: --key KEY (KMS), --raw-aes-key NAMESPACE:NAME:FILE, or --discovery --account ID to decrypt")),
+        1 => Ok(rings.pop().expect("one")),
+        _ => {
+            let generator = rings.remove(0);
+            Ok(Arc::new(MultiKeyring::new(Some(generator), rings).map_err(|e| failure("keyring", e))?))
+        }
+    }
+}
+
+/// `NAMESPACE:NAME` of a `NAMESPACE:NAME:FILE` raw key argument.
+pub fn raw_spec_name(spec: &str) -> Option<&str> {
+    let (ns, rest) = spec.split_once(':')?;
+    let (name, _) = rest.split_once(':')?;
+    Some(&spec[..ns.len() + 1 + name.len()])
+}
