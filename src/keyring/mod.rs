@@ -3,6 +3,8 @@
 //! The trait is async at its core so that the KMS keyring can await network calls; the sync
 //! API drives it without needing a runtime of the caller's.
 
+#[cfg(feature = "cache")]
+mod caching;
 #[cfg(feature = "kms")]
 mod kms;
 mod multi;
@@ -14,6 +16,8 @@ pub use kms::{
     load_aws_config, DiscoveryFilter, KmsArn, KmsArnProblem, KmsError, KmsErrorKind, KmsKeyring,
     KmsKeyringBuilder,
 };
+#[cfg(feature = "cache")]
+pub use caching::{CacheLimits, CachingKeyring, DataKeyCache};
 pub use multi::MultiKeyring;
 pub use raw_aes::RawAesKeyring;
 pub use raw_rsa::{RawRsaKeyring, RsaPadding};

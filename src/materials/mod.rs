@@ -2,9 +2,7 @@
 //! and the data-key cache (feature `cache`).
 
 #[cfg(feature = "cache")]
-mod cache;
-#[cfg(feature = "cache")]
-pub use cache::{CacheLimits, CachingKeyring, DataKeyCache};
+pub use crate::keyring::{CacheLimits, CachingKeyring, DataKeyCache};
 
 use std::sync::Arc;
 
