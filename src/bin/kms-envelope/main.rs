@@ -419,7 +419,12 @@ fn shown(path: &Path) -> String {
 fn code_of(e: &Error) -> u8 {
     match e {
         Error::Io(_) => 4,
-        Error::InvalidArgument(_) | Error::ReservedContextKey(_) | Error::Keyring(_) => 2,
+        Error::Misuse(_) | Error::ReservedContextKey(_) | Error::Keyring(_) => 2,
+        // These two were argument errors before limits had a kind of their own (issue 14).
+        Error::Limit {
+            what: kms_envelope::Limit::BufferedPlaintext | kms_envelope::Limit::FrameCount,
+            ..
+        } => 2,
         Error::Kms(k) if k.kind == KmsErrorKind::InvalidCiphertext => 1,
         Error::Kms(_) => 3,
         Error::NoUsableDataKey(attempts) => {
@@ -611,7 +616,8 @@ fn build_keyring(
             b = b.profile(p);
         }
         match mode {
-            KmsMode::Discovery(filter) => b = b.discovery(filter),
+            KmsMode::Discovery(Some(filter)) => b = b.discovery_filter(filter),
+            KmsMode::Discovery(None) => b = b.discovery(),
             KmsMode::Encrypt => {
                 let mut it = keys.keys.iter();
                 if let Some(first) = it.next() {
@@ -1278,7 +1284,7 @@ fn inspect(input: &Path) -> Result<(), Failure> {
             .read_to_end(&mut bytes)
             .map_err(|e| io_failure("cannot read", input, e))?;
         let (h, _) = kms_envelope::format::Header::parse(&bytes, &limits)
-            .map_err(|e| bad(e.into()))?
+            .map_err(bad)?
             .ok_or_else(|| bad(kms_envelope::format::FormatError::Truncated.into()))?;
         (h.body, None)
     } else {
@@ -1423,7 +1429,7 @@ fn key_command(aws: &AwsArgs, cmd: &KeyCommand) -> Result<(), Failure> {
             }
             KeyCommand::CreateAlias { alias_name, target_key_id } => {
                 admin.create_alias(alias_name, target_key_id).await.map_err(|e| match e {
-                    Error::InvalidArgument(m) => usage(m),
+                    Error::Misuse(m) => usage(m),
                     e => kms(e),
                 })?;
             }
@@ -1436,7 +1442,7 @@ fn key_command(aws: &AwsArgs, cmd: &KeyCommand) -> Result<(), Failure> {
                     .schedule_key_deletion(key_id, *pending_window_in_days)
                     .await
                     .map_err(|e| match e {
-                        Error::InvalidArgument(m) => usage(m),
+                        Error::Misuse(m) => usage(m),
                         e => kms(e),
                     })?,
             )?,
