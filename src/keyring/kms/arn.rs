@@ -92,7 +92,7 @@ impl std::fmt::Display for KmsArn {
     }
 }
 
-/// Why a KMS keyring refuses the key an `aws-kms` wrapped key names ([`Error::BadKmsArn`]).
+/// Why a KMS keyring refuses the key an `aws-kms` wrapped key names ([`Error::BadKmsArn`](crate::Error::BadKmsArn)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KmsArnProblem {
