@@ -150,7 +150,7 @@ impl std::fmt::Display for Error {
 #[non_exhaustive]
 pub enum Limit {
     /// Wrapped data keys in one message: `Decryptor::max_encrypted_data_keys` and
-    /// `Encryptor::max_encrypted_data_keys` (default 10), or the format's 65,535.
+    /// `Encryptor::max_encrypted_data_keys` (default 8), or the format's 65,535.
     WrappedDataKeys,
     /// Header bytes read before the header is complete: `Decryptor::max_header_len`.
     HeaderLength,

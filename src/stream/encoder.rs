@@ -202,7 +202,7 @@ impl FrameEncoder {
     fn check_declared(&self, more: usize) -> Result<(), Error> {
         match self.declared {
             Some(limit) if self.taken + more as u64 > limit => Err(Error::Misuse(format!(
-                "more plaintext than the {limit} bytes declared with plaintext_len"
+                "more plaintext than the {limit} bytes declared with Encryptor::plaintext_len"
             ))),
             _ => Ok(()),
         }
@@ -375,7 +375,7 @@ impl FrameEncoder {
         debug_assert!(self.pending.is_none(), "pending output was written first");
         if let Some(limit) = self.declared.filter(|&l| l != self.taken) {
             return Err(Error::Misuse(format!(
-                "{} bytes of plaintext, not the {limit} declared with plaintext_len",
+                "{} bytes of plaintext, not the {limit} declared with Encryptor::plaintext_len",
                 self.taken
             )));
         }

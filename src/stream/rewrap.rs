@@ -343,7 +343,7 @@ impl<R: Read> Rewrap<R> {
                 return Err(Error::Misuse(format!(
                     "a frame length of {} bytes is above the limit of {} that readers apply by \
                      default, so the new message would be unreadable to them: choose a smaller \
-                     frame length, or raise the limit with max_frame_length",
+                     frame length, or raise the limit with Rewrap::max_frame_length",
                     self.frame_length, self.max_frame_length
                 )));
             }

@@ -162,7 +162,8 @@ fn read_header_at<S: ReadAt>(
     if header.body.suite.signature().is_some() && !allow_signed {
         return Err(Error::Misuse(
             "seeking in a signed message releases plaintext before the signature over the \
-             whole message is checked: opt in with dangerous_release_unverified_signed_frames"
+             whole message is checked: opt in with \
+             Decryptor::dangerous_release_unverified_signed_frames"
                 .into(),
         ));
     }
