@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kms_envelope::keyring::KmsKeyring;
-use kms_envelope::materials::{CacheLimits, CachingKeyring, DataKeyCache};
+use kms_envelope::{CacheLimits, CachingKeyring, DataKeyCache};
 use kms_envelope::{Decryptor, Encryptor, RawAesKeyring};
 
 fn kms(c: &mut Criterion) {
@@ -53,15 +53,17 @@ fn kms(c: &mut Criterion) {
         b.iter(|| Decryptor::new(&keyring).decrypt(&msg).unwrap())
     });
     // With the data-key cache: one GenerateDataKey per 10,000 messages.
-    let cached = CachingKeyring::new(
+    let cached = CachingKeyring::builder(
         Arc::new(keyring.clone()),
         DataKeyCache::new(NonZeroUsize::new(64).unwrap()),
-        "bench",
-        CacheLimits {
-            max_messages: 10_000,
-            ..CacheLimits::default()
-        },
-    );
+    )
+    .partition("bench")
+    .limits(CacheLimits {
+        max_messages: 10_000,
+        ..CacheLimits::default()
+    })
+    .build()
+    .unwrap();
     g.bench_function("kms_encrypt_cached", |b| {
         b.iter(|| Encryptor::new(&cached).threads(1).encrypt(&record).unwrap())
     });

@@ -38,6 +38,14 @@
 //! assert_eq!(plaintext, vec![7u8; 10_000]);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Keyrings and errors
+//!
+//! The keyrings are in [`keyring`] and at the root: raw AES and RSA keys, a multi-keyring,
+//! AWS KMS (`KmsKeyring::builder`, feature `kms`) and a data-key cache over any of them
+//! (`CachingKeyring::builder`, feature `cache`). Every fallible call returns [`Error`];
+//! [`Error::kind`] sorts it into an [`ErrorKind`] (a malformed message, a failed
+//! authentication, a named [`Limit`], API misuse, KMS, ...) for callers that react by kind.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -51,11 +59,20 @@ pub mod materials;
 pub mod stream;
 
 pub use crypto::AeadBackend;
-pub use error::{Error, Result};
-pub use format::{AlgorithmSuite, CommitmentPolicy, EncryptionContext};
+pub use error::{Error, ErrorKind, Limit, Result};
+pub use format::{AlgorithmSuite, CommitmentPolicy, EncryptionContext, HeaderLimits};
+#[cfg(feature = "kms")]
+pub use keyring::{
+    load_aws_config, DiscoveryFilter, KmsError, KmsErrorKind, KmsKeyring, KmsKeyringBuilder,
+};
+#[cfg(feature = "cache")]
+pub use keyring::{CacheLimits, CachingKeyring, CachingKeyringBuilder, DataKeyCache};
 pub use keyring::{Keyring, MultiKeyring, RawAesKeyring, RawRsaKeyring, RsaPadding};
 pub use materials::DataKey;
+#[cfg(feature = "tokio")]
+pub use stream::AsyncSeekableReader;
 pub use stream::{DecryptingReader, Decryptor, EncryptingWriter, Encryptor};
+pub use stream::{ReadAt, Rewrap, Rewrapped, SeekableReader, WrappingKey};
 
 /// Encrypts `plaintext` under `keyring` with `context`, with the default suite (0x0478) and
 /// frame length.

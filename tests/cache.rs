@@ -54,7 +54,11 @@ fn counting() -> Arc<Counting> {
 
 fn caching(inner: &Arc<Counting>, capacity: usize, limits: CacheLimits) -> CachingKeyring {
     let cache = DataKeyCache::new(NonZeroUsize::new(capacity).unwrap());
-    CachingKeyring::new(inner.clone(), cache, "test", limits)
+    CachingKeyring::builder(inner.clone(), cache)
+        .partition("test")
+        .limits(limits)
+        .build()
+        .unwrap()
 }
 
 fn ctx(v: &str) -> EncryptionContext {
@@ -142,8 +146,14 @@ fn message_byte_and_age_limits() {
 fn partitions_contexts_capacity_and_unsafe_suites() {
     let inner = counting();
     let cache = DataKeyCache::new(NonZeroUsize::new(2).unwrap());
-    let a = CachingKeyring::new(inner.clone(), cache.clone(), "a", CacheLimits::default());
-    let b = CachingKeyring::new(inner.clone(), cache.clone(), "b", CacheLimits::default());
+    let a = CachingKeyring::builder(inner.clone(), cache.clone())
+        .partition("a")
+        .build()
+        .unwrap();
+    let b = CachingKeyring::builder(inner.clone(), cache.clone())
+        .partition("b")
+        .build()
+        .unwrap();
     Encryptor::new(&a).context(ctx("x")).encrypt(b"1").unwrap();
     Encryptor::new(&b).context(ctx("x")).encrypt(b"1").unwrap();
     assert_eq!(
@@ -288,7 +298,10 @@ fn a_slow_miss_does_not_hold_up_misses_of_other_entries() {
         timed_out: std::sync::atomic::AtomicBool::new(false),
     });
     let cache = DataKeyCache::new(NonZeroUsize::new(8).unwrap());
-    let kr = CachingKeyring::new(gated.clone(), cache, "test", CacheLimits::default());
+    let kr = CachingKeyring::builder(gated.clone(), cache)
+        .partition("test")
+        .build()
+        .unwrap();
     let (started_tx, started) = std::sync::mpsc::channel();
     std::thread::scope(|s| {
         let slow = s.spawn(|| {
@@ -330,15 +343,14 @@ fn a_cache_hit_makes_no_kms_call() {
         .build()
         .unwrap();
     let cache = DataKeyCache::new(NonZeroUsize::new(16).unwrap());
-    let kr = CachingKeyring::new(
-        Arc::new(kms),
-        cache,
-        "kms",
-        CacheLimits {
+    let kr = CachingKeyring::builder(Arc::new(kms), cache)
+        .partition("kms")
+        .limits(CacheLimits {
             max_messages: 50,
             ..CacheLimits::default()
-        },
-    );
+        })
+        .build()
+        .unwrap();
     let mut msgs = Vec::new();
     for i in 0..120u32 {
         msgs.push(
@@ -382,15 +394,19 @@ async fn sixty_four_concurrent_tasks_share_one_keyring_cache_and_client() {
         .build_async()
         .await
         .unwrap();
-    let kr = Arc::new(CachingKeyring::new(
-        Arc::new(kms),
-        DataKeyCache::new(NonZeroUsize::new(256).unwrap()),
-        "load",
-        CacheLimits {
+    let kr = Arc::new(
+        CachingKeyring::builder(
+            Arc::new(kms),
+            DataKeyCache::new(NonZeroUsize::new(256).unwrap()),
+        )
+        .partition("load")
+        .limits(CacheLimits {
             max_messages: 16,
             ..CacheLimits::default()
-        },
-    ));
+        })
+        .build()
+        .unwrap(),
+    );
     let mut tasks = Vec::new();
     for i in 0..64u32 {
         let kr = kr.clone();
@@ -441,7 +457,10 @@ impl Keyring for Empty {
 #[test]
 fn a_keyring_that_produces_no_data_key_is_an_error_not_a_panic() {
     let cache = DataKeyCache::new(NonZeroUsize::new(4).unwrap());
-    let kr = CachingKeyring::new(Arc::new(Empty), cache.clone(), "t", CacheLimits::default());
+    let kr = CachingKeyring::builder(Arc::new(Empty), cache.clone())
+        .partition("t")
+        .build()
+        .unwrap();
     let err = Encryptor::new(&kr).encrypt(b"x").unwrap_err();
     assert!(matches!(err, Error::Keyring(_)), "{err:?}");
     let good = RawAesKeyring::new("cache", "key", &[8; 32]).unwrap();

@@ -181,13 +181,13 @@ fn discovery_with_matching_and_excluding_filters() {
         .context(context())
         .encrypt(b"discover me")
         .unwrap();
-    let open = builder(&m.endpoint()).discovery(None).build().unwrap();
+    let open = builder(&m.endpoint()).discovery().build().unwrap();
     assert_eq!(Decryptor::new(&open).decrypt(&msg).unwrap(), b"discover me");
     let matching = builder(&m.endpoint())
-        .discovery(Some(DiscoveryFilter {
+        .discovery_filter(DiscoveryFilter {
             partition: "aws".into(),
             accounts: vec![ACCOUNT.into()],
-        }))
+        })
         .build()
         .unwrap();
     assert_eq!(
@@ -195,10 +195,10 @@ fn discovery_with_matching_and_excluding_filters() {
         b"discover me"
     );
     let excluding = builder(&m.endpoint())
-        .discovery(Some(DiscoveryFilter {
+        .discovery_filter(DiscoveryFilter {
             partition: "aws".into(),
             accounts: vec!["999999999999".into()],
-        }))
+        })
         .build()
         .unwrap();
     let err = Decryptor::new(&excluding).decrypt(&msg).unwrap_err();
@@ -460,7 +460,7 @@ fn provider_info_that_is_not_a_key_arn_fails_decryption_as_the_esdk_spec_says() 
     let key = create_key(&kms_client(&m.endpoint(), "us-east-1"), false);
     let proxy = Proxy::start(m.port, |_| Fault::Forward);
     let strict = builder(&proxy.endpoint()).key(&key).build().unwrap();
-    let discovery = builder(&proxy.endpoint()).discovery(None).build().unwrap();
+    let discovery = builder(&proxy.endpoint()).discovery().build().unwrap();
     let writer: Arc<dyn Keyring> =
         Arc::new(builder(&m.endpoint()).generator(&key).build().unwrap());
     let alias = format!("arn:aws:kms:us-east-1:{ACCOUNT}:alias/app");
@@ -500,7 +500,7 @@ fn a_malformed_region_from_a_message_is_refused_before_any_kms_call() {
     let key = create_key(&kms_client(&m.endpoint(), "us-east-1"), false);
     let id = key.rsplit('/').next().unwrap();
     let proxy = Proxy::start(m.port, |_| Fault::Forward);
-    let discovery = builder(&proxy.endpoint()).discovery(None).build().unwrap();
+    let discovery = builder(&proxy.endpoint()).discovery().build().unwrap();
     let writer: Arc<dyn Keyring> = Arc::new(RawAesKeyring::new("ns", "k", &[3; 32]).unwrap());
     for region in [
         "us-east-1.evil.example",
@@ -564,10 +564,10 @@ fn strings_from_a_message_reach_no_error_message_raw() {
     let key = create_key(&kms_client(&m.endpoint(), "us-east-1"), false);
     let id = key.rsplit('/').next().unwrap();
     let filtered = builder(&m.endpoint())
-        .discovery(Some(DiscoveryFilter {
+        .discovery_filter(DiscoveryFilter {
             partition: "aws".into(),
             accounts: vec![ACCOUNT.into()],
-        }))
+        })
         .build()
         .unwrap();
     let aes = RawAesKeyring::new("ns", "k", &[3; 32]).unwrap();

@@ -20,7 +20,7 @@ use kms_envelope::format::{
     BlockKind, BodyAad, EncryptedDataKey, Header, HeaderLimits, FINAL_FRAME_MARKER,
 };
 use kms_envelope::materials::{
-    CacheLimits, CachingKeyring, DataKeyCache, DecryptionMaterials, EncryptionMaterials,
+    CachingKeyring, DataKeyCache, DecryptionMaterials, EncryptionMaterials,
 };
 use kms_envelope::stream::{Rewrapped, DEFAULT_MAX_FRAME_LENGTH};
 use kms_envelope::{
@@ -332,7 +332,7 @@ fn remove_matches_exactly_and_a_kept_key_must_be_wrapped() {
     assert_eq!(names(r.kept_keys()), ["ns:a2", "ns:b"]);
     for spec in ["ns", "ns:", "a", "ns:nope", "ns:a22"] {
         let err = dec.rewrap(&msg[..]).unwrap().remove(spec).unwrap_err();
-        assert!(matches!(err, Error::InvalidArgument(_)), "{spec}: {err}");
+        assert!(matches!(err, Error::Misuse(_)), "{spec}: {err}");
         assert!(err.to_string().contains("ns:a, ns:a2, ns:b"), "{err}");
     }
     // Kept keys must be wrapped: `ns:b` is kept but `c` does not wrap under it.
@@ -345,7 +345,7 @@ fn remove_matches_exactly_and_a_kept_key_must_be_wrapped() {
         .unwrap();
     let mut out = Vec::new();
     let err = r.write(&c, &mut out).map(|_| ()).unwrap_err();
-    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    assert!(matches!(err, Error::Misuse(_)), "{err}");
     assert!(err.to_string().contains("ns:b"), "{err}");
     assert!(out.is_empty(), "nothing written");
     // A removed key may not come back.
@@ -427,12 +427,12 @@ fn the_data_key_cache_is_bypassed() {
         encrypts: AtomicUsize::new(0),
     });
     let cache = DataKeyCache::new(NonZeroUsize::new(4).unwrap());
-    let caching = capture(CachingKeyring::new(
-        counting.clone(),
-        cache.clone(),
-        "p",
-        CacheLimits::default(),
-    ));
+    let caching = capture(
+        CachingKeyring::builder(counting.clone(), cache.clone())
+            .partition("p")
+            .build()
+            .unwrap(),
+    );
     let ctx = EncryptionContext::new().with("tenant", "acme");
     // A cached data key for this context, and its wrapped key.
     let cached = Encryptor::new(&caching)
@@ -713,7 +713,7 @@ fn a_removed_multi_region_key_cannot_come_back_as_a_replica() {
         )
         .map(|_| ())
         .unwrap_err();
-    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    assert!(matches!(err, Error::Misuse(_)), "{err}");
     assert!(err.to_string().contains(west), "{err}");
     assert!(out.is_empty(), "nothing written");
     // Named by the other replica's ARN, the key is removed all the same; the removed set is
@@ -747,7 +747,7 @@ fn the_output_frame_length_stays_readable_by_default() {
         .write(&key, &mut out)
         .map(|_| ())
         .unwrap_err();
-    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    assert!(matches!(err, Error::Misuse(_)), "{err}");
     assert!(out.is_empty());
     let done = job()
         .frame_length(DEFAULT_MAX_FRAME_LENGTH)

@@ -216,7 +216,7 @@ fn context_and_option_errors_are_typed() {
     ));
     assert!(matches!(
         Encryptor::new(&kr).frame_length(0).encrypt(b"x"),
-        Err(Error::InvalidArgument(_))
+        Err(Error::Misuse(_))
     ));
     assert!(matches!(
         Encryptor::new(&kr)
@@ -232,7 +232,7 @@ fn context_and_option_errors_are_typed() {
             .context(context())
             .require_context_keys(["absent"])
             .encrypt(b"x"),
-        Err(Error::InvalidArgument(_))
+        Err(Error::Misuse(_))
     ));
     let other = RawAesKeyring::new("test-namespace", "other-key", &[0x22; 32]).unwrap();
     let err = Decryptor::new(&other).decrypt(&msg).unwrap_err();

@@ -17,7 +17,7 @@ use aws_lc_rs::rsa::{
 };
 use kms_envelope::format::EncryptedDataKey;
 use kms_envelope::materials::{
-    CacheLimits, CachingKeyring, DataKeyCache, DecryptionMaterials, EncryptionMaterials,
+    CachingKeyring, DataKeyCache, DecryptionMaterials, EncryptionMaterials,
 };
 use kms_envelope::{
     AlgorithmSuite, CommitmentPolicy, Decryptor, EncryptionContext, Encryptor, Error, Keyring,
@@ -161,7 +161,10 @@ fn rsa_unwrap_failures_all_look_the_same_and_the_next_wrapped_key_is_tried() {
         // RSA then AES: the AES child gets its turn after the RSA one refuses.
         let multi = MultiKeyring::new(None, vec![rsa.clone(), aes.clone()]).unwrap();
         let cache = DataKeyCache::new(NonZeroUsize::new(8).unwrap());
-        let caching = CachingKeyring::new(rsa.clone(), cache, "oracle", CacheLimits::default());
+        let caching = CachingKeyring::builder(rsa.clone(), cache)
+            .partition("oracle")
+            .build()
+            .unwrap();
         for suite in [Suite::Committing, Suite::Legacy] {
             let label = format!("{padding:?}, RSA alone");
             let cases = rsa_cases(padding, &private);

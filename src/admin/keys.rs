@@ -76,13 +76,13 @@ fn alias_json(a: &AliasListEntry) -> Value {
 /// Checks an alias name: `alias/NAME`, not in the reserved `alias/aws/` space.
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] saying what is wrong.
+/// [`Error::Misuse`] saying what is wrong.
 pub fn check_alias_name(alias: &str) -> Result<(), Error> {
-    let name = alias.strip_prefix("alias/").ok_or_else(|| {
-        Error::InvalidArgument(format!("alias {alias:?} must start with \"alias/\""))
-    })?;
+    let name = alias
+        .strip_prefix("alias/")
+        .ok_or_else(|| Error::Misuse(format!("alias {alias:?} must start with \"alias/\"")))?;
     if name.is_empty() || alias.starts_with("alias/aws/") {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Misuse(format!(
             "alias {alias:?} is empty or in the reserved alias/aws/ space"
         )));
     }
@@ -91,7 +91,7 @@ pub fn check_alias_name(alias: &str) -> Result<(), Error> {
         .all(|b| b.is_ascii_alphanumeric() || b"/_-".contains(&b))
         || alias.len() > 256
     {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Misuse(format!(
             "alias {alias:?} may hold only letters, digits, '/', '_' and '-' (256 characters at most)"
         )));
     }
@@ -121,7 +121,7 @@ impl KeyAdmin {
             .iter()
             .map(|(k, v)| Tag::builder().tag_key(k).tag_value(v).build())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Error::InvalidArgument(format!("bad tag: {e}")))?;
+            .map_err(|e| Error::Misuse(format!("bad tag: {e}")))?;
         let out = self
             .client
             .create_key()
@@ -228,7 +228,7 @@ impl KeyAdmin {
         pending_days: i32,
     ) -> Result<Value, Error> {
         if !(7..=30).contains(&pending_days) {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Misuse(format!(
                 "the deletion window must be 7 to 30 days, not {pending_days}"
             )));
         }

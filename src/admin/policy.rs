@@ -56,12 +56,12 @@ impl KeyPolicy {
         users: &[String],
     ) -> Result<Self, crate::Error> {
         if account_id.len() != 12 || !account_id.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(crate::Error::InvalidArgument(format!(
+            return Err(crate::Error::Misuse(format!(
                 "account ID {account_id:?} is not 12 digits"
             )));
         }
         if admins.is_empty() || users.is_empty() {
-            return Err(crate::Error::InvalidArgument(
+            return Err(crate::Error::Misuse(
                 "a key policy needs at least one administrator and one user principal".into(),
             ));
         }

@@ -4,6 +4,7 @@ use super::codec::{put_vec16, Reader};
 use super::context::EncryptionContext;
 use super::suite::AlgorithmSuite;
 use super::FormatError;
+use crate::error::{Error, Limit};
 
 /// Tag length of every suite.
 pub const TAG_LEN: usize = 16;
@@ -91,8 +92,9 @@ impl HeaderBody {
     /// Serializes the fields (everything the header tag covers).
     ///
     /// # Errors
-    /// When the context or a wrapped key does not fit its `u16` length field.
-    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), FormatError> {
+    /// When the context or a wrapped key does not fit its `u16` length field, or there are
+    /// more than 65,535 wrapped keys ([`Limit::WrappedDataKeys`]).
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), Error> {
         let v2 = self.version() == 2;
         out.push(self.version());
         if !v2 {
@@ -103,10 +105,12 @@ impl HeaderBody {
         let ec = self.context.serialize()?;
         put_vec16(out, &ec);
         if self.encrypted_data_keys.is_empty() {
-            return Err(FormatError::NoDataKeys);
+            return Err(FormatError::NoDataKeys.into());
         }
-        let count = u16::try_from(self.encrypted_data_keys.len())
-            .map_err(|_| FormatError::TooManyDataKeys { max: u16::MAX })?;
+        let count = u16::try_from(self.encrypted_data_keys.len()).map_err(|_| Error::Limit {
+            what: Limit::WrappedDataKeys,
+            max: u16::MAX.into(),
+        })?;
         out.extend_from_slice(&count.to_be_bytes());
         for edk in &self.encrypted_data_keys {
             for field in [
@@ -115,7 +119,7 @@ impl HeaderBody {
                 &edk.ciphertext,
             ] {
                 if field.len() > u16::MAX as usize {
-                    return Err(FormatError::DataKeyFieldTooLarge);
+                    return Err(FormatError::DataKeyFieldTooLarge.into());
                 }
                 put_vec16(out, field);
             }
@@ -135,30 +139,31 @@ impl HeaderBody {
         Ok(())
     }
 
-    fn read(r: &mut Reader<'_>, limits: &HeaderLimits) -> Result<Self, FormatError> {
+    fn read(r: &mut Reader<'_>, limits: &HeaderLimits) -> Result<Self, Error> {
         let version = r.u8()?;
         if version != 1 && version != 2 {
-            return Err(FormatError::UnsupportedVersion(version));
+            return Err(FormatError::UnsupportedVersion(version).into());
         }
         if version == 1 {
             let kind = r.u8()?;
             if kind != 0x80 {
-                return Err(FormatError::BadMessageType(kind));
+                return Err(FormatError::BadMessageType(kind).into());
             }
         }
         let suite = AlgorithmSuite::from_id(r.u16()?)?;
         if suite.message_version() != version {
-            return Err(FormatError::VersionSuiteMismatch { version, suite });
+            return Err(FormatError::VersionSuiteMismatch { version, suite }.into());
         }
         let message_id = r.take(suite.message_id_len())?.to_vec();
         let context = EncryptionContext::parse(r.vec16()?)?;
         let count = r.u16()?;
         if count == 0 {
-            return Err(FormatError::NoDataKeys);
+            return Err(FormatError::NoDataKeys.into());
         }
         if count > limits.max_encrypted_data_keys {
-            return Err(FormatError::TooManyDataKeys {
-                max: limits.max_encrypted_data_keys,
+            return Err(Error::Limit {
+                what: Limit::WrappedDataKeys,
+                max: limits.max_encrypted_data_keys.into(),
             });
         }
         let mut encrypted_data_keys = Vec::with_capacity(count as usize);
@@ -177,21 +182,21 @@ impl HeaderBody {
         let content_type = match r.u8()? {
             1 => ContentType::NonFramed,
             2 => ContentType::Framed,
-            other => return Err(FormatError::BadContentType(other)),
+            other => return Err(FormatError::BadContentType(other).into()),
         };
         if version == 1 {
             if r.array::<4>()? != [0; 4] {
-                return Err(FormatError::BadReserved);
+                return Err(FormatError::BadReserved.into());
             }
             let iv_len = r.u8()?;
             if iv_len as usize != IV_LEN {
-                return Err(FormatError::BadIvLength(iv_len));
+                return Err(FormatError::BadIvLength(iv_len).into());
             }
         }
         let frame_length = r.u32()?;
         match (content_type, frame_length) {
             (ContentType::Framed, 0) | (ContentType::NonFramed, 1..) => {
-                return Err(FormatError::BadFrameLength(frame_length))
+                return Err(FormatError::BadFrameLength(frame_length).into())
             }
             _ => {}
         }
@@ -228,11 +233,10 @@ impl Header {
     /// or the header and the number of bytes it took.
     ///
     /// # Errors
-    /// A [`FormatError`] for any malformed field, or a header larger than the limits allow.
-    pub fn parse(
-        buf: &[u8],
-        limits: &HeaderLimits,
-    ) -> Result<Option<(Header, usize)>, FormatError> {
+    /// [`Error::Format`] for any malformed field; [`Error::Limit`] for a header larger than
+    /// [`HeaderLimits::max_header_len`] ([`Limit::HeaderLength`]) or with more wrapped keys
+    /// than [`HeaderLimits::max_encrypted_data_keys`] ([`Limit::WrappedDataKeys`]).
+    pub fn parse(buf: &[u8], limits: &HeaderLimits) -> Result<Option<(Header, usize)>, Error> {
         Ok(match Self::parse_step(buf, limits)? {
             HeaderStep::Done(header, len) => Some((header, len)),
             HeaderStep::NeedMore(_) => None,
@@ -241,25 +245,26 @@ impl Header {
 
     /// As [`parse`](Self::parse), and when the header is incomplete, how many bytes the next
     /// field needs: a reader that waits for them parses once per field, not once per read.
-    pub(crate) fn parse_step(buf: &[u8], limits: &HeaderLimits) -> Result<HeaderStep, FormatError> {
-        let too_large = FormatError::HeaderTooLarge {
-            max: limits.max_header_len,
+    pub(crate) fn parse_step(buf: &[u8], limits: &HeaderLimits) -> Result<HeaderStep, Error> {
+        let too_large = Error::Limit {
+            what: Limit::HeaderLength,
+            max: limits.max_header_len as u64,
         };
         let mut r = Reader::new(buf);
         match Self::read(&mut r, buf, limits) {
             Ok(_) if r.position() > limits.max_header_len => Err(too_large),
             Ok(header) => Ok(HeaderStep::Done(header, r.position())),
-            Err(FormatError::Truncated)
+            Err(Error::Format(FormatError::Truncated))
                 if buf.len() >= limits.max_header_len || r.wanted() > limits.max_header_len =>
             {
                 Err(too_large)
             }
-            Err(FormatError::Truncated) => Ok(HeaderStep::NeedMore(r.wanted())),
+            Err(Error::Format(FormatError::Truncated)) => Ok(HeaderStep::NeedMore(r.wanted())),
             Err(e) => Err(e),
         }
     }
 
-    fn read(r: &mut Reader<'_>, buf: &[u8], limits: &HeaderLimits) -> Result<Header, FormatError> {
+    fn read(r: &mut Reader<'_>, buf: &[u8], limits: &HeaderLimits) -> Result<Header, Error> {
         let body = HeaderBody::read(r, limits)?;
         let body_bytes = buf[..r.position()].to_vec();
         let iv = if body.version() == 1 {

@@ -22,6 +22,7 @@ pub use header::{
 pub use suite::{AlgorithmSuite, CommitmentPolicy, Kdf, SignatureAlgorithm};
 
 /// A malformed or unsupported message, found while parsing. Says what is wrong with the bytes.
+/// A message over a configurable limit is [`Error::Limit`](crate::Error::Limit) instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FormatError {
@@ -46,11 +47,6 @@ pub enum FormatError {
     ContextTooLarge,
     /// The header names no wrapped data key.
     NoDataKeys,
-    /// More wrapped data keys than the limit allows.
-    TooManyDataKeys {
-        /// The limit in force.
-        max: u16,
-    },
     /// A wrapped key's provider, info or ciphertext does not fit in 65,535 bytes.
     DataKeyFieldTooLarge,
     /// A provider ID that is not UTF-8.
@@ -65,20 +61,8 @@ pub enum FormatError {
     BadFrameLength(u32),
     /// A v2 header without its key commitment.
     MissingCommitment,
-    /// The header is larger than the limit allows.
-    HeaderTooLarge {
-        /// The limit in force.
-        max: usize,
-    },
     /// A body block is malformed (sequence number, IV or length).
     BadFrame(&'static str),
-    /// A frame longer than the limit allows.
-    FrameTooLarge {
-        /// The frame length the message claims.
-        len: u64,
-        /// The limit in force.
-        max: u64,
-    },
     /// Bytes follow the end of the message.
     TrailingBytes,
     /// The footer is malformed.
@@ -97,7 +81,6 @@ impl std::fmt::Display for FormatError {
             BadContext(why) => write!(f, "malformed encryption context in the header ({why})"),
             ContextTooLarge => write!(f, "the encryption context does not fit in 65,535 bytes: use fewer or shorter pairs"),
             NoDataKeys => write!(f, "the header holds no wrapped data key"),
-            TooManyDataKeys { max } => write!(f, "more than {max} wrapped data keys: raise the limit with max_encrypted_data_keys if this is expected"),
             DataKeyFieldTooLarge => write!(f, "a wrapped data key field does not fit in 65,535 bytes"),
             BadProviderId => write!(f, "a wrapped data key's provider ID is not valid UTF-8"),
             BadContentType(t) => write!(f, "unknown content type {t}: the message is corrupted"),
@@ -105,9 +88,7 @@ impl std::fmt::Display for FormatError {
             BadIvLength(n) => write!(f, "the v1 header's IV length is {n}, not 12: the message is corrupted"),
             BadFrameLength(n) => write!(f, "frame length {n} does not match the content type: the message is corrupted"),
             MissingCommitment => write!(f, "a v2 header needs its key commitment"),
-            HeaderTooLarge { max } => write!(f, "the header is larger than {max} bytes: raise max_header_len if this is expected"),
             BadFrame(why) => write!(f, "malformed body ({why}): the message is corrupted"),
-            FrameTooLarge { len, max } => write!(f, "frame of {len} bytes exceeds the limit of {max} bytes: raise max_frame_length if you trust this message"),
             TrailingBytes => write!(f, "bytes follow the end of the message: the input holds more than one message or is corrupted"),
             BadFooter => write!(f, "malformed signature footer: the message is corrupted"),
         }

@@ -1,14 +1,23 @@
 //! Keyrings make, wrap and unwrap data keys. The message layer calls one once per message.
 //!
+//! Beside the trait: raw AES and RSA keyrings, a multi-keyring, the AWS KMS keyring (feature
+//! `kms`) and a caching keyring over any of them (feature `cache`).
+//!
 //! The trait is async at its core so that the KMS keyring can await network calls; the sync
 //! API drives it without needing a runtime of the caller's.
 
+#[cfg(feature = "cache")]
+mod caching;
 #[cfg(feature = "kms")]
 mod kms;
 mod multi;
+#[cfg(test)]
+pub(crate) mod planted;
 mod raw_aes;
 mod raw_rsa;
 
+#[cfg(feature = "cache")]
+pub use caching::{CacheLimits, CachingKeyring, CachingKeyringBuilder, DataKeyCache};
 #[cfg(feature = "kms")]
 pub use kms::{
     load_aws_config, DiscoveryFilter, KmsArn, KmsArnProblem, KmsError, KmsErrorKind, KmsKeyring,
@@ -73,17 +82,17 @@ pub(crate) const KMS_PROVIDER_ID: &str = "aws-kms";
 /// Checks a raw keyring's namespace: non-empty, short enough, and not the KMS namespace.
 pub(crate) fn check_namespace(namespace: &str, name: &str) -> Result<(), Error> {
     if namespace.starts_with(KMS_PROVIDER_ID) {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Misuse(format!(
             "key namespace {namespace:?} is reserved for KMS keyrings: choose another namespace"
         )));
     }
     if namespace.is_empty() || name.is_empty() {
-        return Err(Error::InvalidArgument(
+        return Err(Error::Misuse(
             "a raw keyring needs a non-empty key namespace and key name".into(),
         ));
     }
     if namespace.len() > u16::MAX as usize || name.len() > u16::MAX as usize - 20 {
-        return Err(Error::InvalidArgument(
+        return Err(Error::Misuse(
             "key namespace or name longer than 65,515 bytes".into(),
         ));
     }

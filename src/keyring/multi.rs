@@ -21,13 +21,13 @@ impl MultiKeyring {
     /// keyring has already made the data key.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] when it holds no keyring at all.
+    /// [`Error::Misuse`] when it holds no keyring at all.
     pub fn new(
         generator: Option<Arc<dyn Keyring>>,
         children: Vec<Arc<dyn Keyring>>,
     ) -> Result<Self, Error> {
         if generator.is_none() && children.is_empty() {
-            return Err(Error::InvalidArgument(
+            return Err(Error::Misuse(
                 "a multi-keyring needs a generator or at least one child keyring".into(),
             ));
         }

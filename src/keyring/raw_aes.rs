@@ -30,11 +30,11 @@ impl RawAesKeyring {
     /// `namespace` (the provider ID) and `name`.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for another key length or a reserved namespace.
+    /// [`Error::Misuse`] for another key length or a reserved namespace.
     pub fn new(namespace: &str, name: &str, wrapping_key: &[u8]) -> Result<Self, Error> {
         check_namespace(namespace, name)?;
         let key = AeadKey::new(AeadBackend::AwsLc, wrapping_key).map_err(|_| {
-            Error::InvalidArgument(format!(
+            Error::Misuse(format!(
                 "a raw AES wrapping key must be 16, 24 or 32 bytes, not {}",
                 wrapping_key.len()
             ))

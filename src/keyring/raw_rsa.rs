@@ -112,9 +112,9 @@ impl std::fmt::Debug for RawRsaKeyring {
 
 fn pem_der(pem_text: &str, want: &[&str]) -> Result<Zeroizing<Vec<u8>>, Error> {
     let parsed = pem::parse(pem_text)
-        .map_err(|e| Error::InvalidArgument(format!("cannot read the RSA key as PEM: {e}")))?;
+        .map_err(|e| Error::Misuse(format!("cannot read the RSA key as PEM: {e}")))?;
     if !want.contains(&parsed.tag()) {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Misuse(format!(
             "expected a PEM block of type {}, found {:?}",
             want.join(" or "),
             parsed.tag()
@@ -128,7 +128,7 @@ impl RawRsaKeyring {
     /// the private key, the public half is derived from it.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] when neither key is given, a key does not parse, or the
+    /// [`Error::Misuse`] when neither key is given, a key does not parse, or the
     /// namespace is reserved.
     pub fn new(
         namespace: &str,
@@ -138,9 +138,7 @@ impl RawRsaKeyring {
         private_pem: Option<&str>,
     ) -> Result<Self, Error> {
         check_namespace(namespace, name)?;
-        let bad = |what: &str| {
-            Error::InvalidArgument(format!("the RSA {what} key is not a usable RSA key"))
-        };
+        let bad = |what: &str| Error::Misuse(format!("the RSA {what} key is not a usable RSA key"));
         let private = match private_pem {
             Some(p) => Some(
                 PrivateDecryptingKey::from_pkcs8(&pem_der(p, &["PRIVATE KEY"])?)
@@ -155,7 +153,7 @@ impl RawRsaKeyring {
             ),
             (None, Some(k)) => Some(k.public_key()),
             (None, None) => {
-                return Err(Error::InvalidArgument(
+                return Err(Error::Misuse(
                     "a raw RSA keyring needs a public key, a private key, or both".into(),
                 ))
             }
@@ -310,38 +308,13 @@ mod tests {
     use aws_lc_rs::rsa::KeySize;
 
     use super::*;
+    use crate::keyring::planted::Planted;
     use crate::materials::test_count::take_header_checks;
     use crate::materials::MAX_KEY_OFFERS;
     use crate::{AlgorithmSuite, CommitmentPolicy, Decryptor, Encryptor, MultiKeyring};
 
     const NS: &str = "rsa-ns";
     const NAME: &str = "rsa-key";
-
-    /// Plants the test's wrapped keys in the message, as an attacker who copies the keyring's
-    /// namespace and name would.
-    #[derive(Debug)]
-    struct Planted(Vec<Vec<u8>>);
-
-    #[async_trait::async_trait]
-    impl Keyring for Planted {
-        async fn on_encrypt(&self, m: &mut EncryptionMaterials) -> Result<(), Error> {
-            m.data_key_or_generate()?;
-            m.encrypted_data_keys
-                .extend(self.0.iter().map(|ciphertext| EncryptedDataKey {
-                    provider_id: NS.into(),
-                    provider_info: NAME.as_bytes().to_vec(),
-                    ciphertext: ciphertext.clone(),
-                }));
-            Ok(())
-        }
-        async fn on_decrypt(
-            &self,
-            _: &mut DecryptionMaterials,
-            _: &[EncryptedDataKey],
-        ) -> Result<(), Error> {
-            Err(Error::NoUsableDataKey(Vec::new()))
-        }
-    }
 
     fn rsa() -> Arc<RawRsaKeyring> {
         let private = PrivateDecryptingKey::generate(KeySize::Rsa2048).unwrap();
@@ -356,7 +329,14 @@ mod tests {
     /// the RSA keyring's own wrapped key.
     fn message(planted: Vec<Vec<u8>>, good: Option<Arc<RawRsaKeyring>>) -> Vec<u8> {
         let children: Vec<Arc<dyn Keyring>> = good.into_iter().map(|k| k as _).collect();
-        let keyring = MultiKeyring::new(Some(Arc::new(Planted(planted))), children).unwrap();
+        // Planted as an attacker who copies the keyring's namespace and name would.
+        let planted = planted.into_iter().map(|ciphertext| EncryptedDataKey {
+            provider_id: NS.into(),
+            provider_info: NAME.as_bytes().to_vec(),
+            ciphertext,
+        });
+        let planted = Planted(planted.collect());
+        let keyring = MultiKeyring::new(Some(Arc::new(planted)), children).unwrap();
         Encryptor::new(&keyring)
             .suite(AlgorithmSuite::Aes256GcmIv12Tag16HkdfSha256)
             .commitment_policy(CommitmentPolicy::ForbidEncryptAllowDecrypt)

@@ -1,10 +1,9 @@
-//! What keyrings exchange with the message layer: the data key and the materials around it,
-//! and the data-key cache (feature `cache`).
+//! What keyrings exchange with the message layer: the data key and the materials around it.
 
+/// The data-key cache moved to [`keyring`](crate::keyring); its old path still works.
 #[cfg(feature = "cache")]
-mod cache;
-#[cfg(feature = "cache")]
-pub use cache::{CacheLimits, CachingKeyring, DataKeyCache};
+#[doc(no_inline)]
+pub use crate::keyring::{CacheLimits, CachingKeyring, CachingKeyringBuilder, DataKeyCache};
 
 use std::sync::Arc;
 

@@ -11,7 +11,7 @@ use super::decoder::{BodyDecoder, HeaderBuffer, Need};
 use super::encoder::FrameEncoder;
 use super::message::{begin_decrypt, begin_encrypt};
 use super::options::{Decryptor, Encryptor};
-use super::sync::unfinishable;
+use super::sync::{poisoned, unfinishable};
 use crate::format::HeaderBody;
 use crate::Error;
 
@@ -75,7 +75,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for AsyncEncryptingWriter<W> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if this.poisoned {
-            return Poll::Ready(Err(io::Error::other("an earlier write failed")));
+            return Poll::Ready(Err(poisoned()));
         }
         ready!(this.poll_drain(cx))?;
         match this.enc.write(data) {

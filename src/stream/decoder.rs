@@ -13,7 +13,7 @@ use super::machine::{Block, Opener, Step};
 use super::options::STREAM_BUFFER_LIMIT;
 use super::workers::{batch_frames, Workers};
 use crate::format::{FormatError, Header, HeaderLimits, HeaderStep};
-use crate::Error;
+use crate::{Error, Limit};
 
 /// Bytes asked of the underlying reader at a time when nothing larger is needed.
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
@@ -459,12 +459,10 @@ impl BodyDecoder {
         let pt = b.plaintext();
         if self.hold {
             if self.held.len() + pt.len() > self.max_held {
-                return Err(Error::InvalidArgument(format!(
-                    "this signed message is larger than {} bytes, the most that is held back \
-                     until its signature verifies: raise max_buffered_len, or opt in to \
-                     dangerous_release_unverified_signed_frames",
-                    self.max_held
-                )));
+                return Err(Error::Limit {
+                    what: Limit::BufferedPlaintext,
+                    max: self.max_held as u64,
+                });
             }
             let len = self.held.len() + pt.len();
             reserve_zeroizing(&mut self.held, len, self.max_held);

@@ -128,9 +128,9 @@ impl FrameEncoder {
 
     fn check_declared(&self, more: usize) -> Result<(), Error> {
         match self.declared {
-            Some(limit) if self.taken + more as u64 > limit => Err(Error::InvalidArgument(
-                format!("more plaintext than the {limit} bytes declared with plaintext_len"),
-            )),
+            Some(limit) if self.taken + more as u64 > limit => Err(Error::Misuse(format!(
+                "more plaintext than the {limit} bytes declared with Encryptor::plaintext_len"
+            ))),
             _ => Ok(()),
         }
     }
@@ -301,8 +301,8 @@ impl FrameEncoder {
     pub(crate) fn finish(mut self) -> Result<Vec<u8>, Error> {
         debug_assert!(self.pending.is_none(), "pending output was written first");
         if let Some(limit) = self.declared.filter(|&l| l != self.taken) {
-            return Err(Error::InvalidArgument(format!(
-                "{} bytes of plaintext, not the {limit} declared with plaintext_len",
+            return Err(Error::Misuse(format!(
+                "{} bytes of plaintext, not the {limit} declared with Encryptor::plaintext_len",
                 self.taken
             )));
         }

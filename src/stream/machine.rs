@@ -19,7 +19,7 @@ use crate::format::{
     frame_iv, AlgorithmSuite, BlockKind, BodyAad, ContentType, FormatError, FINAL_FRAME_PREFIX,
     IV_LEN, MAX_FRAMES, REGULAR_FRAME_PREFIX, TAG_LEN,
 };
-use crate::Error;
+use crate::{Error, Limit};
 
 /// The IV of the header tag: all zeros, in every message (FORMAT.md).
 pub(crate) const HEADER_IV: [u8; IV_LEN] = [0; IV_LEN];
@@ -234,9 +234,10 @@ impl Sealer {
         debug_assert!(plaintext.is_none_or(|p| p.len() == count * frame));
         // The final frame takes a sequence number too, so regular ones stop one short.
         if u64::from(self.next_seq) + count as u64 > u64::from(MAX_FRAMES) {
-            return Err(Error::InvalidArgument(format!(
-                "the message would need more than {MAX_FRAMES} frames: use a larger frame length"
-            )));
+            return Err(Error::Limit {
+                what: Limit::FrameCount,
+                max: MAX_FRAMES.into(),
+            });
         }
         // The numbers are taken before sealing: a call after a failed one never reuses them.
         let base = self.next_seq;
@@ -452,11 +453,10 @@ impl Opener {
             FrameRead::Header(h) => h,
         };
         if header.len > self.max_body_len {
-            return Err(FormatError::FrameTooLarge {
-                len: header.len,
+            return Err(Error::Limit {
+                what: Limit::NonFramedBodyLength,
                 max: self.max_body_len,
-            }
-            .into());
+            });
         }
         let end = usize::try_from(header.block_wire_len()).unwrap_or(usize::MAX);
         let (kind, seq) = (BlockKind::SingleBlock, SingleBlockHeader::SEQ);
@@ -700,5 +700,53 @@ mod tests {
             opener.open_blocks(&mut body, &blocks, &pool),
             Err(Error::DecryptionFailed)
         ));
+    }
+
+    #[test]
+    fn a_message_over_the_frame_count_is_a_limit_error() {
+        let (mut sealer, _keys) = testing::sealer(AeadBackend::AwsLc, 16);
+        sealer.next_seq = MAX_FRAMES - 1;
+        let slot = REGULAR_FRAME_PREFIX + 16 + TAG_LEN;
+        let mut frames = vec![0u8; 2 * slot];
+        let err = sealer
+            .seal_frames(&mut frames, None, &Workers::Caller)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Limit {
+                    what: Limit::FrameCount,
+                    max
+                } if max == u64::from(MAX_FRAMES)
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.kind(), crate::ErrorKind::Limit);
+        assert!(err.to_string().contains("Encryptor::frame_length"), "{err}");
+    }
+
+    #[test]
+    fn a_non_framed_body_over_the_buffer_limit_is_a_limit_error() {
+        // Only the block's prefix is parsed: no key is used.
+        let key = AeadKey::new(AeadBackend::AwsLc, &[7; 32]).unwrap();
+        let cipher = FrameCipher::new(key, vec![0; 32], 0);
+        let mut opener = Opener::new(cipher, ContentType::NonFramed, None, 100);
+        let mut prefix = crate::format::frame_iv(1).to_vec();
+        prefix.extend_from_slice(&101u64.to_be_bytes());
+        let err = opener.parse(&prefix).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Limit {
+                    what: Limit::NonFramedBodyLength,
+                    max: 100
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("Decryptor::max_buffered_len"),
+            "{err}"
+        );
     }
 }

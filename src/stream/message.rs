@@ -5,11 +5,9 @@ use std::sync::Arc;
 use crate::crypto::kdf::derive;
 use crate::crypto::signature::{Signer, Verifier};
 use crate::crypto::AeadKey;
-use crate::format::{
-    ContentType, EncryptionContext, FormatError, Header, HeaderBody, PUBLIC_KEY_FIELD,
-};
+use crate::format::{ContentType, EncryptionContext, Header, HeaderBody, PUBLIC_KEY_FIELD};
 use crate::materials::{DecryptionMaterials, EncryptionMaterials, HeaderCheck};
-use crate::Error;
+use crate::{Error, Limit};
 
 use super::machine::{FrameCipher, MessageId, Opener, Sealer, HEADER_IV};
 use super::options::{Decryptor, Encryptor};
@@ -41,7 +39,7 @@ fn header_aad(body_bytes: &[u8], required_only: &EncryptionContext) -> Result<Ve
 pub(crate) async fn begin_encrypt(opts: &Encryptor<'_>) -> Result<(Vec<u8>, Sealer), Error> {
     let suite = opts.suite;
     if opts.frame_length == 0 {
-        return Err(Error::InvalidArgument(
+        return Err(Error::Misuse(
             "frame length must be between 1 and 4294967295 bytes".into(),
         ));
     }
@@ -60,7 +58,7 @@ pub(crate) async fn begin_encrypt(opts: &Encryptor<'_>) -> Result<(Vec<u8>, Seal
         .iter()
         .find(|k| !opts.context.contains_key(k))
     {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Misuse(format!(
             "required context key {k:?} is not in the encryption context: add the pair"
         )));
     }
@@ -94,10 +92,10 @@ pub(crate) async fn begin_encrypt(opts: &Encryptor<'_>) -> Result<(Vec<u8>, Seal
         return Err(Error::Keyring("the keyring wrapped no data key".into()));
     }
     if edks.len() > opts.max_encrypted_data_keys as usize {
-        return Err(FormatError::TooManyDataKeys {
-            max: opts.max_encrypted_data_keys,
-        }
-        .into());
+        return Err(Error::Limit {
+            what: Limit::WrappedDataKeys,
+            max: opts.max_encrypted_data_keys.into(),
+        });
     }
 
     let message_id = MessageId::generate(suite)?;
@@ -141,11 +139,10 @@ pub(crate) async fn unwrap_header(
         });
     }
     if body.content_type == ContentType::Framed && body.frame_length > opts.max_frame_length {
-        return Err(FormatError::FrameTooLarge {
-            len: body.frame_length.into(),
+        return Err(Error::Limit {
+            what: Limit::FrameLength,
             max: opts.max_frame_length.into(),
-        }
-        .into());
+        });
     }
     let mut full = body.context.clone();
     let mut required_only = EncryptionContext::new();

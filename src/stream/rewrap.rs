@@ -263,7 +263,7 @@ impl<R: Read> Rewrap<R> {
     /// decrypt what another wrapped, so keeping one would keep the removed key.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] when `spec` names none of the input's keys, so that a
+    /// [`Error::Misuse`] when `spec` names none of the input's keys, so that a
     /// rotation cannot silently leave the old key able to decrypt.
     pub fn remove(mut self, spec: &str) -> Result<Self, Error> {
         let named: Vec<WrappingKey> = self
@@ -273,7 +273,7 @@ impl<R: Read> Rewrap<R> {
             .cloned()
             .collect();
         if named.is_empty() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Misuse(format!(
                 "the key to remove, {spec:?}, wraps none of the message's data keys (those are: \
                  {}); name one exactly, by key ARN or key ID, or NAMESPACE:NAME for a raw key",
                 listed(&self.input_keys)
@@ -286,10 +286,10 @@ impl<R: Read> Rewrap<R> {
     /// The suite of the new message: 0x0478 or 0x0578 (a signature).
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a suite without key commitment.
+    /// [`Error::Misuse`] for a suite without key commitment.
     pub fn suite(mut self, suite: AlgorithmSuite) -> Result<Self, Error> {
         if !suite.is_committing() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Misuse(format!(
                 "a re-wrapped message is written with a key-committing suite (0x0478 or \
                  0x0578), not {suite}"
             )));
@@ -340,10 +340,10 @@ impl<R: Read> Rewrap<R> {
     ) -> Result<Rewrapped<W>, Error> {
         if self.frame_length > self.max_frame_length {
             if self.frame_length_named {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::Misuse(format!(
                     "a frame length of {} bytes is above the limit of {} that readers apply by \
                      default, so the new message would be unreadable to them: choose a smaller \
-                     frame length, or raise the limit with max_frame_length",
+                     frame length, or raise the limit with Rewrap::max_frame_length",
                     self.frame_length, self.max_frame_length
                 )));
             }
@@ -443,7 +443,7 @@ impl Keyring for Checked<'_> {
         let out: BTreeSet<WrappingKey> = edks.iter().map(WrappingKey::of).collect();
         let missing: BTreeSet<WrappingKey> = self.kept.difference(&out).cloned().collect();
         if !missing.is_empty() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Misuse(format!(
                 "the new message must stay readable by the keys that are not removed, but the \
                  keyring did not wrap its data key under {}: supply those keys, or remove them",
                 listed(&missing)
@@ -455,14 +455,14 @@ impl Keyring for Checked<'_> {
             .cloned()
             .collect();
         if !back.is_empty() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Misuse(format!(
                 "the keyring wrapped the new data key under {}, which was to be removed (a \
                  multi-Region key's replicas are one key): leave it out of the keyring",
                 listed(&back)
             )));
         }
         if out.is_empty() {
-            return Err(Error::InvalidArgument(
+            return Err(Error::Misuse(
                 "re-wrapping would leave no wrapped data key: add a key or remove fewer".into(),
             ));
         }

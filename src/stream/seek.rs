@@ -233,14 +233,15 @@ fn read_header_at<S: ReadAt>(
     )?;
     let header_len = at - leftover.len() as u64;
     if header.body.content_type != ContentType::Framed {
-        return Err(Error::InvalidArgument(
+        return Err(Error::Misuse(
             "random access needs a framed message; this one is a single block".into(),
         ));
     }
     if header.body.suite.signature().is_some() && !allow_signed {
-        return Err(Error::InvalidArgument(
+        return Err(Error::Misuse(
             "seeking in a signed message releases plaintext before the signature over the \
-             whole message is checked: opt in with dangerous_release_unverified_signed_frames"
+             whole message is checked: opt in with \
+             Decryptor::dangerous_release_unverified_signed_frames"
                 .into(),
         ));
     }

@@ -76,15 +76,18 @@ impl<W: Write> EncryptingWriter<W> {
 
 /// The error of `finish` after a failed write.
 pub(crate) fn unfinishable() -> Error {
-    Error::Io(io::Error::other(
-        "an earlier write failed, so this message is incomplete: encrypt it again",
-    ))
+    Error::Misuse("an earlier write failed, so this message is incomplete: encrypt it again".into())
+}
+
+/// The error of a write or flush after a failed write.
+pub(crate) fn poisoned() -> io::Error {
+    Error::Misuse("an earlier write failed: this writer cannot go on".into()).into()
 }
 
 impl<W: Write> Write for EncryptingWriter<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if self.poisoned {
-            return Err(io::Error::other("an earlier write failed"));
+            return Err(poisoned());
         }
         // Sealed frames are written out when the next batch is sealed (beside that sealing,
         // when the workers run), on flush, or on finish.
@@ -103,7 +106,7 @@ impl<W: Write> Write for EncryptingWriter<W> {
     /// buffered: frames are sealed whole.
     fn flush(&mut self) -> io::Result<()> {
         if self.poisoned {
-            return Err(io::Error::other("an earlier write failed"));
+            return Err(poisoned());
         }
         self.write_pending()?;
         self.inner.flush()

@@ -5,8 +5,7 @@ use std::io;
 use std::path::Path;
 use std::process::ExitCode;
 
-use kms_envelope::keyring::KmsErrorKind;
-use kms_envelope::Error;
+use kms_envelope::{Error, ErrorKind};
 
 /// The exit codes, as `--help` ([`TABLE`]) and the README list them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,18 +84,14 @@ pub fn shown(path: &Path) -> String {
     }
 }
 
-/// The exit code for a library error: the one place that maps them.
+/// The exit code for a library error: the one place that maps them, from the error's kind.
+/// A limit is a usage error: the message names the setting to raise, if the input is trusted.
 pub fn code_of(e: &Error) -> Code {
-    match e {
-        Error::Io(_) => Code::Io,
-        Error::InvalidArgument(_) | Error::ReservedContextKey(_) | Error::Keyring(_) => Code::Usage,
-        Error::Kms(k) if k.kind == KmsErrorKind::InvalidCiphertext => Code::Decrypt,
-        Error::Kms(_) => Code::Kms,
-        Error::NoUsableDataKey(attempts) => attempts
-            .iter()
-            .map(code_of)
-            .find(|&c| c == Code::Kms)
-            .unwrap_or(Code::Decrypt),
+    match e.kind() {
+        ErrorKind::Io => Code::Io,
+        ErrorKind::Kms => Code::Kms,
+        ErrorKind::Misuse | ErrorKind::Keyring | ErrorKind::Limit => Code::Usage,
+        // Format, Authentication, Policy, NoKey, Crypto, and any kind added later.
         _ => Code::Decrypt,
     }
 }

@@ -166,7 +166,7 @@ pub fn run(aws: &AwsArgs, cmd: &KeyCommand) -> Result<(), Failure> {
         // A refused argument (alias name, waiting period) is the caller's to fix: its message
         // alone, not under "KMS:"; the code is still code_of's.
         let argument_or_kms = |e: Error| match &e {
-            Error::InvalidArgument(m) => Failure {
+            Error::Misuse(m) => Failure {
                 code: code_of(&e),
                 message: m.clone(),
             },

@@ -60,7 +60,8 @@ pub fn build_keyring(
             b = b.profile(p);
         }
         match mode {
-            KmsMode::Discovery(filter) => b = b.discovery(filter),
+            KmsMode::Discovery(Some(filter)) => b = b.discovery_filter(filter),
+            KmsMode::Discovery(None) => b = b.discovery(),
             KmsMode::Encrypt => {
                 let mut it = keys.keys.iter();
                 if let Some(first) = it.next() {

@@ -32,7 +32,7 @@ pub fn inspect(input: &Path) -> Result<(), Failure> {
             .read_to_end(&mut bytes)
             .map_err(|e| io_failure("cannot read", input, e))?;
         let (h, _) = kms_envelope::format::Header::parse(&bytes, &limits)
-            .map_err(|e| bad(e.into()))?
+            .map_err(bad)?
             .ok_or_else(|| bad(kms_envelope::format::FormatError::Truncated.into()))?;
         (h.body, None)
     } else {

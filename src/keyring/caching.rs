@@ -17,7 +17,7 @@ use crate::keyring::Keyring;
 use crate::materials::{DataKey, DecryptionMaterials, EncryptionMaterials};
 use crate::Error;
 
-/// How long and how much one cached data key may be used.
+/// How long and how much one cached data key may be used (see [`CachingKeyringBuilder`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheLimits {
     /// Entries older than this are not used (and are dropped).
@@ -33,7 +33,7 @@ impl Default for CacheLimits {
     fn default() -> Self {
         CacheLimits {
             max_age: Duration::from_secs(300),
-            max_messages: 1 << 32,
+            max_messages: MAX_MESSAGES_PER_KEY,
             max_bytes: u64::MAX,
         }
     }
@@ -178,20 +178,102 @@ fn cacheable(suite: crate::AlgorithmSuite, context: &EncryptionContext) -> bool 
     suite.kdf() != Kdf::Identity && !context.contains_key(PUBLIC_KEY_FIELD)
 }
 
+/// Builds a [`CachingKeyring`]: [`CachingKeyring::builder`], the limits, then
+/// [`build`](Self::build).
+#[derive(Debug)]
+#[must_use]
+pub struct CachingKeyringBuilder {
+    inner: Arc<dyn Keyring>,
+    cache: Arc<DataKeyCache>,
+    partition: Option<String>,
+    limits: CacheLimits,
+}
+
+impl CachingKeyringBuilder {
+    /// The cache partition: caching keyrings share a cached data key only when they name the
+    /// same partition, so keyrings that must not share keys use different ones. Without this,
+    /// the keyring gets a random partition of its own (its clones share it).
+    pub fn partition(mut self, partition: impl Into<String>) -> Self {
+        self.partition = Some(partition.into());
+        self
+    }
+
+    /// All the limits at once (default: [`CacheLimits::default`]).
+    pub fn limits(mut self, limits: CacheLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Entries older than this are not used (and are dropped). Default: 5 minutes.
+    pub fn max_age(mut self, max_age: Duration) -> Self {
+        self.limits.max_age = max_age;
+        self
+    }
+
+    /// Messages encrypted under one data key, at most: 1 to 2^32 (the default).
+    pub fn max_messages(mut self, max_messages: u64) -> Self {
+        self.limits.max_messages = max_messages;
+        self
+    }
+
+    /// Plaintext bytes encrypted under one data key, at most (default: no limit). Messages
+    /// whose length is not declared up front (`Encryptor::plaintext_len`) bypass the cache
+    /// unless this is `u64::MAX`.
+    pub fn max_bytes(mut self, max_bytes: u64) -> Self {
+        self.limits.max_bytes = max_bytes;
+        self
+    }
+
+    /// The keyring.
+    ///
+    /// # Errors
+    /// [`Error::Misuse`] for `max_messages` of 0 or above 2^32 (the ESDK's bound), or a
+    /// `max_age` of zero; [`Error::Crypto`] if no random partition can be drawn.
+    pub fn build(self) -> Result<CachingKeyring, Error> {
+        let limits = self.limits;
+        if !(1..=MAX_MESSAGES_PER_KEY).contains(&limits.max_messages) {
+            return Err(Error::Misuse(format!(
+                "CachingKeyringBuilder::max_messages must be between 1 and 2^32, not {}",
+                limits.max_messages
+            )));
+        }
+        if limits.max_age.is_zero() {
+            return Err(Error::Misuse(
+                "CachingKeyringBuilder::max_age must be above zero: a zero age caches nothing"
+                    .into(),
+            ));
+        }
+        let partition = match self.partition {
+            Some(p) => p,
+            None => {
+                let mut id = [0u8; 16];
+                crate::crypto::random_bytes(&mut id)?;
+                // Not a name a caller would choose: the prefix keeps it apart from named ones.
+                let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+                format!("\0random:{hex}")
+            }
+        };
+        Ok(CachingKeyring {
+            inner: self.inner,
+            cache: self.cache,
+            partition: Arc::from(partition),
+            limits,
+        })
+    }
+}
+
+/// The most messages one cached data key may encrypt (the ESDK's bound, 2^32).
+const MAX_MESSAGES_PER_KEY: u64 = 1 << 32;
+
 impl CachingKeyring {
-    /// Caches `inner`'s data keys in `cache` under `partition` (keyrings that must not share
-    /// keys use different partitions), within `limits`.
-    pub fn new(
-        inner: Arc<dyn Keyring>,
-        cache: Arc<DataKeyCache>,
-        partition: impl Into<String>,
-        limits: CacheLimits,
-    ) -> Self {
-        CachingKeyring {
+    /// A builder for a keyring that caches `inner`'s data keys in `cache`:
+    /// `CachingKeyring::builder(inner, cache).partition("app").max_messages(1000).build()?`.
+    pub fn builder(inner: Arc<dyn Keyring>, cache: Arc<DataKeyCache>) -> CachingKeyringBuilder {
+        CachingKeyringBuilder {
             inner,
             cache,
-            partition: Arc::from(partition.into()),
-            limits,
+            partition: None,
+            limits: CacheLimits::default(),
         }
     }
 
@@ -344,7 +426,9 @@ mod tests {
     fn a_cache_hit_is_checked_outside_the_cache_lock() {
         let aes: Arc<dyn Keyring> = Arc::new(RawAesKeyring::new("ns", "key", &[7; 32]).unwrap());
         let cache = DataKeyCache::new(NonZeroUsize::new(4).unwrap());
-        let caching = CachingKeyring::new(aes.clone(), cache.clone(), "p", CacheLimits::default());
+        let caching = CachingKeyring::builder(aes.clone(), cache.clone())
+            .build()
+            .unwrap();
         let message = Encryptor::new(&*aes).encrypt(b"cached").unwrap();
         // The first decryption fills the cache; the second is a hit.
         assert_eq!(
@@ -366,5 +450,50 @@ mod tests {
             locked.iter().all(|l| !l),
             "checked under the lock: {locked:?}"
         );
+    }
+
+    #[test]
+    fn the_builder_refuses_limits_out_of_range() {
+        let aes: Arc<dyn Keyring> = Arc::new(RawAesKeyring::new("ns", "key", &[7; 32]).unwrap());
+        let cache = DataKeyCache::new(NonZeroUsize::new(4).unwrap());
+        let builder = || CachingKeyring::builder(aes.clone(), cache.clone());
+        for bad in [
+            builder().max_messages(0),
+            builder().max_messages((1 << 32) + 1),
+            builder().max_age(Duration::ZERO),
+        ] {
+            let err = bad.build().unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::Misuse, "{err:?}");
+        }
+        let kr = builder()
+            .max_age(Duration::from_secs(1))
+            .max_messages(1 << 32)
+            .max_bytes(10)
+            .build()
+            .unwrap();
+        let expected = CacheLimits {
+            max_age: Duration::from_secs(1),
+            max_messages: 1 << 32,
+            max_bytes: 10,
+        };
+        assert_eq!(kr.limits, expected);
+    }
+
+    #[test]
+    fn keyrings_without_a_partition_share_no_keys() {
+        let aes: Arc<dyn Keyring> = Arc::new(RawAesKeyring::new("ns", "key", &[7; 32]).unwrap());
+        let cache = DataKeyCache::new(NonZeroUsize::new(4).unwrap());
+        let a = CachingKeyring::builder(aes.clone(), cache.clone())
+            .build()
+            .unwrap();
+        let b = CachingKeyring::builder(aes.clone(), cache.clone())
+            .build()
+            .unwrap();
+        assert_ne!(a.partition, b.partition);
+        Encryptor::new(&a).encrypt(b"1").unwrap();
+        Encryptor::new(&a.clone()).encrypt(b"2").unwrap();
+        assert_eq!(cache.len(), 1, "a clone shares its keyring's partition");
+        Encryptor::new(&b).encrypt(b"3").unwrap();
+        assert_eq!(cache.len(), 2, "another keyring has a partition of its own");
     }
 }
