@@ -118,7 +118,7 @@ fn error_kind(e: Error) -> (String, Option<ErrorKind>) {
 }
 
 /// Reads a whole stream in `read`-byte calls from a source giving `source_max` bytes a call.
-fn stream(dec: &Decryptor<'_>, message: &[u8], source_max: usize, read: usize) -> Outcome {
+pub fn stream(dec: &Decryptor<'_>, message: &[u8], source_max: usize, read: usize) -> Outcome {
     let mut r = match dec.reader(Trickle {
         rest: message,
         max: source_max,
@@ -386,6 +386,9 @@ pub enum Expect<'a> {
     /// An error; what was released before it must be a prefix of `original` (nothing at all
     /// when `original` is `None`).
     Rejected { original: Option<&'a [u8]> },
+    /// Either this plaintext, or an error after a prefix of it (a mutation that may leave the
+    /// message intact).
+    PlaintextOrRejected(&'a [u8]),
 }
 
 /// Sums `attempts` up per adaptor, in [`Adaptor::ALL`] order. An adaptor whose attempts were
@@ -406,7 +409,23 @@ pub fn judge(attempts: &[Attempt], expect: Expect<'_>) -> Vec<(Adaptor, Verdict)
             }
             let problem = mine.iter().find_map(|a| {
                 let wrong = match (&a.outcome, expect) {
-                    (Outcome::Plaintext(pt), Expect::Plaintext(want)) if pt == want => None,
+                    (Outcome::Plaintext(pt), Expect::Plaintext(want))
+                    | (Outcome::Plaintext(pt), Expect::PlaintextOrRejected(want))
+                        if pt == want =>
+                    {
+                        None
+                    }
+                    (Outcome::Plaintext(pt), Expect::PlaintextOrRejected(_)) => {
+                        Some(format!("{} bytes that differ from the plaintext", pt.len()))
+                    }
+                    (Outcome::Failed { released, .. }, Expect::PlaintextOrRejected(pt)) => {
+                        (!pt.starts_with(released)).then(|| {
+                            format!(
+                                "released {} bytes that are not the plaintext",
+                                released.len()
+                            )
+                        })
+                    }
                     (Outcome::Plaintext(pt), Expect::Plaintext(_)) => {
                         Some(format!("{} bytes that differ from the plaintext", pt.len()))
                     }

@@ -58,7 +58,8 @@ pub fn layout(message: &[u8]) -> Layout {
         max_encrypted_data_keys: u16::MAX,
         max_header_len: 1 << 20,
     };
-    let l = scan_layout(&mut std::io::Cursor::new(message), &limits).expect("a well-formed message");
+    let l =
+        scan_layout(&mut std::io::Cursor::new(message), &limits).expect("a well-formed message");
     let header_len = l.header_len as usize;
     let frame = l.header.frame_length as usize;
     // (sequence, iv, length) field sizes in wire order, the plaintext length, whether final.
@@ -84,7 +85,9 @@ pub fn layout(message: &[u8]) -> Layout {
     let mut blocks: Vec<Block> = Vec::new();
     let mut at = header_len;
     match l.header.content_type {
-        ContentType::NonFramed => blocks.push(block(at, 0, 8, true, l.plaintext_len as usize, true)),
+        ContentType::NonFramed => {
+            blocks.push(block(at, 0, 8, true, l.plaintext_len as usize, true))
+        }
         ContentType::Framed => {
             for _ in 1..l.frames {
                 let b = block(at, 4, 0, false, frame, false);
@@ -144,7 +147,12 @@ pub fn corpus(message: &[u8]) -> Vec<Case> {
         ("middle", h.end / 2),
         ("authentication tag", h.end - 1),
     ] {
-        add(format!("header {what} flipped"), flip(message, at), None, false);
+        add(
+            format!("header {what} flipped"),
+            flip(message, at),
+            None,
+            false,
+        );
     }
     for (k, b) in l.blocks.iter().enumerate() {
         let name = if b.is_final {
@@ -162,21 +170,42 @@ pub fn corpus(message: &[u8]) -> Vec<Case> {
         for (part, range) in parts.into_iter().filter(|(_, r)| !r.is_empty()) {
             for at in [range.start, range.end - 1] {
                 // A damaged sequence number or length is a structure error or a short body.
-                let kind = matches!(part, "IV" | "ciphertext" | "tag").then_some(ErrorKind::InvalidData);
-                add(format!("{name} {part} flipped at {at}"), flip(message, at), kind, false);
+                let kind =
+                    matches!(part, "IV" | "ciphertext" | "tag").then_some(ErrorKind::InvalidData);
+                add(
+                    format!("{name} {part} flipped at {at}"),
+                    flip(message, at),
+                    kind,
+                    false,
+                );
             }
         }
     }
     if !l.footer.is_empty() {
-        for at in [l.footer.start, l.footer.start + 1, l.footer.start + 2, l.footer.end - 1] {
+        for at in [
+            l.footer.start,
+            l.footer.start + 1,
+            l.footer.start + 2,
+            l.footer.end - 1,
+        ] {
             // The signature length: a wrong one is a truncation or trailing bytes.
             let only = at >= l.footer.start + 2;
-            add(format!("footer flipped at {at}"), flip(message, at), None, only);
+            add(
+                format!("footer flipped at {at}"),
+                flip(message, at),
+                None,
+                only,
+            );
         }
     }
     let boundaries = l.boundaries();
     let last = *boundaries.last().expect("an end");
-    add("empty".into(), Vec::new(), Some(ErrorKind::UnexpectedEof), false);
+    add(
+        "empty".into(),
+        Vec::new(),
+        Some(ErrorKind::UnexpectedEof),
+        false,
+    );
     for &cut in &boundaries[..boundaries.len() - 1] {
         add(
             format!("cut at the boundary {cut}"),
@@ -191,12 +220,35 @@ pub fn corpus(message: &[u8]) -> Vec<Case> {
             false,
         );
     }
-    add("cut one byte short".into(), message[..last - 1].to_vec(), None, false);
-    add("cut in the header".into(), message[..h.end / 2].to_vec(), Some(ErrorKind::UnexpectedEof), false);
-    add("one trailing byte".into(), [message, &[0]].concat(), Some(ErrorKind::InvalidData), false);
-    add("the message twice".into(), [message, message].concat(), Some(ErrorKind::InvalidData), false);
+    add(
+        "cut one byte short".into(),
+        message[..last - 1].to_vec(),
+        None,
+        false,
+    );
+    add(
+        "cut in the header".into(),
+        message[..h.end / 2].to_vec(),
+        Some(ErrorKind::UnexpectedEof),
+        false,
+    );
+    add(
+        "one trailing byte".into(),
+        [message, &[0]].concat(),
+        Some(ErrorKind::InvalidData),
+        false,
+    );
+    add(
+        "the message twice".into(),
+        [message, message].concat(),
+        Some(ErrorKind::InvalidData),
+        false,
+    );
     if l.framed && l.blocks.len() >= 3 {
-        let (head, tail) = (&message[..h.end], &message[l.blocks.last().expect("final").span.end..]);
+        let (head, tail) = (
+            &message[..h.end],
+            &message[l.blocks.last().expect("final").span.end..],
+        );
         let block = |k: usize| &message[l.blocks[k].span.clone()];
         let n = l.blocks.len();
         let build = |order: &[usize]| -> Vec<u8> {
@@ -211,7 +263,12 @@ pub fn corpus(message: &[u8]) -> Vec<Case> {
         let mut swapped = regular.clone();
         swapped.swap(0, 1);
         swapped.push(n - 1);
-        add("frames 0 and 1 swapped".into(), build(&swapped), None, false);
+        add(
+            "frames 0 and 1 swapped".into(),
+            build(&swapped),
+            None,
+            false,
+        );
         let mut repeated = vec![0];
         repeated.extend(&regular);
         repeated.push(n - 1);
