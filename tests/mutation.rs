@@ -4,7 +4,7 @@
 #[path = "support/adaptors.rs"]
 mod adaptors;
 
-use adaptors::{decrypt_everywhere, judge, Expect, Outcome, Shape, Verdict};
+use adaptors::{decrypt_everywhere, judge, Expect, Outcome, Shape};
 use kms_envelope::{AlgorithmSuite, Decryptor, EncryptionContext, Encryptor, RawAesKeyring};
 use proptest::prelude::*;
 
@@ -103,7 +103,7 @@ proptest! {
         };
         let shape = Shape::of(&msg).unwrap();
         for (adaptor, verdict) in judge(&decrypt_everywhere(&dec, &bad, shape), expect) {
-            prop_assert!(matches!(verdict, Verdict::Pass), "{}: {:?}", adaptor.name(), verdict);
+            prop_assert!(verdict.passed_or_not_applicable(), "{}: {:?}", adaptor.name(), verdict);
         }
         // And the reader at a read size of the test's choosing.
         match adaptors::stream(&dec, &bad, bad.len().max(1), read_size) {

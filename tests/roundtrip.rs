@@ -7,7 +7,7 @@ mod data;
 
 use std::io::{Read, Write};
 
-use adaptors::{decrypt_everywhere, encrypt_everywhere, judge, Expect, Shape, Verdict};
+use adaptors::{decrypt_everywhere, encrypt_everywhere, judge, Expect, Shape};
 
 use kms_envelope::format::framed_body_len;
 use kms_envelope::{
@@ -70,7 +70,7 @@ fn lengths_around_frame_boundaries_for_both_suites_and_backends() {
                             judge(&decrypt_everywhere(&dec, &m, shape), Expect::Plaintext(&pt))
                         {
                             assert!(
-                                matches!(verdict, Verdict::Pass),
+                                verdict.passed_or_not_applicable(),
                                 "{suite} F={frame} L={len} {how}, {}: {verdict:?}",
                                 reader.name()
                             );

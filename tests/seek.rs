@@ -8,8 +8,9 @@ mod tamper;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io::{Read, Seek, SeekFrom};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(feature = "tokio")]
+use std::sync::{atomic::AtomicBool, Arc};
 
 use kms_envelope::format::FormatError;
 use kms_envelope::stream::ReadAt;
@@ -485,11 +486,13 @@ fn ten_thousand_signed_messages_open_through_the_seekable_reader() {
 }
 
 /// A source whose reads wait while its gate is closed: a read that cannot finish yet.
+#[cfg(feature = "tokio")]
 struct Gated {
     msg: Vec<u8>,
     open: Arc<AtomicBool>,
 }
 
+#[cfg(feature = "tokio")]
 impl ReadAt for Gated {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         while !self.open.load(Ordering::SeqCst) {
@@ -504,6 +507,7 @@ impl ReadAt for Gated {
 
 /// Issue 11 item 6: reads dropped half-way (a timeout, `select!`), then a smaller buffer, a
 /// seek: no panic, and the bytes are exactly right.
+#[cfg(feature = "tokio")]
 async fn cancelled_reads_leave_the_reader_usable() {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let kr = keyring();
@@ -552,6 +556,7 @@ async fn cancelled_reads_leave_the_reader_usable() {
     assert!(got == pt, "the bytes read differ from the plaintext");
 }
 
+#[cfg(feature = "tokio")]
 #[tokio::test]
 async fn async_seek_on_a_current_thread_runtime() {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -566,6 +571,7 @@ async fn async_seek_on_a_current_thread_runtime() {
     cancelled_reads_leave_the_reader_usable().await;
 }
 
+#[cfg(feature = "tokio")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_async_reads_on_a_multi_thread_runtime() {
     cancelled_reads_leave_the_reader_usable().await;

@@ -378,6 +378,14 @@ pub enum Verdict {
     NotApplicable(&'static str),
 }
 
+impl Verdict {
+    /// Passed, or did not apply (the seekable reader on a non-framed body, the async adaptor
+    /// in a build without tokio).
+    pub fn passed_or_not_applicable(&self) -> bool {
+        !matches!(self, Verdict::Fail(_))
+    }
+}
+
 /// What every attempt must give.
 #[derive(Debug, Clone, Copy)]
 pub enum Expect<'a> {

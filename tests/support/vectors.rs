@@ -30,30 +30,51 @@ pub fn subset_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/esdk-vectors")
 }
 
-/// The full set: `ESDK_VECTORS_DIR`, else `../shared/esdk-vectors` beside the crate; `None`
-/// when neither is there.
+/// The full set: `ESDK_VECTORS_DIR`, else `../shared/esdk-vectors` beside the crate.
 ///
 /// # Errors
-/// `ESDK_VECTORS_DIR` names a folder that does not exist: a typo must not pass as a skip.
+/// As [`locate`].
 pub fn full_set_dir() -> Result<Option<PathBuf>, String> {
-    if let Some(dir) = std::env::var_os(DIR_ENV).filter(|d| !d.is_empty()) {
+    locate(
+        std::env::var_os(DIR_ENV),
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/esdk-vectors"),
+        std::env::var_os(SKIP_ENV).is_some_and(|v| v == "1"),
+    )
+}
+
+/// Where the full set is, from the value of `ESDK_VECTORS_DIR` and the folder beside the crate:
+/// `Ok(None)` only when neither is there and `skip` (`KMS_ENVELOPE_SKIP_VECTORS=1`) says so.
+///
+/// # Errors
+/// `ESDK_VECTORS_DIR` names a folder that does not exist (a typo must not pass as a skip), or
+/// neither folder is there and the caller did not opt out.
+pub fn locate(
+    env: Option<std::ffi::OsString>,
+    beside: &Path,
+    skip: bool,
+) -> Result<Option<PathBuf>, String> {
+    if let Some(dir) = env.filter(|d| !d.is_empty()) {
         let dir = PathBuf::from(dir);
         return if dir.is_dir() {
             Ok(Some(dir))
         } else {
             Err(format!(
-                "{DIR_ENV}={} is not a folder: point it at the ESDK vectors (see README.md, \"Test vectors\")",
+                "{DIR_ENV}={} is not a folder: point it at the ESDK vectors (README.md, \"Test vectors\")",
                 dir.display()
             ))
         };
     }
-    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/esdk-vectors");
-    Ok(beside.is_dir().then_some(beside))
-}
-
-/// Whether the caller opted out of the full set by name.
-pub fn skip_requested() -> bool {
-    std::env::var_os(SKIP_ENV).is_some_and(|v| v == "1")
+    if beside.is_dir() {
+        Ok(Some(beside.to_path_buf()))
+    } else if skip {
+        Ok(None)
+    } else {
+        Err(format!(
+            "the full ESDK vector set is not at {}: set {DIR_ENV} to its folder (README.md, \
+             \"Test vectors\"), or {SKIP_ENV}=1 to run the curated subset alone",
+            beside.display()
+        ))
+    }
 }
 
 pub fn load_json(path: &Path) -> Value {
