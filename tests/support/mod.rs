@@ -1,5 +1,9 @@
-//! Test support: moto's KMS server on a free loopback port, a fault-injecting proxy in front
-//! of it, and AWS configuration pointing at either.
+//! The test kit's KMS part: moto's KMS server on a free loopback port, a fault-injecting proxy
+//! in front of it (`proxy`), and AWS configuration pointing at either. The rest of the kit needs
+//! no AWS and is included by path by the binaries that use it: `vectors` (the public ESDK
+//! vectors), `keyrings` (counting, planted, raw), `data` (the generator), `adaptors` (every way
+//! to read and write a message), `tamper` (the corpus of altered messages, and the one layout
+//! function), `alloc` (a counting allocator).
 #![allow(dead_code)]
 
 pub mod proxy;
