@@ -102,6 +102,15 @@ def main():
     for r in sorted(rows, key=lambda r: (int(r["bytes"]), r["set"], r["id"])):
         chosen.setdefault((r["expect"], r["suite"], kind(r["keyring"]), r["content"]), r)
 
+    # The licence text: the system's copy, else the one already in the subset.
+    licence = None
+    for path in ("/usr/share/common-licenses/Apache-2.0", os.path.join(OUT, "LICENSE-APACHE-2.0")):
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                licence = f.read()
+            break
+    if licence is None:
+        sys.exit("no copy of the Apache License 2.0 found to put beside the vectors")
     if os.path.isdir(OUT):
         shutil.rmtree(OUT)
     os.makedirs(os.path.join(OUT, "plaintexts"))
@@ -166,7 +175,8 @@ def main():
         json.dump({"manifest": {"type": "keys", "version": 3}, "keys": keys}, f, indent=2,
                   sort_keys=True, ensure_ascii=False)
         f.write("\n")
-    shutil.copyfile("/usr/share/common-licenses/Apache-2.0", os.path.join(OUT, "LICENSE-APACHE-2.0"))
+    with open(os.path.join(OUT, "LICENSE-APACHE-2.0"), "wb") as f:
+        f.write(licence)
     write_provenance(provenance, len(tests))
 
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(OUT) for f in fs)
