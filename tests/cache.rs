@@ -2,11 +2,13 @@
 //! bypass it, it holds under concurrent use, and a hit makes no KMS call (against moto).
 #![cfg(all(feature = "cache", feature = "kms"))]
 
+#[path = "support/keyrings.rs"]
+mod keyrings;
 mod support;
 
 use std::io::Write;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,36 +22,10 @@ use kms_envelope::{
     RawAesKeyring,
 };
 
-/// Counts the calls that reach the wrapped keyring.
-#[derive(Debug)]
-struct Counting {
-    inner: RawAesKeyring,
-    encrypts: AtomicUsize,
-    decrypts: AtomicUsize,
-}
-
-#[async_trait::async_trait]
-impl Keyring for Counting {
-    async fn on_encrypt(&self, m: &mut EncryptionMaterials) -> Result<(), Error> {
-        self.encrypts.fetch_add(1, Ordering::SeqCst);
-        self.inner.on_encrypt(m).await
-    }
-    async fn on_decrypt(
-        &self,
-        m: &mut DecryptionMaterials,
-        e: &[EncryptedDataKey],
-    ) -> Result<(), Error> {
-        self.decrypts.fetch_add(1, Ordering::SeqCst);
-        self.inner.on_decrypt(m, e).await
-    }
-}
+type Counting = keyrings::Counting<RawAesKeyring>;
 
 fn counting() -> Arc<Counting> {
-    Arc::new(Counting {
-        inner: RawAesKeyring::new("cache", "key", &[8; 32]).unwrap(),
-        encrypts: AtomicUsize::new(0),
-        decrypts: AtomicUsize::new(0),
-    })
+    Arc::new(Counting::new(keyrings::raw_aes("cache", "key", 8)))
 }
 
 fn caching(inner: &Arc<Counting>, capacity: usize, limits: CacheLimits) -> CachingKeyring {
@@ -82,7 +58,7 @@ fn message_byte_and_age_limits() {
             .encrypt(b"record")
             .unwrap();
     }
-    assert_eq!(inner.encrypts.load(Ordering::SeqCst), 4, "ceil(10 / 3)");
+    assert_eq!(inner.encrypts(), 4, "ceil(10 / 3)");
 
     let inner = counting();
     let kr = caching(
@@ -99,17 +75,13 @@ fn message_byte_and_age_limits() {
             .encrypt(&[0u8; 1000])
             .unwrap();
     }
-    assert_eq!(
-        inner.encrypts.load(Ordering::SeqCst),
-        5,
-        "two 1000-byte messages per key"
-    );
+    assert_eq!(inner.encrypts(), 5, "two 1000-byte messages per key");
     // A message larger than the byte limit never uses the cache.
     Encryptor::new(&kr)
         .context(ctx("a"))
         .encrypt(&[0u8; 3000])
         .unwrap();
-    assert_eq!(inner.encrypts.load(Ordering::SeqCst), 6);
+    assert_eq!(inner.encrypts(), 6);
     // A stream of undeclared length bypasses a byte-limited cache; declared, it is counted.
     let mut w = Encryptor::new(&kr)
         .context(ctx("a"))
@@ -117,7 +89,7 @@ fn message_byte_and_age_limits() {
         .unwrap();
     w.write_all(b"x").unwrap();
     w.finish().unwrap();
-    assert_eq!(inner.encrypts.load(Ordering::SeqCst), 7);
+    assert_eq!(inner.encrypts(), 7);
     let enc = Encryptor::new(&kr).context(ctx("b")).plaintext_len(10);
     let mut w = enc.writer(Vec::new()).unwrap();
     assert!(w.write_all(&[0u8; 11]).is_err(), "more than declared");
@@ -136,10 +108,10 @@ fn message_byte_and_age_limits() {
     );
     Encryptor::new(&kr).context(ctx("a")).encrypt(b"1").unwrap();
     Encryptor::new(&kr).context(ctx("a")).encrypt(b"2").unwrap();
-    assert_eq!(inner.encrypts.load(Ordering::SeqCst), 1);
+    assert_eq!(inner.encrypts(), 1);
     std::thread::sleep(Duration::from_millis(150));
     Encryptor::new(&kr).context(ctx("a")).encrypt(b"3").unwrap();
-    assert_eq!(inner.encrypts.load(Ordering::SeqCst), 2, "expired");
+    assert_eq!(inner.encrypts(), 2, "expired");
 }
 
 #[test]
@@ -156,24 +128,12 @@ fn partitions_contexts_capacity_and_unsafe_suites() {
         .unwrap();
     Encryptor::new(&a).context(ctx("x")).encrypt(b"1").unwrap();
     Encryptor::new(&b).context(ctx("x")).encrypt(b"1").unwrap();
-    assert_eq!(
-        inner.encrypts.load(Ordering::SeqCst),
-        2,
-        "partitions do not share keys"
-    );
+    assert_eq!(inner.encrypts(), 2, "partitions do not share keys");
     Encryptor::new(&a).context(ctx("y")).encrypt(b"1").unwrap();
-    assert_eq!(
-        inner.encrypts.load(Ordering::SeqCst),
-        3,
-        "contexts do not share keys"
-    );
+    assert_eq!(inner.encrypts(), 3, "contexts do not share keys");
     assert_eq!(cache.len(), 2, "capacity 2: the oldest entry was evicted");
     Encryptor::new(&a).context(ctx("x")).encrypt(b"1").unwrap();
-    assert_eq!(
-        inner.encrypts.load(Ordering::SeqCst),
-        4,
-        "evicted entry is gone"
-    );
+    assert_eq!(inner.encrypts(), 4, "evicted entry is gone");
 
     let inner = counting();
     let kr = caching(&inner, 10, CacheLimits::default());
@@ -188,11 +148,7 @@ fn partitions_contexts_capacity_and_unsafe_suites() {
             .encrypt(b"no kdf")
             .unwrap();
     }
-    assert_eq!(
-        inner.encrypts.load(Ordering::SeqCst),
-        6,
-        "signed and no-KDF suites bypass"
-    );
+    assert_eq!(inner.encrypts(), 6, "signed and no-KDF suites bypass");
 }
 
 #[test]
@@ -217,11 +173,7 @@ fn decrypt_side_cache_and_distinct_messages_under_one_key() {
         assert_eq!(Decryptor::new(&kr).decrypt(&m1).unwrap(), b"one");
         assert_eq!(Decryptor::new(&kr).decrypt(&m2).unwrap(), b"two");
     }
-    assert_eq!(
-        inner.decrypts.load(Ordering::SeqCst),
-        1,
-        "same wrapped key and context"
-    );
+    assert_eq!(inner.decrypts(), 1, "same wrapped key and context");
 }
 
 #[test]
@@ -249,16 +201,8 @@ fn concurrent_use_keeps_the_limits_exactly() {
             });
         }
     });
-    assert_eq!(
-        inner.encrypts.load(Ordering::SeqCst),
-        80,
-        "800 messages, 10 per data key"
-    );
-    assert_eq!(
-        inner.decrypts.load(Ordering::SeqCst),
-        80,
-        "one unwrap per data key"
-    );
+    assert_eq!(inner.encrypts(), 80, "800 messages, 10 per data key");
+    assert_eq!(inner.decrypts(), 80, "one unwrap per data key");
 }
 
 /// A keyring whose data-key calls for `tenant=slow` wait until the test releases them.

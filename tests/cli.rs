@@ -445,10 +445,36 @@ fn killed_encryption_leaves_nothing() {
         stdin.write_all(&[5u8; 1 << 16]).unwrap();
     }
     stdin.flush().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // stdin stays open, so the encryption cannot finish: it is killed mid-output, once its
+    // staging file holds frames (not after a fixed sleep, which could kill it before it began).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut staged = 0;
+    while staged < 1 << 20 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        staged = staged_bytes(child.id(), &out_dir);
+    }
     child.kill().unwrap();
     child.wait().unwrap();
+    assert!(
+        staged >= 1 << 20,
+        "output had not started: {staged} bytes staged"
+    );
     assert!(entries(&out_dir).is_empty(), "left {:?}", entries(&out_dir));
+}
+
+/// Bytes in the largest file process `pid` has open in `dir`: its staging file, named or not
+/// (an O_TMPFILE shows in /proc as `dir/#inode (deleted)`).
+fn staged_bytes(pid: u32, dir: &Path) -> u64 {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.flatten()
+        .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.starts_with(&dir)))
+        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0)
 }
 
 #[test]

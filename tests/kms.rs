@@ -4,9 +4,9 @@
 
 mod support;
 
-#[path = "support/planted.rs"]
-mod planted;
-use planted::Planted;
+#[path = "support/keyrings.rs"]
+mod keyrings;
+use keyrings::Planted;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

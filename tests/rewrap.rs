@@ -5,13 +5,12 @@
 #[path = "support/data.rs"]
 mod data;
 
-#[path = "support/planted.rs"]
-mod planted;
-use planted::Planted;
+#[path = "support/keyrings.rs"]
+mod keyrings;
+use keyrings::Planted;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
@@ -398,34 +397,9 @@ fn remove_matches_exactly_and_a_kept_key_must_be_wrapped() {
     assert!(err.to_string().contains("to be removed"), "{err}");
 }
 
-/// Counts the calls that reach the wrapped keyring.
-#[derive(Debug)]
-struct Counting {
-    inner: RawAesKeyring,
-    encrypts: AtomicUsize,
-}
-
-#[async_trait::async_trait]
-impl Keyring for Counting {
-    async fn on_encrypt(&self, m: &mut EncryptionMaterials) -> Result<(), Error> {
-        self.encrypts.fetch_add(1, Ordering::SeqCst);
-        self.inner.on_encrypt(m).await
-    }
-    async fn on_decrypt(
-        &self,
-        m: &mut DecryptionMaterials,
-        e: &[EncryptedDataKey],
-    ) -> Result<(), Error> {
-        self.inner.on_decrypt(m, e).await
-    }
-}
-
 #[test]
 fn the_data_key_cache_is_bypassed() {
-    let counting = Arc::new(Counting {
-        inner: raw("new", 2),
-        encrypts: AtomicUsize::new(0),
-    });
+    let counting = Arc::new(keyrings::Counting::new(raw("new", 2)));
     let cache = DataKeyCache::new(NonZeroUsize::new(4).unwrap());
     let caching = capture(
         CachingKeyring::builder(counting.clone(), cache.clone())
@@ -443,11 +417,7 @@ fn the_data_key_cache_is_bypassed() {
         .context(ctx.clone())
         .encrypt(b"b")
         .unwrap();
-    assert_eq!(
-        counting.encrypts.load(Ordering::SeqCst),
-        1,
-        "the second was a hit"
-    );
+    assert_eq!(counting.encrypts(), 1, "the second was a hit");
     assert_eq!(
         header(&again).0.body.encrypted_data_keys,
         header(&cached).0.body.encrypted_data_keys
@@ -468,11 +438,7 @@ fn the_data_key_cache_is_bypassed() {
         .unwrap()
         .write(&caching, Vec::new())
         .unwrap();
-    assert_eq!(
-        counting.encrypts.load(Ordering::SeqCst),
-        2,
-        "the cache was not consulted"
-    );
+    assert_eq!(counting.encrypts(), 2, "the cache was not consulted");
     assert_eq!(cache.len(), 1);
     assert_ne!(caching.last(), cached_dk, "not the cached data key");
     assert_ne!(
@@ -481,7 +447,7 @@ fn the_data_key_cache_is_bypassed() {
     );
     // The cache entry is still there and still served: the re-wrap neither took nor filled it.
     Encryptor::new(&caching).context(ctx).encrypt(b"d").unwrap();
-    assert_eq!(counting.encrypts.load(Ordering::SeqCst), 2);
+    assert_eq!(counting.encrypts(), 2);
 }
 
 /// A keyring that ignores the data key it is given (as a careless cache would).

@@ -1,9 +1,13 @@
 //! Round trips across lengths, frame lengths, suites and backends; context and policy rules.
 
+#[path = "support/adaptors.rs"]
+mod adaptors;
 #[path = "support/data.rs"]
 mod data;
 
 use std::io::{Read, Write};
+
+use adaptors::{decrypt_everywhere, encrypt_everywhere, judge, Expect, Shape};
 
 use kms_envelope::format::framed_body_len;
 use kms_envelope::{
@@ -23,30 +27,11 @@ fn context() -> EncryptionContext {
         .with("unicode_key_ловие", "значение")
 }
 
-/// Writes `plaintext` in uneven pieces so frames fill across write calls.
-fn encrypt_in_pieces(enc: &Encryptor<'_>, plaintext: &[u8]) -> Vec<u8> {
-    let mut w = enc.writer(Vec::new()).unwrap();
-    let mut rest = plaintext;
-    let mut step = 1;
-    while !rest.is_empty() {
-        let n = step.min(rest.len());
-        w.write_all(&rest[..n]).unwrap();
-        rest = &rest[n..];
-        step = step * 3 + 1;
-    }
-    w.finish().unwrap()
-}
-
-fn read_in_pieces(dec: &Decryptor<'_>, message: &[u8], size: usize) -> Vec<u8> {
-    let mut r = dec.reader(message).unwrap();
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; size];
-    loop {
-        let n = r.read(&mut buf).unwrap();
-        if n == 0 {
-            return out;
-        }
-        out.extend_from_slice(&buf[..n]);
+/// The plaintext a read of the whole stream in `read`-byte calls gives.
+fn read_in_pieces(dec: &Decryptor<'_>, message: &[u8], read: usize) -> Vec<u8> {
+    match adaptors::stream(dec, message, message.len().max(1), read) {
+        adaptors::Outcome::Plaintext(pt) => pt,
+        other => panic!("{other:?}"),
     }
 }
 
@@ -70,14 +55,27 @@ fn lengths_around_frame_boundaries_for_both_suites_and_backends() {
                         .suite(suite)
                         .frame_length(frame)
                         .backend(backend);
-                    let msg = encrypt_in_pieces(&enc, &pt);
-                    let one_shot = enc.encrypt(&pt).unwrap();
-                    assert_eq!(msg.len(), one_shot.len(), "same layout either way");
+                    // Every writing adaptor makes a message of the same size, which every
+                    // reading adaptor reads.
+                    let msgs = encrypt_everywhere(&enc, &pt);
+                    let msg = msgs[0].2.clone().unwrap();
                     let dec = Decryptor::new(&kr)
                         .expected_context(context())
                         .backend(backend);
-                    assert_eq!(dec.decrypt(&msg).unwrap(), pt, "{suite} F={frame} L={len}");
-                    assert_eq!(read_in_pieces(&dec, &msg, 7), pt);
+                    let shape = Shape::of(&msg).unwrap();
+                    for (adaptor, how, m) in msgs {
+                        let m = m.unwrap_or_else(|e| panic!("{} {how}: {e}", adaptor.name()));
+                        assert_eq!(m.len(), msg.len(), "same layout either way: {how}");
+                        for (reader, verdict) in
+                            judge(&decrypt_everywhere(&dec, &m, shape), Expect::Plaintext(&pt))
+                        {
+                            assert!(
+                                verdict.passed_or_not_applicable(),
+                                "{suite} F={frame} L={len} {how}, {}: {verdict:?}",
+                                reader.name()
+                            );
+                        }
+                    }
                     // The other backend reads it too.
                     for &other in AeadBackend::all() {
                         assert_eq!(dec.clone().backend(other).decrypt(&msg).unwrap(), pt);

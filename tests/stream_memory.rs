@@ -8,6 +8,8 @@
 
 #[path = "support/data.rs"]
 mod data;
+#[path = "support/tamper.rs"]
+mod tamper;
 
 use std::io::{Read, Write};
 use std::sync::Mutex;
@@ -74,10 +76,12 @@ struct ReadStats {
 fn read_through(msg: &[u8], pt_len: usize, frame: usize, threads: usize, size: usize) -> ReadStats {
     let kr = keyring();
     let dec = Decryptor::new(&kr).threads(threads);
-    // The header is what the message has beyond the body.
-    let slot = frame + 4 + 12 + 16;
-    let body = pt_len / frame * slot + (4 + 4 + 12 + 4) + pt_len % frame + 16;
-    let header = msg.len() - body;
+    // Where each frame starts in the message (computed before the heap is measured).
+    let starts: Vec<usize> = tamper::layout(msg)
+        .blocks
+        .iter()
+        .map(|b| b.span.start)
+        .collect();
     let mut out = vec![0u8; size];
     let mut src = Source {
         rest: msg,
@@ -95,7 +99,7 @@ fn read_through(msg: &[u8], pt_len: usize, frame: usize, threads: usize, size: u
             total += n;
             let given = r.get_ref().given;
             // Where the frame holding the next byte starts in the message.
-            let at = header + total / frame * slot;
+            let at = starts[(total / frame).min(starts.len() - 1)];
             ahead = ahead.max(given.saturating_sub(at));
         }
     });

@@ -1,7 +1,14 @@
-//! Every alteration of a message fails, and no plaintext that did not verify is released.
+//! Every alteration of a message fails, and no plaintext that did not verify is released: the
+//! kit's tamper corpus through every adaptor, every bit and every cut one-shot and streaming.
+
+#[path = "support/adaptors.rs"]
+mod adaptors;
+#[path = "support/tamper.rs"]
+mod tamper;
 
 use std::io::{ErrorKind, Read};
 
+use adaptors::{decrypt_everywhere, judge, Adaptor, Expect, Outcome, Shape, Verdict};
 use kms_envelope::{AlgorithmSuite, Decryptor, EncryptionContext, Encryptor, Error, RawAesKeyring};
 
 const FRAME: u32 = 64;
@@ -54,31 +61,68 @@ fn assert_rejected(msg: &[u8], pt: &[u8], what: &str) -> ErrorKind {
     kind
 }
 
-/// Offsets of the frames of an unsigned message with one EDK, found by walking the body.
-fn frame_offsets(msg: &[u8], header_len: usize) -> Vec<usize> {
-    let mut at = header_len;
-    let mut out = Vec::new();
-    loop {
-        out.push(at);
-        if msg[at..at + 4] == [0xFF; 4] {
-            let len = u32::from_be_bytes(msg[at + 20..at + 24].try_into().unwrap()) as usize;
-            at += 24 + len + 16;
-            out.push(at);
-            return out;
-        }
-        at += 16 + FRAME as usize + 16;
-    }
+/// Where each frame starts, and the body's end, from the kit's layout.
+fn frame_offsets(msg: &[u8]) -> Vec<usize> {
+    let layout = tamper::layout(msg);
+    let mut out: Vec<usize> = layout.blocks.iter().map(|b| b.span.start).collect();
+    out.push(layout.blocks.last().expect("a body").span.end);
+    out
 }
 
-fn header_len(msg: &[u8]) -> usize {
+/// The corpus of every suite's message, through every adaptor: each case fails in each (the
+/// seekable reader of a signed message, opted in, never reads the signature: an altered
+/// signature alone is no failure there), releases nothing but a prefix of the plaintext, and
+/// every adaptor with `io` errors ends with the error kind the case names.
+#[test]
+fn the_tamper_corpus_fails_in_every_adaptor() {
     let kr = keyring();
-    let r = Decryptor::new(&kr)
-        .expected_context(context())
-        .reader(msg)
-        .unwrap();
-    let mut body = Vec::new();
-    r.header().encode(&mut body).unwrap();
-    body.len() + 16
+    let dec = Decryptor::new(&kr).expected_context(context());
+    let mut counted = 0;
+    for suite in [
+        AlgorithmSuite::Aes256GcmHkdfSha512CommitKey,
+        AlgorithmSuite::Aes256GcmHkdfSha512CommitKeyEcdsaP384,
+    ] {
+        let pt = plaintext(4 * FRAME as usize + 10);
+        let msg = seal(suite, &pt);
+        let shape = Shape::of(&msg).unwrap();
+        for (adaptor, verdict) in judge(
+            &decrypt_everywhere(&dec, &msg, shape),
+            Expect::Plaintext(&pt),
+        ) {
+            assert!(
+                verdict.passed_or_not_applicable(),
+                "{suite} intact, {}: {verdict:?}",
+                adaptor.name()
+            );
+        }
+        for case in tamper::corpus(&msg) {
+            let attempts = decrypt_everywhere(&dec, &case.message, shape);
+            for (adaptor, verdict) in judge(
+                &attempts,
+                Expect::Rejected {
+                    original: Some(&pt),
+                },
+            ) {
+                let excused = case.signature_only && adaptor == Adaptor::Seekable;
+                match verdict {
+                    Verdict::Pass | Verdict::NotApplicable(_) => {}
+                    Verdict::Fail(_) if excused => {}
+                    other => panic!("{suite}, {}: {}: {other:?}", case.name, adaptor.name()),
+                }
+            }
+            if let Some(kind) = case.kind {
+                for a in attempts.iter().filter(|a| a.adaptor != Adaptor::Seekable) {
+                    let Outcome::Failed { kind: got, .. } = &a.outcome else {
+                        panic!("{}: {} accepted", case.name, a.how)
+                    };
+                    assert_eq!(*got, Some(kind), "{suite}, {}: {}", case.name, a.how);
+                }
+            }
+            counted += 1;
+        }
+    }
+    println!("tamper corpus: {counted} cases through every adaptor");
+    assert!(counted > 100, "{counted}");
 }
 
 #[test]
@@ -131,7 +175,7 @@ fn every_truncation_fails_and_frame_boundaries_read_as_eof() {
             assert_rejected(&msg[..cut], &pt, &format!("{suite}: cut at {cut}"));
         }
         if suite.signature().is_none() {
-            let offsets = frame_offsets(&msg, header_len(&msg));
+            let offsets = frame_offsets(&msg);
             assert_eq!(*offsets.last().unwrap(), msg.len());
             for &cut in &offsets[..offsets.len() - 1] {
                 let kind = assert_rejected(&msg[..cut], &pt, &format!("cut at frame {cut}"));
@@ -145,7 +189,7 @@ fn every_truncation_fails_and_frame_boundaries_read_as_eof() {
 fn reordered_duplicated_and_dropped_frames_fail() {
     let pt = plaintext(4 * FRAME as usize + 10);
     let msg = seal(AlgorithmSuite::Aes256GcmHkdfSha512CommitKey, &pt);
-    let offs = frame_offsets(&msg, header_len(&msg));
+    let offs = frame_offsets(&msg);
     let frame = |k: usize| msg[offs[k]..offs[k + 1]].to_vec();
     let head = msg[..offs[0]].to_vec();
     let build = |order: &[usize]| {
@@ -180,7 +224,7 @@ fn reordered_duplicated_and_dropped_frames_fail() {
 fn final_marker_suite_version_and_trailing_bytes() {
     let pt = plaintext(2 * FRAME as usize + 3);
     let msg = seal(AlgorithmSuite::Aes256GcmHkdfSha512CommitKey, &pt);
-    let offs = frame_offsets(&msg, header_len(&msg));
+    let offs = frame_offsets(&msg);
     // Turn the last regular frame into a "final" one and back.
     let mut bad = msg.clone();
     bad[offs[1]..offs[1] + 4].copy_from_slice(&[0xFF; 4]);
@@ -236,6 +280,16 @@ fn wrapped_key_swap_and_context_change_fail() {
             .decrypt(&swapped),
         Err(Error::DecryptionFailed)
     ));
+    let dec = Decryptor::new(&kr).expected_context(context());
+    let shape = Shape::of(&a).unwrap();
+    let attempts = decrypt_everywhere(&dec, &swapped, shape);
+    for (adaptor, verdict) in judge(&attempts, Expect::Rejected { original: None }) {
+        assert!(
+            verdict.passed_or_not_applicable(),
+            "{}: {verdict:?}",
+            adaptor.name()
+        );
+    }
     // The context in the header is authenticated: change one value byte.
     let pos = a.windows(6).position(|w| w == b"tamper").unwrap();
     let mut changed = a.clone();
@@ -281,7 +335,7 @@ fn frames_opened_into_the_callers_buffer_are_never_unauthenticated() {
         .context(context())
         .encrypt(&pt)
         .unwrap();
-    let offsets = frame_offsets(&msg, header_len(&msg));
+    let offsets = frame_offsets(&msg);
     let mut flipped = msg.clone();
     flipped[offsets[40] + 3000] ^= 0x10;
     let trailing = [&msg[..], &[0]].concat();

@@ -2,9 +2,9 @@
 //! key of the wrong length, a key that does not open the header), the answer is the same, and
 //! the keyring goes on to the message's next wrapped key.
 
-#[path = "support/planted.rs"]
-mod planted;
-use planted::Planted;
+#[path = "support/keyrings.rs"]
+mod keyrings;
+use keyrings::Planted;
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;

@@ -1,5 +1,9 @@
-//! Test support: moto's KMS server on a free loopback port, a fault-injecting proxy in front
-//! of it, and AWS configuration pointing at either.
+//! The test kit's KMS part: moto's KMS server on a free loopback port, a fault-injecting proxy
+//! in front of it (`proxy`), and AWS configuration pointing at either. The rest of the kit needs
+//! no AWS and is included by path by the binaries that use it: `vectors` (the public ESDK
+//! vectors), `keyrings` (counting, planted, raw), `data` (the generator), `adaptors` (every way
+//! to read and write a message), `tamper` (the corpus of altered messages, and the one layout
+//! function), `alloc` (a counting allocator).
 #![allow(dead_code)]
 
 pub mod proxy;
@@ -39,20 +43,48 @@ pub fn free_port() -> u16 {
 }
 
 impl Moto {
+    /// Starts moto's server. Panics at once, saying what to install, when `moto.server` does
+    /// not import, and as soon as the server exits during start-up (with what it printed).
     pub fn start() -> Moto {
+        let check = Command::new("python3")
+            .args(["-c", "import moto.server"])
+            .stdin(Stdio::null())
+            .output();
+        match check {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => panic!(
+                "moto's server does not import ({}): run scripts/test.sh, which installs it, or \
+                 `python3 -m pip install 'moto[server]'`",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(e) => panic!(
+                "python3 does not run ({e}): the KMS tests need python3 with moto's server; \
+                 scripts/test.sh installs it (`python3 -m pip install 'moto[server]'`)"
+            ),
+        }
         let port = free_port();
-        let child = Command::new("python3")
+        let log = tempfile::tempfile().expect("a temporary file for moto's output");
+        let mut child = Command::new("python3")
             .args(["-c", LAUNCH, &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log.try_clone().expect("moto's log"))
             .spawn()
             .expect("python3 with moto[server] (scripts/test.sh installs it)");
         let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut said = String::new();
+                let _ = std::io::Seek::rewind(&mut &log);
+                let _ = std::io::Read::read_to_string(&mut &log, &mut said);
+                panic!(
+                    "moto_server exited during start-up ({status}); it said:\n{}",
+                    said.trim()
+                );
+            }
             assert!(
                 Instant::now() < deadline,
-                "moto_server did not start on port {port}"
+                "moto_server did not start on port {port} within 60 s"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
