@@ -14,8 +14,11 @@ use crate::Error;
 /// The shape of a message, read without a key.
 ///
 /// Every offset it gives ([`frame`](Self::frame), [`footer_offset`](Self::footer_offset)) is
-/// computed from these fields by the same frame codec that reads messages.
+/// computed from these fields by the same frame codec that reads messages. Only
+/// [`scan_layout`] makes one (`#[non_exhaustive]`), so the fields always describe a message that
+/// scanned: a hand-built layout could claim spans no message has.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MessageLayout {
     /// The header's fields.
     pub header: HeaderBody,
@@ -32,6 +35,7 @@ pub struct MessageLayout {
 /// Where one body block lies in a message, in bytes from the message's start. Nothing here is
 /// authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FrameSpan {
     /// The block's index (0-based); its sequence number is `index + 1`.
     pub index: u64,
