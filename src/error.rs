@@ -563,7 +563,10 @@ mod tests {
         let nested = Error::NoUsableDataKey(vec![kms(KmsErrorKind::Timeout)]);
         let outer = Error::NoUsableDataKey(vec![Error::DecryptionFailed, nested]);
         assert_eq!(outer.kind(), ErrorKind::Kms);
-        assert_eq!(kms(KmsErrorKind::InvalidCiphertext).kind(), ErrorKind::NoKey);
+        assert_eq!(
+            kms(KmsErrorKind::InvalidCiphertext).kind(),
+            ErrorKind::NoKey
+        );
         assert_eq!(kms(KmsErrorKind::AccessDenied).kind(), ErrorKind::Kms);
     }
 
