@@ -26,7 +26,7 @@ async fn async_and_sync_messages_read_each_other() {
                 .suite(suite)
                 .frame_length(512);
             // Async writer, fed in uneven pieces through a duplex pipe-like Vec.
-            let mut w = enc.async_writer(Vec::new()).await.unwrap();
+            let mut w = enc.writer_async(Vec::new()).await.unwrap();
             for chunk in pt.chunks(97) {
                 w.write_all(chunk).await.unwrap();
             }
@@ -35,7 +35,7 @@ async fn async_and_sync_messages_read_each_other() {
             let from_sync = enc.encrypt(&pt).unwrap();
             let dec = Decryptor::new(&kr).expected_context(ctx.clone());
             assert_eq!(dec.decrypt(&from_async).unwrap(), pt, "sync reads async");
-            let mut r = dec.async_reader(&from_sync[..]).await.unwrap();
+            let mut r = dec.reader_async(&from_sync[..]).await.unwrap();
             let mut out = Vec::new();
             let mut buf = [0u8; 33];
             loop {
@@ -67,7 +67,7 @@ async fn async_reader_refuses_tampering_and_truncation() {
     }
     let mut bad = msg.clone();
     bad[1000] ^= 1;
-    let mut r = dec.async_reader(&bad[..]).await.unwrap();
+    let mut r = dec.reader_async(&bad[..]).await.unwrap();
     let mut out = Vec::new();
     let err = r.read_to_end(&mut out).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
@@ -77,7 +77,7 @@ async fn async_reader_refuses_tampering_and_truncation() {
 #[tokio::test]
 async fn shutdown_without_finish_is_refused() {
     let kr = keyring();
-    let mut w = Encryptor::new(&kr).async_writer(Vec::new()).await.unwrap();
+    let mut w = Encryptor::new(&kr).writer_async(Vec::new()).await.unwrap();
     w.write_all(b"data").await.unwrap();
     let err = w.shutdown().await.unwrap_err();
     assert!(err.to_string().contains("finish()"));
@@ -90,7 +90,7 @@ async fn async_seek_reads_ranges() {
     let pt = data(300_000);
     let msg = Encryptor::new(&kr).frame_length(4096).encrypt(&pt).unwrap();
     let mut r = Decryptor::new(&kr)
-        .async_seekable(msg.clone())
+        .seekable_async(msg.clone())
         .await
         .unwrap();
     assert_eq!(r.plaintext_len(), 300_000);
@@ -106,7 +106,7 @@ async fn async_seek_reads_ranges() {
     let at = bad.len() - 1000;
     bad[at] ^= 1;
     assert!(
-        Decryptor::new(&kr).async_seekable(bad).await.is_err(),
+        Decryptor::new(&kr).seekable_async(bad).await.is_err(),
         "final frame altered"
     );
 }

@@ -89,11 +89,11 @@ fn hostile_lengths_are_refused_within_bounded_memory() {
     // A non-framed body claiming 2^36 bytes: refused by max_buffered_len, nothing allocated.
     let legacy = Encryptor::new(&kr)
         .suite(AlgorithmSuite::Aes256GcmIv12Tag16HkdfSha256)
-        .commitment_policy(kms_envelope::CommitmentPolicy::ForbidEncryptAllowDecrypt)
+        .dangerous_commitment_policy(kms_envelope::CommitmentPolicy::ForbidEncryptAllowDecrypt)
         .encrypt(b"abc")
         .unwrap();
     let r = Decryptor::new(&kr)
-        .commitment_policy(kms_envelope::CommitmentPolicy::RequireEncryptAllowDecrypt)
+        .dangerous_commitment_policy(kms_envelope::CommitmentPolicy::RequireEncryptAllowDecrypt)
         .reader(&legacy[..])
         .unwrap();
     let mut header = Vec::new();
@@ -108,7 +108,7 @@ fn hostile_lengths_are_refused_within_bounded_memory() {
     nonframed.extend_from_slice(&[0u8; 4096]);
     let grew = peak_growth(|| {
         assert!(Decryptor::new(&kr)
-            .commitment_policy(kms_envelope::CommitmentPolicy::RequireEncryptAllowDecrypt)
+            .dangerous_commitment_policy(kms_envelope::CommitmentPolicy::RequireEncryptAllowDecrypt)
             .decrypt(&nonframed)
             .is_err());
     });

@@ -181,7 +181,7 @@ impl Read for Trickle<'_> {
 
 fn decrypt_all_ways(case: &Case, ciphertext: &[u8]) -> Result<Vec<u8>, String> {
     let dec = Decryptor::new(&*case.keyring)
-        .commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt)
+        .dangerous_commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt)
         .expected_context(case.context.clone());
     let one_shot = dec
         .decrypt(ciphertext)

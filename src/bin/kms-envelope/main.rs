@@ -901,7 +901,7 @@ fn decrypt(aws: &AwsArgs, a: &DecryptArgs) -> Result<(), Failure> {
         .max_buffered_len(a.max_buffered_size)
         .dangerous_release_unverified_signed_frames(true);
     if a.allow_legacy_suites {
-        dec = dec.commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt);
+        dec = dec.dangerous_commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt);
     }
     if let Some(t) = a.threads {
         dec = dec.threads(t.into());
@@ -1118,7 +1118,7 @@ fn rewrap(aws: &AwsArgs, a: &RewrapArgs) -> Result<(), Failure> {
     let fail = |e| failure(&format!("re-wrapping {in_name}"), e);
     let mut dec = Decryptor::new(&*old).expected_context(context);
     if a.allow_legacy_suites {
-        dec = dec.commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt);
+        dec = dec.dangerous_commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt);
     }
     if let Some(t) = a.threads {
         dec = dec.threads(t.into());
