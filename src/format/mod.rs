@@ -24,19 +24,19 @@ pub use suite::{AlgorithmSuite, CommitmentPolicy, Kdf, SignatureAlgorithm};
 
 /// The body's wire details are not part of the API: each of these must fail to compile.
 ///
-/// ```compile_fail
+/// ```compile_fail,E0603
 /// let _ = kms_envelope::format::frame_iv(1);
 /// ```
-/// ```compile_fail
+/// ```compile_fail,E0603
 /// let _ = kms_envelope::format::FINAL_FRAME_PREFIX;
 /// ```
-/// ```compile_fail
+/// ```compile_fail,E0603
 /// let _ = kms_envelope::format::MAX_FRAMES;
 /// ```
-/// ```compile_fail
+/// ```compile_fail,E0603
 /// let _ = kms_envelope::format::BlockKind::Frame;
 /// ```
-/// ```compile_fail
+/// ```compile_fail,E0603
 /// use kms_envelope::format::BodyAad;
 /// ```
 /// What a user needs stays: the header, parsed with the default limits.

@@ -213,12 +213,12 @@ impl<'k> Encryptor<'k> {
 
 /// Legacy suites only under a name that says so: the old setter must fail to compile.
 ///
-/// ```compile_fail
+/// ```compile_fail,E0599
 /// use kms_envelope::{CommitmentPolicy, Decryptor, RawAesKeyring};
 /// let keyring = RawAesKeyring::new("ns", "key", &[7u8; 32]).unwrap();
 /// let _ = Decryptor::new(&keyring).commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt);
 /// ```
-/// ```compile_fail
+/// ```compile_fail,E0599
 /// use kms_envelope::{CommitmentPolicy, Encryptor, RawAesKeyring};
 /// let keyring = RawAesKeyring::new("ns", "key", &[7u8; 32]).unwrap();
 /// let _ = Encryptor::new(&keyring).commitment_policy(CommitmentPolicy::ForbidEncryptAllowDecrypt);
