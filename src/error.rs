@@ -519,7 +519,7 @@ mod tests {
         let k = aes("k");
         let legacy = Encryptor::new(&*k)
             .suite(AlgorithmSuite::Aes256GcmIv12Tag16HkdfSha256)
-            .commitment_policy(CommitmentPolicy::ForbidEncryptAllowDecrypt)
+            .dangerous_commitment_policy(CommitmentPolicy::ForbidEncryptAllowDecrypt)
             .encrypt(b"x")
             .unwrap();
         let err = Decryptor::new(&*k).decrypt(&legacy).unwrap_err();

@@ -27,7 +27,7 @@ async fn async_and_sync_messages_read_each_other() {
                 .suite(suite)
                 .frame_length(512);
             // Async writer, fed in uneven pieces through a duplex pipe-like Vec.
-            let mut w = enc.async_writer(Vec::new()).await.unwrap();
+            let mut w = enc.writer_async(Vec::new()).await.unwrap();
             for chunk in pt.chunks(97) {
                 w.write_all(chunk).await.unwrap();
             }
@@ -36,7 +36,7 @@ async fn async_and_sync_messages_read_each_other() {
             let from_sync = enc.encrypt(&pt).unwrap();
             let dec = Decryptor::new(&kr).expected_context(ctx.clone());
             assert_eq!(dec.decrypt(&from_async).unwrap(), pt, "sync reads async");
-            let mut r = dec.async_reader(&from_sync[..]).await.unwrap();
+            let mut r = dec.reader_async(&from_sync[..]).await.unwrap();
             let mut out = Vec::new();
             let mut buf = [0u8; 33];
             loop {
@@ -59,7 +59,7 @@ async fn async_and_sync_messages_read_each_other() {
 #[tokio::test]
 async fn shutdown_without_finish_is_refused() {
     let kr = keyring();
-    let mut w = Encryptor::new(&kr).async_writer(Vec::new()).await.unwrap();
+    let mut w = Encryptor::new(&kr).writer_async(Vec::new()).await.unwrap();
     w.write_all(b"data").await.unwrap();
     let err = w.shutdown().await.unwrap_err();
     assert!(err.to_string().contains("finish()"));
@@ -72,7 +72,7 @@ async fn async_seek_reads_ranges() {
     let pt = data(300_000);
     let msg = Encryptor::new(&kr).frame_length(4096).encrypt(&pt).unwrap();
     let mut r = Decryptor::new(&kr)
-        .async_seekable(msg.clone())
+        .seekable_async(msg.clone())
         .await
         .unwrap();
     assert_eq!(r.plaintext_len(), 300_000);
@@ -88,7 +88,7 @@ async fn async_seek_reads_ranges() {
     let at = bad.len() - 1000;
     bad[at] ^= 1;
     assert!(
-        Decryptor::new(&kr).async_seekable(bad).await.is_err(),
+        Decryptor::new(&kr).seekable_async(bad).await.is_err(),
         "final frame altered"
     );
 }

@@ -144,7 +144,7 @@ fn partitions_contexts_capacity_and_unsafe_suites() {
             .unwrap();
         Encryptor::new(&kr)
             .suite(AlgorithmSuite::Aes256GcmIv12Tag16NoKdf)
-            .commitment_policy(CommitmentPolicy::ForbidEncryptAllowDecrypt)
+            .dangerous_commitment_policy(CommitmentPolicy::ForbidEncryptAllowDecrypt)
             .encrypt(b"no kdf")
             .unwrap();
     }

@@ -118,7 +118,7 @@ async fn raw_aes_both_ways_every_suite() {
                 // Ours → theirs.
                 let msg = Encryptor::new(&ours)
                     .suite(suite)
-                    .commitment_policy(policy)
+                    .dangerous_commitment_policy(policy)
                     .frame_length(frame)
                     .context(context())
                     .encrypt(&pt)
@@ -153,7 +153,7 @@ async fn raw_aes_both_ways_every_suite() {
                     .unwrap()
                     .into_inner();
                 let back = Decryptor::new(&ours)
-                    .commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt)
+                    .dangerous_commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt)
                     .expected_context(context())
                     .decrypt(&theirs_msg)
                     .unwrap_or_else(|e| {

@@ -91,7 +91,7 @@ fn hostile_lengths_are_refused_within_bounded_memory() {
     // A non-framed body claiming 2^36 bytes: refused by max_buffered_len, nothing allocated.
     let legacy = Encryptor::new(&kr)
         .suite(AlgorithmSuite::Aes256GcmIv12Tag16HkdfSha256)
-        .commitment_policy(kms_envelope::CommitmentPolicy::ForbidEncryptAllowDecrypt)
+        .dangerous_commitment_policy(kms_envelope::CommitmentPolicy::ForbidEncryptAllowDecrypt)
         .encrypt(b"abc")
         .unwrap();
     // A v1 header ends with a 12-byte IV and a 16-byte tag; the body fields lie before them.
@@ -105,7 +105,7 @@ fn hostile_lengths_are_refused_within_bounded_memory() {
     nonframed.extend_from_slice(&[0u8; 4096]);
     let grew = peak_growth(|| {
         assert!(Decryptor::new(&kr)
-            .commitment_policy(kms_envelope::CommitmentPolicy::RequireEncryptAllowDecrypt)
+            .dangerous_commitment_policy(kms_envelope::CommitmentPolicy::RequireEncryptAllowDecrypt)
             .decrypt(&nonframed)
             .is_err());
     });

@@ -86,7 +86,7 @@ fn reference_decrypter_reads_our_messages() {
                 .with("unicode_key_ловие", "v");
             let mut enc = Encryptor::new(keyring)
                 .suite(suite)
-                .commitment_policy(policy)
+                .dangerous_commitment_policy(policy)
                 .frame_length(frame)
                 .context(context);
             if required {

@@ -14,10 +14,7 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
-use kms_envelope::format::PUBLIC_KEY_FIELD;
-use kms_envelope::format::{
-    BlockKind, BodyAad, EncryptedDataKey, Header, HeaderLimits, FINAL_FRAME_MARKER,
-};
+use kms_envelope::format::{EncryptedDataKey, Header, HeaderLimits};
 use kms_envelope::materials::{
     CachingKeyring, DataKeyCache, DecryptionMaterials, EncryptionMaterials,
 };
@@ -31,6 +28,21 @@ use data::pseudo_random as data;
 
 fn raw(name: &str, byte: u8) -> RawAesKeyring {
     RawAesKeyring::new("ns", name, &[byte; 32]).unwrap()
+}
+
+// From FORMAT.md, written out so this check of the crate's output shares none of its code:
+// the context key of a signed message's public key, and the final frame's marker.
+const PUBLIC_KEY_FIELD: &str = "aws-crypto-public-key";
+const FINAL_FRAME_MARKER: u32 = 0xFFFF_FFFF;
+
+/// A frame's AAD (FORMAT.md §6): `message_id ‖ content string ‖ u32 seq ‖ u64 length`.
+fn body_aad(message_id: &[u8], final_frame: bool, seq: u32, len: u64) -> Vec<u8> {
+    let content: &[u8] = if final_frame {
+        b"AWSKMSEncryptionClient Final Frame"
+    } else {
+        b"AWSKMSEncryptionClient Frame"
+    };
+    [message_id, content, &seq.to_be_bytes(), &len.to_be_bytes()].concat()
 }
 
 fn limits() -> HeaderLimits {
@@ -127,12 +139,7 @@ fn tags(msg: &[u8], required_only: &EncryptionContext) -> Vec<Tagged> {
         } else {
             frame
         };
-        let kind = if final_frame {
-            BlockKind::FinalFrame
-        } else {
-            BlockKind::Frame
-        };
-        let aad = BodyAad::new(id, kind, seq, len as u64).as_ref().to_vec();
+        let aad = body_aad(id, final_frame, seq, len as u64);
         out.push((
             iv,
             aad,
@@ -511,7 +518,7 @@ fn signed_and_legacy_inputs_get_a_committing_suite_and_a_new_signature_key() {
     ] {
         let msg = Encryptor::new(&old)
             .suite(input)
-            .commitment_policy(if input.is_committing() {
+            .dangerous_commitment_policy(if input.is_committing() {
                 CommitmentPolicy::RequireEncryptRequireDecrypt
             } else {
                 CommitmentPolicy::ForbidEncryptAllowDecrypt
@@ -522,7 +529,7 @@ fn signed_and_legacy_inputs_get_a_committing_suite_and_a_new_signature_key() {
         // A buffer limit below the body: a signed body is not held whole to be re-wrapped
         // (tests/rewrap_memory.rs measures the heap).
         let done = Decryptor::new(&old)
-            .commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt)
+            .dangerous_commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt)
             .max_buffered_len(1 << 20)
             .rewrap(&msg[..])
             .unwrap()

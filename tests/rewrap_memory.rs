@@ -63,7 +63,7 @@ fn a_signed_message_is_rewrapped_in_bounded_memory() {
     ] {
         let msg = Encryptor::new(&old)
             .suite(suite)
-            .commitment_policy(if suite.is_committing() {
+            .dangerous_commitment_policy(if suite.is_committing() {
                 CommitmentPolicy::RequireEncryptRequireDecrypt
             } else {
                 CommitmentPolicy::ForbidEncryptAllowDecrypt
@@ -74,7 +74,7 @@ fn a_signed_message_is_rewrapped_in_bounded_memory() {
             // The output goes to a sink that counts, so only the re-wrap's own memory shows.
             let (done, grew) = measure(|| {
                 Decryptor::new(&old)
-                    .commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt)
+                    .dangerous_commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt)
                     .threads(threads)
                     .rewrap(&msg[..])
                     .unwrap()

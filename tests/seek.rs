@@ -521,7 +521,7 @@ async fn cancelled_reads_leave_the_reader_usable() {
         msg,
         open: open.clone(),
     };
-    let mut r = Decryptor::new(&kr).async_seekable(source).await.unwrap();
+    let mut r = Decryptor::new(&kr).seekable_async(source).await.unwrap();
     assert_eq!(r.plaintext_len(), pt.len() as u64);
     let mut big = vec![0u8; 200_000];
     // A timeout of zero drops the read while its frame is being read.
@@ -563,7 +563,7 @@ async fn async_seek_on_a_current_thread_runtime() {
     let kr = keyring();
     let pt = data(200_000);
     let msg = Encryptor::new(&kr).frame_length(4096).encrypt(&pt).unwrap();
-    let mut r = Decryptor::new(&kr).async_seekable(msg).await.unwrap();
+    let mut r = Decryptor::new(&kr).seekable_async(msg).await.unwrap();
     r.seek(SeekFrom::Start(12_345)).await.unwrap();
     let mut buf = vec![0u8; 50_000];
     r.read_exact(&mut buf).await.unwrap();

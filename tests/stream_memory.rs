@@ -232,7 +232,7 @@ fn the_async_reader_stays_bounded() {
             let mut total = 0;
             let heap = peak_growth(|| {
                 rt.block_on(async {
-                    let mut r = dec.async_reader(&msg[..]).await.unwrap();
+                    let mut r = dec.reader_async(&msg[..]).await.unwrap();
                     loop {
                         match r.read(&mut out).await.unwrap() {
                             0 => break,

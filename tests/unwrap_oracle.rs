@@ -55,7 +55,7 @@ fn messages(bad: Vec<u8>, good: Arc<dyn Keyring>, suite: Suite) -> (Vec<u8>, Vec
             Suite::Committing => e,
             Suite::Legacy => e
                 .suite(AlgorithmSuite::Aes256GcmIv12Tag16HkdfSha256)
-                .commitment_policy(CommitmentPolicy::ForbidEncryptAllowDecrypt),
+                .dangerous_commitment_policy(CommitmentPolicy::ForbidEncryptAllowDecrypt),
         }
         .encrypt(b"oracle")
         .unwrap()
@@ -69,7 +69,9 @@ fn decrypt(keyring: &dyn Keyring, message: &[u8], suite: Suite) -> Result<Vec<u8
     let d = Decryptor::new(keyring);
     match suite {
         Suite::Committing => d,
-        Suite::Legacy => d.commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt),
+        Suite::Legacy => {
+            d.dangerous_commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt)
+        }
     }
     .decrypt(message)
 }

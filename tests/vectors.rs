@@ -34,7 +34,7 @@ impl Tally {
             .map(|p| std::fs::read(p).expect("plaintext"));
         // Legacy suites must decrypt: the vectors are mostly non-committing.
         let dec = Decryptor::new(&*case.keyring)
-            .commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt)
+            .dangerous_commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt)
             .expected_context(case.context.clone());
         // A negative vector's header may not parse; it is framed then (all of today's are).
         let shape = Shape::of(&ciphertext).unwrap_or(Shape {
@@ -197,7 +197,7 @@ fn the_runner_reports_failures() {
         .expect("a positive vector");
     let ciphertext = std::fs::read(&case.ciphertext).unwrap();
     let dec = Decryptor::new(&*case.keyring)
-        .commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt)
+        .dangerous_commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt)
         .expected_context(case.context.clone());
     let shape = Shape::of(&ciphertext).unwrap();
     let attempts = decrypt_everywhere(&dec, &ciphertext, shape);

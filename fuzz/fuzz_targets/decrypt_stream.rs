@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&sizes, message)) = data.split_first() else { return };
     let keyring = RawAesKeyring::new("fuzz", "key", &[0x42; 32]).unwrap();
     let dec = Decryptor::new(&keyring)
-        .commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt)
+        .dangerous_commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt)
         .max_frame_length(1 << 20)
         .max_buffered_len(1 << 20)
         .threads(1 + usize::from(sizes >> 7));

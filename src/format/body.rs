@@ -1,6 +1,6 @@
 //! The message body: frame layout, per-frame IVs and body AAD (FORMAT.md §6), and the footer.
 
-use super::header::{IV_LEN, TAG_LEN};
+use super::header::IV_LEN;
 
 /// The sequence-number value that marks the final frame.
 pub const FINAL_FRAME_MARKER: u32 = 0xFFFF_FFFF;
@@ -75,8 +75,10 @@ impl AsRef<[u8]> for BodyAad {
 
 /// Ciphertext bytes of a framed body (without header or footer) for `plaintext_len` bytes in
 /// frames of `frame_length`, laid out as this crate writes it (full frames, then a final frame
-/// holding the remainder, possibly empty).
+/// holding the remainder, possibly empty). Only the tests need it today.
+#[cfg(test)]
 pub fn framed_body_len(plaintext_len: u64, frame_length: u32) -> u64 {
+    use super::header::TAG_LEN;
     let f = u64::from(frame_length.max(1));
     let regular = plaintext_len / f;
     let last = plaintext_len % f;

@@ -9,17 +9,49 @@ pub(crate) mod frame;
 mod header;
 mod suite;
 
-pub use body::{
-    frame_iv, framed_body_len, BlockKind, BodyAad, FINAL_FRAME_MARKER, FINAL_FRAME_PREFIX,
-    MAX_FRAMES, MAX_NON_FRAMED_LEN, NON_FRAMED_PREFIX, REGULAR_FRAME_PREFIX,
+// The body's wire details (frame prefixes, IVs, AAD) are the crate's own: users read and write
+// frames through `stream`, never by hand.
+#[cfg(test)]
+pub(crate) use body::framed_body_len;
+pub(crate) use body::{
+    frame_iv, BlockKind, BodyAad, FINAL_FRAME_MARKER, FINAL_FRAME_PREFIX, MAX_FRAMES,
+    MAX_NON_FRAMED_LEN, NON_FRAMED_PREFIX, REGULAR_FRAME_PREFIX,
 };
-pub use context::{EncryptionContext, PUBLIC_KEY_FIELD, RESERVED_PREFIX};
-pub(crate) use header::HeaderStep;
-pub use header::{
-    ContentType, EncryptedDataKey, Header, HeaderBody, HeaderLimits, COMMITMENT_LEN, IV_LEN,
-    TAG_LEN,
-};
+pub(crate) use context::PUBLIC_KEY_FIELD;
+pub use context::{EncryptionContext, RESERVED_PREFIX};
+pub use header::{ContentType, EncryptedDataKey, Header, HeaderBody, HeaderLimits};
+pub(crate) use header::{HeaderStep, COMMITMENT_LEN, IV_LEN, TAG_LEN};
 pub use suite::{AlgorithmSuite, CommitmentPolicy, Kdf, SignatureAlgorithm};
+
+/// The body's wire details are not part of the API: each of these must fail to compile.
+///
+/// ```compile_fail,E0603
+/// let _ = kms_envelope::format::frame_iv(1);
+/// ```
+/// ```compile_fail,E0603
+/// let _ = kms_envelope::format::FINAL_FRAME_PREFIX;
+/// ```
+/// ```compile_fail,E0603
+/// let _ = kms_envelope::format::MAX_FRAMES;
+/// ```
+/// ```compile_fail,E0603
+/// let _ = kms_envelope::format::BlockKind::Frame;
+/// ```
+/// ```compile_fail,E0603
+/// use kms_envelope::format::BodyAad;
+/// ```
+/// What a user needs stays: the header, parsed with the default limits.
+/// ```
+/// use kms_envelope::format::{Header, HeaderLimits};
+/// use kms_envelope::{Encryptor, RawAesKeyring};
+/// let keyring = RawAesKeyring::new("ns", "key", &[7u8; 32])?;
+/// let message = Encryptor::new(&keyring).encrypt(b"hello")?;
+/// let (header, _len) = Header::parse(&message, &HeaderLimits::default())?.expect("whole header");
+/// assert_eq!(header.body.encrypted_data_keys.len(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[cfg(doctest)]
+pub struct InternalsArePrivate;
 
 /// A malformed or unsupported message, found while parsing. Says what is wrong with the bytes.
 /// A message over a configurable limit is [`Error::Limit`](crate::Error::Limit) instead.

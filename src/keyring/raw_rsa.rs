@@ -339,7 +339,7 @@ mod tests {
         let keyring = MultiKeyring::new(Some(Arc::new(planted)), children).unwrap();
         Encryptor::new(&keyring)
             .suite(AlgorithmSuite::Aes256GcmIv12Tag16HkdfSha256)
-            .commitment_policy(CommitmentPolicy::ForbidEncryptAllowDecrypt)
+            .dangerous_commitment_policy(CommitmentPolicy::ForbidEncryptAllowDecrypt)
             .max_encrypted_data_keys(u16::MAX)
             .encrypt(b"rsa")
             .unwrap()
@@ -348,7 +348,7 @@ mod tests {
     fn decrypt(rsa: &RawRsaKeyring, message: &[u8]) -> Result<Vec<u8>, Error> {
         take_header_checks();
         Decryptor::new(rsa)
-            .commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt)
+            .dangerous_commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt)
             .max_encrypted_data_keys(u16::MAX)
             .decrypt(message)
     }

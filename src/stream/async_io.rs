@@ -178,48 +178,24 @@ impl<R: AsyncRead + Unpin> AsyncRead for AsyncDecryptingReader<R> {
     }
 }
 
-impl<'k> Encryptor<'k> {
-    /// Starts a message written to an async `inner`: runs the keyring and writes the header.
-    ///
-    /// # Errors
-    /// As [`writer`](Self::writer).
-    pub async fn async_writer<W: AsyncWrite + Unpin>(
-        &self,
-        mut inner: W,
-    ) -> Result<AsyncEncryptingWriter<W>, Error> {
-        let (header, sealer) = begin_encrypt(self).await?;
+impl<W: AsyncWrite + Unpin> AsyncEncryptingWriter<W> {
+    /// [`Encryptor::writer_async`]: runs the keyring and writes the header to `inner`.
+    pub(crate) async fn start(mut inner: W, opts: &Encryptor<'_>) -> Result<Self, Error> {
+        let (header, sealer) = begin_encrypt(opts).await?;
         inner.write_all(&header).await?;
         Ok(AsyncEncryptingWriter {
             inner,
-            enc: FrameEncoder::new(sealer, self.threads, self.plaintext_len),
+            enc: FrameEncoder::new(sealer, opts.threads, opts.plaintext_len),
             written: 0,
             poisoned: false,
         })
     }
-
-    /// Encrypts `plaintext` into a new message, from async code.
-    ///
-    /// # Errors
-    /// As [`encrypt`](Self::encrypt).
-    pub async fn encrypt_async(&self, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
-        let opts = self.clone().plaintext_len(plaintext.len() as u64);
-        let (header, sealer) = begin_encrypt(&opts).await?;
-        FrameEncoder::new(sealer, opts.threads, opts.plaintext_len)
-            .encrypt_whole(&header, plaintext)
-    }
 }
 
-impl<'k> Decryptor<'k> {
-    /// Reads and authenticates the header from an async `inner` and returns a reader of the
-    /// authenticated plaintext.
-    ///
-    /// # Errors
-    /// As [`reader`](Self::reader).
-    pub async fn async_reader<R: AsyncRead + Unpin>(
-        &self,
-        mut inner: R,
-    ) -> Result<AsyncDecryptingReader<R>, Error> {
-        let limits = self.header_limits();
+impl<R: AsyncRead + Unpin> AsyncDecryptingReader<R> {
+    /// [`Decryptor::reader_async`]: reads and authenticates the header from `inner`.
+    pub(crate) async fn open(mut inner: R, opts: &Decryptor<'_>) -> Result<Self, Error> {
+        let limits = opts.header_limits();
         let mut hb = HeaderBuffer::default();
         let (header, leftover) = loop {
             let n = inner.read(hb.input_space()).await?;
@@ -227,24 +203,34 @@ impl<'k> Decryptor<'k> {
                 break done;
             }
         };
-        let opener = begin_decrypt(&header, self).await?;
-        let hold = header.body.suite.signature().is_some() && !self.release_unverified_signed;
+        let opener = begin_decrypt(&header, opts).await?;
+        let hold = header.body.suite.signature().is_some() && !opts.release_unverified_signed;
         Ok(AsyncDecryptingReader {
             inner,
-            body: BodyDecoder::new(opener, leftover, hold, self.max_buffered_len, self.threads),
+            body: BodyDecoder::new(opener, leftover, hold, opts.max_buffered_len, opts.threads),
             header: header.body,
             poisoned: false,
         })
     }
+}
 
-    /// Decrypts a whole message from async code. Nothing is returned unless all of it verified.
-    ///
-    /// # Errors
-    /// As [`decrypt`](Self::decrypt).
-    pub async fn decrypt_async(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
-        let mut reader = self.async_reader(message).await?;
-        let mut out = Vec::with_capacity(message.len());
-        reader.read_to_end(&mut out).await?;
-        Ok(out)
-    }
+/// [`Encryptor::encrypt_async`]: one message from a whole plaintext.
+pub(crate) async fn encrypt_whole_async(
+    opts: &Encryptor<'_>,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let opts = opts.clone().plaintext_len(plaintext.len() as u64);
+    let (header, sealer) = begin_encrypt(&opts).await?;
+    FrameEncoder::new(sealer, opts.threads, opts.plaintext_len).encrypt_whole(&header, plaintext)
+}
+
+/// [`Decryptor::decrypt_async`]: a whole message, returned only once all of it verified.
+pub(crate) async fn decrypt_whole_async(
+    opts: &Decryptor<'_>,
+    message: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let mut reader = AsyncDecryptingReader::open(message, opts).await?;
+    let mut out = Vec::with_capacity(message.len());
+    reader.read_to_end(&mut out).await?;
+    Ok(out)
 }

@@ -1,8 +1,23 @@
-//! The full-API builders: every option of an encryption or a decryption, with safe defaults.
+//! The full-API builders: every option of an encryption or a decryption, with safe defaults,
+//! and every entry point a user calls on them. The adaptor modules hold the machinery; each
+//! entry point here hands the options to one `pub(crate)` constructor there.
 
+use std::io::{Read, Write};
+
+#[cfg(feature = "tokio")]
+use tokio::io::{AsyncRead, AsyncWrite};
+
+#[cfg(feature = "tokio")]
+use super::async_io::{self, AsyncDecryptingReader, AsyncEncryptingWriter};
+use super::rewrap::Rewrap;
+#[cfg(feature = "tokio")]
+use super::seek::AsyncSeekableReader;
+use super::seek::{ReadAt, SeekableReader};
+use super::sync::{self, DecryptingReader, EncryptingWriter};
 use crate::crypto::AeadBackend;
-use crate::format::{AlgorithmSuite, CommitmentPolicy, EncryptionContext};
+use crate::format::{AlgorithmSuite, CommitmentPolicy, EncryptionContext, HeaderLimits};
 use crate::keyring::Keyring;
+use crate::Error;
 
 /// Default plaintext bytes per frame. Larger frames cost less per byte; smaller ones bound the
 /// memory and the granularity of random access. 64 KiB runs within a few percent of the
@@ -25,6 +40,24 @@ pub const DEFAULT_MAX_BUFFERED_LEN: usize = 64 * 1024 * 1024;
 /// fit), so memory stays within this limit plus one frame. (A signed message held back until its signature verifies is bounded by
 /// [`Decryptor::max_buffered_len`] instead.)
 pub const STREAM_BUFFER_LIMIT: usize = 16 * 1024 * 1024;
+
+/// The decryptor's defaults: 8 wrapped keys, 1 MiB of header.
+///
+/// ```
+/// use kms_envelope::format::HeaderLimits;
+/// use kms_envelope::stream::{DEFAULT_MAX_ENCRYPTED_DATA_KEYS, DEFAULT_MAX_HEADER_LEN};
+/// let limits = HeaderLimits { max_header_len: 4096, ..HeaderLimits::default() };
+/// assert_eq!(limits.max_encrypted_data_keys, DEFAULT_MAX_ENCRYPTED_DATA_KEYS);
+/// assert_eq!(HeaderLimits::default().max_header_len, DEFAULT_MAX_HEADER_LEN);
+/// ```
+impl Default for HeaderLimits {
+    fn default() -> Self {
+        HeaderLimits {
+            max_encrypted_data_keys: DEFAULT_MAX_ENCRYPTED_DATA_KEYS,
+            max_header_len: DEFAULT_MAX_HEADER_LEN,
+        }
+    }
+}
 
 /// Encrypts messages: the keyring, the encryption context and the message parameters.
 ///
@@ -118,8 +151,12 @@ impl<'k> Encryptor<'k> {
         self
     }
 
-    /// The commitment policy (default: require committing suites).
-    pub fn commitment_policy(mut self, policy: CommitmentPolicy) -> Self {
+    /// **Dangerous.** The commitment policy (default: require committing suites). On encrypt
+    /// only [`CommitmentPolicy::ForbidEncryptAllowDecrypt`] changes what is written: legacy,
+    /// non-committing suites, whose messages do not commit to their data key (one crafted
+    /// message can decrypt to different plaintexts under different keys). Only for readers
+    /// older than ESDK 2.0.
+    pub fn dangerous_commitment_policy(mut self, policy: CommitmentPolicy) -> Self {
         self.policy = policy;
         self
     }
@@ -135,7 +172,59 @@ impl<'k> Encryptor<'k> {
         self.max_encrypted_data_keys = max;
         self
     }
+
+    /// Starts a message written to `inner`: runs the keyring and writes the header now.
+    ///
+    /// # Errors
+    /// Invalid options, a keyring failure, or a failed write of the header.
+    pub fn writer<W: Write>(&self, inner: W) -> Result<EncryptingWriter<W>, Error> {
+        EncryptingWriter::start(inner, self)
+    }
+
+    /// Encrypts `plaintext` into a new message.
+    ///
+    /// # Errors
+    /// Invalid options or a keyring failure.
+    pub fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+        sync::encrypt_whole(self, plaintext)
+    }
+
+    /// Starts a message written to an async `inner`: runs the keyring and writes the header.
+    ///
+    /// # Errors
+    /// As [`writer`](Self::writer).
+    #[cfg(feature = "tokio")]
+    pub async fn writer_async<W: AsyncWrite + Unpin>(
+        &self,
+        inner: W,
+    ) -> Result<AsyncEncryptingWriter<W>, Error> {
+        AsyncEncryptingWriter::start(inner, self).await
+    }
+
+    /// Encrypts `plaintext` into a new message, from async code.
+    ///
+    /// # Errors
+    /// As [`encrypt`](Self::encrypt).
+    #[cfg(feature = "tokio")]
+    pub async fn encrypt_async(&self, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+        async_io::encrypt_whole_async(self, plaintext).await
+    }
 }
+
+/// Legacy suites only under a name that says so: the old setter must fail to compile.
+///
+/// ```compile_fail,E0599
+/// use kms_envelope::{CommitmentPolicy, Decryptor, RawAesKeyring};
+/// let keyring = RawAesKeyring::new("ns", "key", &[7u8; 32]).unwrap();
+/// let _ = Decryptor::new(&keyring).commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt);
+/// ```
+/// ```compile_fail,E0599
+/// use kms_envelope::{CommitmentPolicy, Encryptor, RawAesKeyring};
+/// let keyring = RawAesKeyring::new("ns", "key", &[7u8; 32]).unwrap();
+/// let _ = Encryptor::new(&keyring).commitment_policy(CommitmentPolicy::ForbidEncryptAllowDecrypt);
+/// ```
+#[cfg(doctest)]
+pub struct LegacyIsDangerous;
 
 /// Decrypts messages: the keyring, the context the caller expects, the policy and the limits.
 ///
@@ -180,8 +269,8 @@ impl<'k> Decryptor<'k> {
     }
 
     /// The header limits these options set.
-    pub(crate) fn header_limits(&self) -> crate::format::HeaderLimits {
-        crate::format::HeaderLimits {
+    pub(crate) fn header_limits(&self) -> HeaderLimits {
+        HeaderLimits {
             max_encrypted_data_keys: self.max_encrypted_data_keys,
             max_header_len: self.max_header_len,
         }
@@ -203,9 +292,11 @@ impl<'k> Decryptor<'k> {
         self
     }
 
-    /// The commitment policy. Legacy (non-committing) messages need
-    /// [`CommitmentPolicy::RequireEncryptAllowDecrypt`].
-    pub fn commitment_policy(mut self, policy: CommitmentPolicy) -> Self {
+    /// **Dangerous.** The commitment policy (default: committing suites only). Legacy
+    /// (non-committing) messages need [`CommitmentPolicy::RequireEncryptAllowDecrypt`]; such a
+    /// message does not commit to its data key, so one crafted message can decrypt to different
+    /// plaintexts under different keys. Allow it only for messages from a trusted writer.
+    pub fn dangerous_commitment_policy(mut self, policy: CommitmentPolicy) -> Self {
         self.policy = policy;
         self
     }
@@ -249,5 +340,87 @@ impl<'k> Decryptor<'k> {
     pub fn dangerous_release_unverified_signed_frames(mut self, allow: bool) -> Self {
         self.release_unverified_signed = allow;
         self
+    }
+
+    /// Reads the header from `inner`, unwraps the data key and checks the header tag, then
+    /// returns a reader of the authenticated plaintext.
+    ///
+    /// # Errors
+    /// A malformed or truncated header, a key that cannot be unwrapped, a context mismatch,
+    /// a policy refusal, or a header that does not authenticate.
+    pub fn reader<R: Read>(&self, inner: R) -> Result<DecryptingReader<R>, Error> {
+        DecryptingReader::new(inner, self)
+    }
+
+    /// Decrypts a whole message. Nothing is returned unless all of it verified.
+    ///
+    /// # Errors
+    /// As [`reader`](Self::reader), plus any failure in the body.
+    pub fn decrypt(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+        sync::decrypt_whole(self, message)
+    }
+
+    /// Opens a framed message for random access: reads and verifies the header, unwraps the
+    /// data key, and decrypts only the frames a read touches. Signed messages need
+    /// [`dangerous_release_unverified_signed_frames`](Self::dangerous_release_unverified_signed_frames),
+    /// because the signature covers the whole message and a range read never checks it.
+    ///
+    /// # Errors
+    /// As [`reader`](Self::reader), a non-framed or (without opting in) signed message, and
+    /// one whose frames do not end in a final frame and footer that fill it exactly (truncated,
+    /// or bytes after its end): found when it is opened, from the frame prefixes near its end.
+    pub fn seekable<S: ReadAt>(&self, source: S) -> Result<SeekableReader<S>, Error> {
+        SeekableReader::new(source, self)
+    }
+
+    /// Starts re-wrapping the message read from `input`: reads its header, unwraps its data
+    /// key with this decryptor's keyring and checks the header. The body is read, and
+    /// authenticated to the end, by [`Rewrap::write`].
+    ///
+    /// The new message keeps the input's encryption context (less the old signature key;
+    /// required-only pairs stay required-only), frame length and suite, except that a
+    /// non-committing input becomes 0x0478 (0x0578 if it was signed).
+    ///
+    /// # Errors
+    /// As [`reader`](Self::reader): a malformed header, no key that can unwrap, a context
+    /// mismatch, a policy refusal, or a header that does not authenticate.
+    pub fn rewrap<R: Read>(&self, input: R) -> Result<Rewrap<R>, Error> {
+        Rewrap::new(input, self)
+    }
+
+    /// Reads and authenticates the header from an async `inner` and returns a reader of the
+    /// authenticated plaintext.
+    ///
+    /// # Errors
+    /// As [`reader`](Self::reader).
+    #[cfg(feature = "tokio")]
+    pub async fn reader_async<R: AsyncRead + Unpin>(
+        &self,
+        inner: R,
+    ) -> Result<AsyncDecryptingReader<R>, Error> {
+        AsyncDecryptingReader::open(inner, self).await
+    }
+
+    /// Decrypts a whole message from async code. Nothing is returned unless all of it verified.
+    ///
+    /// # Errors
+    /// As [`decrypt`](Self::decrypt).
+    #[cfg(feature = "tokio")]
+    pub async fn decrypt_async(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+        async_io::decrypt_whole_async(self, message).await
+    }
+
+    /// [`seekable`](Self::seekable) for async code: reads the header and the final frame (so
+    /// the length is authenticated) on tokio's blocking pool and awaits the keyring, on any
+    /// runtime flavour.
+    ///
+    /// # Errors
+    /// As [`seekable`](Self::seekable), and a final frame that does not authenticate.
+    #[cfg(feature = "tokio")]
+    pub async fn seekable_async<S: ReadAt + Send + Sync + 'static>(
+        &self,
+        source: S,
+    ) -> Result<AsyncSeekableReader<S>, Error> {
+        AsyncSeekableReader::open(source, self).await
     }
 }

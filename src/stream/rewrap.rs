@@ -181,30 +181,20 @@ pub struct Rewrapped<W> {
     pub removed: Vec<WrappingKey>,
 }
 
-impl<'k> Decryptor<'k> {
-    /// Starts re-wrapping the message read from `input`: reads its header, unwraps its data
-    /// key with this decryptor's keyring and checks the header. The body is read, and
-    /// authenticated to the end, by [`Rewrap::write`].
-    ///
-    /// The new message keeps the input's encryption context (less the old signature key;
-    /// required-only pairs stay required-only), frame length and suite, except that a
-    /// non-committing input becomes 0x0478 (0x0578 if it was signed).
-    ///
-    /// # Errors
-    /// As [`reader`](Self::reader): a malformed header, no key that can unwrap, a context
-    /// mismatch, a policy refusal, or a header that does not authenticate.
-    pub fn rewrap<R: Read>(&self, input: R) -> Result<Rewrap<R>, Error> {
+impl<R: Read> Rewrap<R> {
+    /// [`Decryptor::rewrap`]: reads the header and unwraps the data key with `opts`' keyring.
+    pub(crate) fn new(input: R, opts: &Decryptor<'_>) -> Result<Self, Error> {
         // Frames go on to the encryptor as their own tags verify; the final one waits for
         // the signature as always, so the new message cannot be finished before it verifies.
         // Holding a signed body whole instead would bound re-wrap by memory.
-        let reader = self
+        let reader = opts
             .clone()
             .dangerous_release_unverified_signed_frames(true)
             .reader(input)?;
         let header = reader.header();
         let mut context = header.context.clone();
         let mut required_keys = Vec::new();
-        for (k, v) in self.expected_context.iter() {
+        for (k, v) in opts.expected_context.iter() {
             // Reserved keys (the old signature key) are the writer's to set, not the caller's.
             if !context.contains_key(k) && !k.starts_with(RESERVED_PREFIX) {
                 context.insert(k, v);
@@ -234,14 +224,12 @@ impl<'k> Decryptor<'k> {
             frame_length,
             frame_length_named: false,
             max_frame_length: DEFAULT_MAX_FRAME_LENGTH,
-            threads: self.threads,
-            backend: self.backend,
-            max_encrypted_data_keys: self.max_encrypted_data_keys,
+            threads: opts.threads,
+            backend: opts.backend,
+            max_encrypted_data_keys: opts.max_encrypted_data_keys,
         })
     }
-}
 
-impl<R: Read> Rewrap<R> {
     /// The input's suite (a signature, when it has one, is checked at the end of the body).
     pub fn input_suite(&self) -> AlgorithmSuite {
         self.reader.header().suite

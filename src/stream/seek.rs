@@ -249,7 +249,8 @@ fn read_header_at<S: ReadAt>(
 }
 
 impl<S: ReadAt> SeekableReader<S> {
-    fn new(source: S, opts: &Decryptor<'_>) -> Result<Self, Error> {
+    /// [`Decryptor::seekable`]: reads and verifies the header and unwraps the data key.
+    pub(crate) fn new(source: S, opts: &Decryptor<'_>) -> Result<Self, Error> {
         let (header, header_len, total) = read_header_at(
             &source,
             &opts.header_limits(),
@@ -423,21 +424,6 @@ impl<S: ReadAt> Seek for SeekableReader<S> {
     }
 }
 
-impl<'k> Decryptor<'k> {
-    /// Opens a framed message for random access: reads and verifies the header, unwraps the
-    /// data key, and decrypts only the frames a read touches. Signed messages need
-    /// [`dangerous_release_unverified_signed_frames`](Self::dangerous_release_unverified_signed_frames),
-    /// because the signature covers the whole message and a range read never checks it.
-    ///
-    /// # Errors
-    /// As [`reader`](Self::reader), a non-framed or (without opting in) signed message, and
-    /// one whose frames do not end in a final frame and footer that fill it exactly (truncated,
-    /// or bytes after its end): found when it is opened, from the frame prefixes near its end.
-    pub fn seekable<S: ReadAt>(&self, source: S) -> Result<SeekableReader<S>, Error> {
-        SeekableReader::new(source, self)
-    }
-}
-
 /// The async face of [`SeekableReader`]: `AsyncRead + AsyncSeek`. A frame not yet cached is
 /// read and decrypted on tokio's blocking pool, so the caller's reactor never waits on disk;
 /// reads within the cached frame are copied at once. Works on every runtime flavour, and a
@@ -561,24 +547,17 @@ impl<S: ReadAt + Send + Sync + 'static> tokio::io::AsyncSeek for AsyncSeekableRe
 }
 
 #[cfg(feature = "tokio")]
-impl<'k> Decryptor<'k> {
-    /// [`seekable`](Self::seekable) for async code: reads the header and the final frame (so
-    /// the length is authenticated) on tokio's blocking pool and awaits the keyring, on any
-    /// runtime flavour.
-    ///
-    /// # Errors
-    /// As [`seekable`](Self::seekable), and a final frame that does not authenticate.
-    pub async fn async_seekable<S: ReadAt + Send + Sync + 'static>(
-        &self,
-        source: S,
-    ) -> Result<AsyncSeekableReader<S>, Error> {
-        let (limits, allow_signed) = (self.header_limits(), self.release_unverified_signed);
+impl<S: ReadAt + Send + Sync + 'static> AsyncSeekableReader<S> {
+    /// [`Decryptor::seekable_async`]: reads the header and the final frame on tokio's blocking
+    /// pool and awaits the keyring.
+    pub(crate) async fn open(source: S, opts: &Decryptor<'_>) -> Result<Self, Error> {
+        let (limits, allow_signed) = (opts.header_limits(), opts.release_unverified_signed);
         let (source, header, header_len, total) = blocking(move || {
             let (header, header_len, total) = read_header_at(&source, &limits, allow_signed)?;
             Ok((source, header, header_len, total))
         })
         .await?;
-        let key = unwrap_header(&header, self).await?.key;
+        let key = unwrap_header(&header, opts).await?.key;
         let inner = std::sync::Arc::new(
             blocking(move || SeekableReader::with_key(source, header.body, header_len, total, key))
                 .await?,

@@ -203,70 +203,48 @@ impl<R: Read> Read for DecryptingReader<R> {
     }
 }
 
-impl<'k> Encryptor<'k> {
-    /// Starts a message written to `inner`: runs the keyring and writes the header now.
-    ///
-    /// # Errors
-    /// Invalid options, a keyring failure, or a failed write of the header.
-    pub fn writer<W: Write>(&self, inner: W) -> Result<EncryptingWriter<W>, Error> {
-        let (header, sealer) = pollster::block_on(begin_encrypt(self))?;
+impl<W: Write> EncryptingWriter<W> {
+    /// [`Encryptor::writer`]: runs the keyring and writes the header to `inner` now.
+    pub(crate) fn start(inner: W, opts: &Encryptor<'_>) -> Result<Self, Error> {
+        let (header, sealer) = pollster::block_on(begin_encrypt(opts))?;
         EncryptingWriter::new(
             inner,
             &header,
-            FrameEncoder::new(sealer, self.threads, self.plaintext_len),
+            FrameEncoder::new(sealer, opts.threads, opts.plaintext_len),
         )
-    }
-
-    /// Encrypts `plaintext` into a new message.
-    ///
-    /// # Errors
-    /// Invalid options or a keyring failure.
-    pub fn encrypt(&self, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
-        let opts = self.clone().plaintext_len(plaintext.len() as u64);
-        let (header, sealer) = pollster::block_on(begin_encrypt(&opts))?;
-        FrameEncoder::new(sealer, opts.threads, opts.plaintext_len)
-            .encrypt_whole(&header, plaintext)
     }
 }
 
-impl<'k> Decryptor<'k> {
-    /// Reads the header from `inner`, unwraps the data key and checks the header tag, then
-    /// returns a reader of the authenticated plaintext.
-    ///
-    /// # Errors
-    /// A malformed or truncated header, a key that cannot be unwrapped, a context mismatch,
-    /// a policy refusal, or a header that does not authenticate.
-    pub fn reader<R: Read>(&self, inner: R) -> Result<DecryptingReader<R>, Error> {
-        DecryptingReader::new(inner, self)
-    }
+/// [`Encryptor::encrypt`]: one message from a whole plaintext.
+pub(crate) fn encrypt_whole(opts: &Encryptor<'_>, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+    let opts = opts.clone().plaintext_len(plaintext.len() as u64);
+    let (header, sealer) = pollster::block_on(begin_encrypt(&opts))?;
+    FrameEncoder::new(sealer, opts.threads, opts.plaintext_len).encrypt_whole(&header, plaintext)
+}
 
-    /// Decrypts a whole message. Nothing is returned unless all of it verified.
-    ///
-    /// # Errors
-    /// As [`reader`](Self::reader), plus any failure in the body.
-    pub fn decrypt(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
-        let mut reader = self.reader(message)?;
-        // The plaintext is shorter than the message. The output is allocated zeroed (fresh
-        // pages are then written once, as frames open straight into it) rather than grown by
-        // `read_to_end`, which zeroes each stretch before the read fills it; then cut to length.
-        let mut out = vec![0u8; message.len()];
-        let mut filled = 0;
-        loop {
-            if filled == out.len() {
-                // Only for a message that claims more plaintext than it has bytes: the reader
-                // will refuse it, but it must be read to its end to say so.
-                out.resize(filled + 4096, 0);
-            }
-            match reader.read(&mut out[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
+/// [`Decryptor::decrypt`]: a whole message, returned only once all of it verified.
+pub(crate) fn decrypt_whole(opts: &Decryptor<'_>, message: &[u8]) -> Result<Vec<u8>, Error> {
+    let mut reader = DecryptingReader::new(message, opts)?;
+    // The plaintext is shorter than the message. The output is allocated zeroed (fresh
+    // pages are then written once, as frames open straight into it) rather than grown by
+    // `read_to_end`, which zeroes each stretch before the read fills it; then cut to length.
+    let mut out = vec![0u8; message.len()];
+    let mut filled = 0;
+    loop {
+        if filled == out.len() {
+            // Only for a message that claims more plaintext than it has bytes: the reader
+            // will refuse it, but it must be read to its end to say so.
+            out.resize(filled + 4096, 0);
         }
-        out.truncate(filled);
-        Ok(out)
+        match reader.read(&mut out[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
     }
+    out.truncate(filled);
+    Ok(out)
 }
 
 #[cfg(test)]

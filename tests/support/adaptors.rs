@@ -154,7 +154,7 @@ fn asynced(dec: &Decryptor<'_>, message: &[u8]) -> Vec<Attempt> {
         }
     };
     let reader = rt.block_on(async {
-        let mut r = match dec.async_reader(message).await {
+        let mut r = match dec.reader_async(message).await {
             Ok(r) => r,
             Err(e) => {
                 let (text, kind) = error_kind(e);
@@ -347,7 +347,7 @@ fn encrypt_async(
         .map_err(|e| e.to_string());
     let writer = rt.block_on(async {
         let mut w = enc
-            .async_writer(Vec::new())
+            .writer_async(Vec::new())
             .await
             .map_err(|e| e.to_string())?;
         for piece in plaintext.chunks(4093) {

@@ -91,7 +91,7 @@ pub fn decrypt(aws: &AwsArgs, a: &DecryptArgs) -> Result<(), Failure> {
         .max_buffered_len(a.max_buffered_size)
         .dangerous_release_unverified_signed_frames(true);
     if a.legacy.allow_legacy_suites {
-        dec = dec.commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt);
+        dec = dec.dangerous_commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt);
     }
     if let Some(t) = a.threads {
         dec = dec.threads(t.into());

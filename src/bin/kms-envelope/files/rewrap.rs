@@ -92,7 +92,7 @@ pub fn rewrap(aws: &AwsArgs, a: &RewrapArgs) -> Result<(), Failure> {
     let fail = |e| failure(&format!("re-wrapping {in_name}"), e);
     let mut dec = Decryptor::new(&*old).expected_context(context);
     if a.legacy.allow_legacy_suites {
-        dec = dec.commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt);
+        dec = dec.dangerous_commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt);
     }
     if let Some(t) = a.threads {
         dec = dec.threads(t.into());
