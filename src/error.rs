@@ -242,6 +242,10 @@ impl Error {
     /// disabled key, throttling, the network, credentials. Then fixing access or retrying may
     /// decrypt the message. Otherwise (no key matched, or each key that matched did not open
     /// it) it is [`ErrorKind::NoKey`]. The rule looks into nested multi-keyring attempts too.
+    ///
+    /// In discovery mode the message names the KMS key, so its author chooses between these two:
+    /// a key that does not exist or that the caller may not use gives [`ErrorKind::Kms`]. Do not
+    /// retry a message without bound on that kind alone.
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Format(_) | Error::BadPublicKeyField => ErrorKind::Format,

@@ -2094,3 +2094,58 @@ fn help_and_readme_list_the_same_exit_codes() {
     assert_eq!(codes, ["0", "1", "2", "3", "4", "141"], "{help}");
     assert_eq!(from_help, from_readme);
 }
+
+/// A header over a limit that no option raises is a refused message (exit 1), not a usage
+/// error, and the message says so in the tool's terms rather than naming library setters.
+#[test]
+fn a_header_over_a_limit_is_a_refused_message() {
+    let d = tempfile::tempdir().unwrap();
+    let spec = raw_key(d.path(), 5);
+    let pt = vec![7u8; 1000];
+    let refused = |sealed: &Path, needle: &str| {
+        for cmd in [
+            vec!["decrypt", "--raw-aes-key", &spec, "-o", "-"],
+            vec!["inspect"],
+        ] {
+            let out = cli().args(&cmd).arg("-i").arg(sealed).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{cmd:?}: {err}");
+            assert!(err.contains(needle), "{cmd:?}: {err}");
+            assert!(!err.contains("Decryptor::"), "{cmd:?}: {err}");
+            assert!(out.stdout.is_empty() || cmd[0] == "inspect");
+        }
+    };
+
+    // Frames of 100 MB: over the 64 MiB a reader accepts.
+    let big = seal(
+        d.path(),
+        &spec,
+        &pt,
+        &["--frame-length", "100000000"],
+        "big",
+    );
+    let out = cli()
+        .args(["decrypt", "--raw-aes-key", &spec, "-o", "-", "-i"])
+        .arg(&big)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("malformed or hostile"));
+
+    // Nine wrapped keys where the reader takes eight: the header re-encoded with copies.
+    let sealed = seal(d.path(), &spec, &pt, &[], "nine");
+    let bytes = std::fs::read(&sealed).unwrap();
+    let limits = kms_envelope::HeaderLimits::default();
+    let (header, _) = kms_envelope::format::Header::parse(&bytes, &limits)
+        .unwrap()
+        .unwrap();
+    let mut body = header.body.clone();
+    let edk = body.encrypted_data_keys[0].clone();
+    body.encrypted_data_keys.resize(9, edk);
+    let mut forged = Vec::new();
+    body.encode(&mut forged).unwrap();
+    forged.extend_from_slice(&[0u8; 64]);
+    let nine = d.path().join("nine.forged");
+    std::fs::write(&nine, &forged).unwrap();
+    refused(&nine, "more than 8 wrapped data keys");
+}

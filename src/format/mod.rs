@@ -14,8 +14,7 @@ mod suite;
 #[cfg(test)]
 pub(crate) use body::framed_body_len;
 pub(crate) use body::{
-    frame_iv, BlockKind, BodyAad, FINAL_FRAME_MARKER, FINAL_FRAME_PREFIX, MAX_FRAMES,
-    MAX_NON_FRAMED_LEN, NON_FRAMED_PREFIX, REGULAR_FRAME_PREFIX,
+    frame_iv, BlockKind, BodyAad, FINAL_FRAME_PREFIX, MAX_FRAMES, REGULAR_FRAME_PREFIX,
 };
 pub(crate) use context::PUBLIC_KEY_FIELD;
 pub use context::{EncryptionContext, RESERVED_PREFIX};

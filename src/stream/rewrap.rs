@@ -116,11 +116,13 @@ fn mrk_replicas(_: &str, _: &str) -> bool {
 impl std::fmt::Display for WrappingKey {
     /// The ARN of a KMS key, `NAMESPACE:NAME` of a raw key (as `remove` takes them).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = String::from_utf8_lossy(&self.name);
+        // Both come from a message: escaped, so no Display of this crate carries its controls.
+        let name = crate::error::untrusted(&self.name);
         if self.provider_id == "aws-kms" {
             f.write_str(&name)
         } else {
-            write!(f, "{}:{name}", self.provider_id)
+            let provider = crate::error::untrusted(self.provider_id.as_bytes());
+            write!(f, "{provider}:{name}")
         }
     }
 }

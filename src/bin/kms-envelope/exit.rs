@@ -5,7 +5,7 @@ use std::io;
 use std::path::Path;
 use std::process::ExitCode;
 
-use kms_envelope::{Error, ErrorKind};
+use kms_envelope::{Error, ErrorKind, Limit};
 
 /// The exit codes, as `--help` ([`TABLE`]) and the README list them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,15 +85,50 @@ pub fn shown(path: &Path) -> String {
 }
 
 /// The exit code for a library error: the one place that maps them, from the error's kind.
-/// A limit is a usage error: the message names the setting to raise, if the input is trusted.
 pub fn code_of(e: &Error) -> Code {
     match e.kind() {
         ErrorKind::Io => Code::Io,
         ErrorKind::Kms => Code::Kms,
+        ErrorKind::Limit if limit_refuses_the_message(e) => Code::Decrypt,
         ErrorKind::Misuse | ErrorKind::Keyring | ErrorKind::Limit => Code::Usage,
         // Format, Authentication, Policy, NoKey, Crypto, and any kind added later.
         _ => Code::Decrypt,
     }
+}
+
+/// A limit that no option of this tool raises refuses the message, as a malformed one is
+/// refused (exit 1): a hostile header must not read as the operator's mistake. Limits with an
+/// option (the held-back plaintext, the frame count of an encryption) are usage errors.
+fn limit_refuses_the_message(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Limit {
+            what: Limit::WrappedDataKeys | Limit::HeaderLength | Limit::FrameLength,
+            ..
+        }
+    )
+}
+
+/// What to do about a limit, in this tool's terms: the library's message names its setters.
+fn limit_hint(what: Limit, max: u64) -> Option<String> {
+    Some(match what {
+        Limit::WrappedDataKeys => format!(
+            "the message has more than {max} wrapped data keys; this tool reads at most {max}              and has no option to raise that: the message is malformed or hostile"
+        ),
+        Limit::HeaderLength => format!(
+            "the message's header is larger than {max} bytes, the most this tool reads: the              message is malformed or hostile"
+        ),
+        Limit::FrameLength => format!(
+            "the message declares frames larger than {max} bytes, the most this tool accepts:              the message is malformed or hostile"
+        ),
+        Limit::FrameCount => format!(
+            "the input would need more than {max} frames: choose a larger --frame-length"
+        ),
+        Limit::BufferedPlaintext | Limit::NonFramedBodyLength => format!(
+            "the message must be held in memory until it verifies and is larger than {max}              bytes: raise --max-buffered-size if you trust it"
+        ),
+        _ => return None,
+    })
 }
 
 /// A library error with what was being done; a closed stdout ends quietly.
@@ -101,9 +136,13 @@ pub fn failure(context: &str, e: Error) -> Failure {
     if matches!(&e, Error::Io(io) if io.kind() == io::ErrorKind::BrokenPipe) {
         return closed_stdout();
     }
+    let hint = match &e {
+        Error::Limit { what, max } => limit_hint(*what, *max),
+        _ => None,
+    };
     Failure {
         code: code_of(&e),
-        message: format!("{context}: {e}"),
+        message: format!("{context}: {}", hint.unwrap_or_else(|| e.to_string())),
     }
 }
 

@@ -30,7 +30,7 @@ pub struct DecryptArgs {
     /// Use whichever KMS key wrapped the data key, in any AWS account. Risky: a message made
     /// under someone else's key (one that lets you decrypt) decrypts too, so its content proves
     /// nothing about who wrote it; prefer --discovery --account ID. Prints a warning.
-    #[arg(long, conflicts_with_all = ["keys", "discovery", "accounts"])]
+    #[arg(long, conflicts_with_all = ["keys", "discovery", "accounts", "partition"])]
     pub discovery_any_account: bool,
     #[command(flatten)]
     pub legacy: LegacyArgs,
