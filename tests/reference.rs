@@ -2,7 +2,10 @@
 //! the vectors (`esdk-vectors/tools/esdk_parse.py`), for every suite, several frame lengths, raw
 //! AES and raw RSA wrapping, stored and required-only context.
 
-use std::path::{Path, PathBuf};
+#[path = "support/vectors.rs"]
+mod vectors;
+
+use std::path::PathBuf;
 use std::process::Command;
 
 use base64::Engine;
@@ -12,11 +15,13 @@ use kms_envelope::{
 };
 use serde_json::json;
 
+/// The full vector set holds the reference decrypter (`tools/`); the same lookup and opt-out
+/// as the vectors test.
 fn vectors_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("ESDK_VECTORS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/esdk-vectors"));
-    dir.join("tools/esdk_parse.py").is_file().then_some(dir)
+    let dir = vectors::full_set_dir().unwrap_or_else(|e| panic!("{e}"))?;
+    let tool = dir.join("tools/esdk_parse.py");
+    assert!(tool.is_file(), "{} is missing", tool.display());
+    Some(dir)
 }
 
 const CHECK: &str = r#"
@@ -42,11 +47,7 @@ print("reference decrypter:", ok, "passed, 0 failed")
 #[test]
 fn reference_decrypter_reads_our_messages() {
     let Some(dir) = vectors_dir() else {
-        println!("reference decrypter not found (set ESDK_VECTORS_DIR); skipped");
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI needs ../shared/esdk-vectors"
-        );
+        println!("reference decrypter: {}=1 and no vector set, skipped", vectors::SKIP_ENV);
         return;
     };
     let keys: serde_json::Value =
