@@ -128,7 +128,10 @@ fn seed_policy_lints_clean() {
             seed_dir.display(),
             vectors::SKIP_ENV
         );
-        println!("seed policy: {}=1 and no ../shared/seed, skipped", vectors::SKIP_ENV);
+        println!(
+            "seed policy: {}=1 and no ../shared/seed, skipped",
+            vectors::SKIP_ENV
+        );
         return;
     };
     let start = text.find("keypolicy.json").unwrap();

@@ -47,7 +47,10 @@ print("reference decrypter:", ok, "passed, 0 failed")
 #[test]
 fn reference_decrypter_reads_our_messages() {
     let Some(dir) = vectors_dir() else {
-        println!("reference decrypter: {}=1 and no vector set, skipped", vectors::SKIP_ENV);
+        println!(
+            "reference decrypter: {}=1 and no vector set, skipped",
+            vectors::SKIP_ENV
+        );
         return;
     };
     let keys: serde_json::Value =
