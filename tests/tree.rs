@@ -638,3 +638,21 @@ fn a_killed_run_resumes() {
         );
     }
 }
+
+#[test]
+fn a_manifest_others_could_write_or_a_fifo_is_refused() {
+    let kr = keyring(&new_key());
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, enc) = (tmp.path().join("src"), tmp.path().join("enc"));
+    write(&src.join("f"), b"f");
+    encrypt(&kr, &src, &enc, &TreeOptions::new());
+    let manifest = enc.join(".kms-envelope-manifest");
+    fs::set_permissions(&manifest, fs::Permissions::from_mode(0o666)).unwrap();
+    let resume = TreeOptions::new().resume(true);
+    let err = encrypt_tree(&Encryptor::new(&kr), &src, &enc, &resume, &|_| {}).unwrap_err();
+    assert!(err.to_string().contains("writable only by you"), "{err}");
+    fs::remove_file(&manifest).unwrap();
+    mkfifo(&manifest);
+    let err = encrypt_tree(&Encryptor::new(&kr), &src, &enc, &resume, &|_| {}).unwrap_err();
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+}

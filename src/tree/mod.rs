@@ -49,7 +49,10 @@
 //! [`resume`](TreeOptions::resume)) only a regular file is replaced, by a rename that
 //! replaces a link rather than following it. A source that changes while it is read (size,
 //! modification or change time) fails instead of leaving a mixed output. A destination inside
-//! the source, or a source inside the destination, is refused.
+//! the source, or a source inside the destination, is refused. Not stopped: a hard link in
+//! the source to a file the tree's writers may not read (Linux's `protected_hardlinks`
+//! forbids making one), and with `follow_symlinks`, a link to any file the run can read
+//! (`docs/TREES.md` has the whole list).
 //!
 //! # `context_path`
 //! With [`context_path`](TreeOptions::context_path)`("KEY")`, each file's encryption context
