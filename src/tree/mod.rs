@@ -3,11 +3,11 @@
 //!
 //! ```no_run
 //! use std::path::Path;
-//! use kms_envelope::keyring::KmsKeyring;
 //! use kms_envelope::tree::{encrypt_tree, TreeOptions};
-//! use kms_envelope::Encryptor;
+//! use kms_envelope::{Encryptor, RawAesKeyring};
 //!
-//! let keyring = KmsKeyring::builder().generator("alias/backups").build()?;
+//! // A `KmsKeyring` in production; the tree code is the same for any keyring.
+//! let keyring = RawAesKeyring::new("backups", "wrapping-key-1", &[0x42; 32])?;
 //! let options = TreeOptions::new().jobs(32).context_path("path");
 //! let summary = encrypt_tree(
 //!     &Encryptor::new(&keyring),
@@ -1202,6 +1202,10 @@ fn decrypt_file(
         .clone()
         .expected_context(context)
         .threads(threads)
+        // Frames go to the unnamed temporary output, which is linked into place only once the
+        // reader has reached its end, signature verified: nothing unverified is ever visible,
+        // and a signed message needs no buffer of its size.
+        .dangerous_release_unverified_signed_frames(true)
         .reader(src)?;
     let mut bytes = 0u64;
     loop {

@@ -10,6 +10,7 @@
 //! terminal as control sequences.
 
 mod output;
+mod tree;
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -162,6 +163,8 @@ struct EncryptArgs {
     /// Threads that seal frames (default: all cores).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
+    #[command(flatten)]
+    tree: tree::TreeArgs,
 }
 
 #[derive(Args)]
@@ -216,6 +219,8 @@ struct DecryptArgs {
     /// checking the signature.
     #[arg(long)]
     dangerous_release_unverified: bool,
+    #[command(flatten)]
+    tree: tree::TreeArgs,
 }
 
 #[derive(Args)]
@@ -828,6 +833,9 @@ impl Write for RangeFilter<'_> {
 fn encrypt(aws: &AwsArgs, a: &EncryptArgs) -> Result<(), Failure> {
     let keyring = build_keyring(aws, &a.keys, KmsMode::Encrypt)?;
     let context = parse_context(&a.keys.context)?;
+    if a.tree.recursive {
+        return tree::encrypt(aws, a, keyring, context);
+    }
     let (mut input, len) = open_input(&a.input)?;
     let mut out = a.out.open(&a.input)?;
     let mut enc = Encryptor::new(&*keyring).context(context);
@@ -893,6 +901,9 @@ fn decrypt(aws: &AwsArgs, a: &DecryptArgs) -> Result<(), Failure> {
     };
     let keyring = build_keyring(aws, &a.keys, mode)?;
     let context = parse_context(&a.keys.context)?;
+    if a.tree.recursive {
+        return tree::decrypt(aws, a, keyring, context);
+    }
     // A signed message's frames come out of the library as they authenticate; the CLI holds
     // them back itself until the signature verifies: in the unnamed output file (linked only
     // after success), or in memory up to --max-buffered-size for a stream.
