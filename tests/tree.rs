@@ -656,3 +656,22 @@ fn a_manifest_others_could_write_or_a_fifo_is_refused() {
     let err = encrypt_tree(&Encryptor::new(&kr), &src, &enc, &resume, &|_| {}).unwrap_err();
     assert!(err.to_string().contains("not a regular file"), "{err}");
 }
+
+#[test]
+fn context_path_fails_a_name_that_is_not_utf8_alone() {
+    let kr = keyring(&new_key());
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, enc) = (tmp.path().join("src"), tmp.path().join("enc"));
+    write(&src.join(OsStr::from_bytes(b"caf\xe9")), b"latin-1 name");
+    write(&src.join("ok"), b"fine");
+    let (summary, reports) = encrypt(&kr, &src, &enc, &TreeOptions::new().context_path("path"));
+    assert_eq!((summary.done, summary.failed), (1, 1), "{summary:?}");
+    let bad = reports
+        .0
+        .lock()
+        .unwrap()
+        .values()
+        .find(|r| r.status == FileStatus::Failed)
+        .cloned();
+    assert!(bad.unwrap().note.unwrap().contains("not UTF-8"));
+}

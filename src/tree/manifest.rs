@@ -78,6 +78,24 @@ fn parse_line(line: &str) -> Option<(Vec<u8>, Record)> {
     ))
 }
 
+/// Refuses a manifest that is not a regular file of ours that only we may write: its lines
+/// decide which outputs a resumed run trusts, so whoever else could write them could make it
+/// keep a file they planted.
+fn trusted(file: &File, shown: &dyn Fn() -> String) -> Result<(), Error> {
+    let st = rustix::fs::fstat(file).map_err(io::Error::from)?;
+    let me = rustix::process::geteuid().as_raw();
+    let regular =
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile;
+    if !regular || st.st_uid != me || st.st_mode & 0o022 != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "the manifest {} is not a regular file owned by you (user {me}) and writable only \
+             by you: remove it and run again without resume",
+            shown()
+        )));
+    }
+    Ok(())
+}
+
 impl Manifest {
     /// Opens the manifest: `resume` reads the records of earlier runs and appends; otherwise an
     /// existing manifest is an error unless `force`, and is started afresh.
@@ -88,7 +106,9 @@ impl Manifest {
         force: bool,
         durability: Durability,
     ) -> Result<Manifest, Error> {
-        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        // Non-blocking: a FIFO planted at the name must not hang the run (it is refused below).
+        let flags =
+            OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
         let mode = Mode::from_raw_mode(0o600);
         let open = |extra: OFlags| -> io::Result<OwnedFd> {
             Ok(match path {
@@ -105,6 +125,7 @@ impl Manifest {
         let mut previous = HashMap::new();
         let file = if resume {
             let file = File::from(open(OFlags::APPEND)?);
+            trusted(&file, &shown)?;
             // A line cut short by a crash, or any line that does not parse, only means redo.
             for line in io::BufReader::new(&file).lines() {
                 if let Some((path, record)) = parse_line(&line?) {
@@ -128,6 +149,7 @@ impl Manifest {
                 Err(e) => return Err(e.into()),
             }
         };
+        trusted(&file, &shown)?;
         Ok(Manifest {
             state: Mutex::new(State {
                 file,

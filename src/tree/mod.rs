@@ -189,7 +189,9 @@ impl TreeOptions {
         self.exclude.push(glob.into());
         self
     }
-    /// Files in flight at once (at least 1), hence the most concurrent keyring calls.
+    /// Files in flight at once (at least 1), hence the most concurrent keyring calls. Each
+    /// file in flight or queued (two per job) holds up to four file descriptors: keep `jobs`
+    /// well under a sixth of the process's descriptor limit.
     pub fn jobs(mut self, jobs: usize) -> Self {
         self.jobs = jobs.max(1);
         self
@@ -1016,7 +1018,7 @@ impl Run<'_> {
         }
         let _big = (version.size >= BIG_FILE).then(|| self.big.acquire());
         let threads = if version.size >= BIG_FILE {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
+            rayon::current_num_threads() // the crate's one shared pool
         } else {
             1
         };

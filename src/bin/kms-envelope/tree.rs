@@ -38,9 +38,10 @@ pub(crate) struct TreeArgs {
     /// destination; docs/TREES.md lists the checks) and redo the others.
     #[arg(long, requires = "recursive")]
     resume: bool,
-    /// With -r: files in flight at once, hence concurrent KMS calls (default 16).
+    /// With -r: files in flight at once, hence concurrent KMS calls (default 16, at most
+    /// 256: each file in flight holds up to four file descriptors).
     #[arg(long, value_name = "N", requires = "recursive",
-          value_parser = clap::value_parser!(u16).range(1..))]
+          value_parser = clap::value_parser!(u16).range(1..=256))]
     jobs: Option<u16>,
     /// With -r: share data keys between files, at most N files per key (give all three
     /// --cache-max-* limits). Off by default: one data key per file is the format's promise.
@@ -149,6 +150,8 @@ struct Sink {
     report: Option<Mutex<BufWriter<File>>>,
     report_error: Mutex<Option<io::Error>>,
     progress: Option<indicatif::ProgressBar>,
+    /// Plaintext bytes of the files done so far, for the progress line.
+    bytes: std::sync::atomic::AtomicU64,
     dry_run: bool,
 }
 
@@ -173,6 +176,7 @@ impl Sink {
             report,
             report_error: Mutex::new(None),
             progress,
+            bytes: Default::default(),
             dry_run: t.dry_run,
         })
     }
@@ -211,7 +215,11 @@ impl Sink {
         if let Some(pb) = &self.progress {
             pb.inc(1);
             if r.status == FileStatus::Done {
-                pb.set_message(indicatif::HumanBytes(r.bytes).to_string());
+                let total = r.bytes
+                    + self
+                        .bytes
+                        .fetch_add(r.bytes, std::sync::atomic::Ordering::Relaxed);
+                pb.set_message(indicatif::HumanBytes(total).to_string());
             }
         }
     }
