@@ -675,3 +675,25 @@ fn context_path_fails_a_name_that_is_not_utf8_alone() {
         .cloned();
     assert!(bad.unwrap().note.unwrap().contains("not UTF-8"));
 }
+
+#[test]
+fn resume_works_with_a_raw_aes_keyring_and_sees_another_key() {
+    // A raw AES wrapped key's provider info ends with a per-message IV: not part of the key.
+    let one = kms_envelope::RawAesKeyring::new("tree", "one", &[1; 32]).unwrap();
+    let two = kms_envelope::RawAesKeyring::new("tree", "two", &[2; 32]).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, enc) = (tmp.path().join("src"), tmp.path().join("enc"));
+    for name in ["a", "b"] {
+        write(&src.join(name), name.as_bytes());
+    }
+    assert_eq!(encrypt(&one, &src, &enc, &TreeOptions::new()).0.done, 2);
+    let resume = TreeOptions::new().resume(true);
+    let (summary, _) = encrypt(&one, &src, &enc, &resume);
+    assert_eq!((summary.done, summary.already_done), (0, 2), "{summary:?}");
+    let (summary, _) = encrypt(&two, &src, &enc, &resume);
+    assert_eq!(
+        (summary.done, summary.already_done),
+        (2, 0),
+        "another key: {summary:?}"
+    );
+}

@@ -622,10 +622,23 @@ fn probe_key_set(e: &Encryptor<'_>) -> Result<Vec<(String, Vec<u8>)>, Error> {
     Ok(key_set(&header.encrypted_data_keys))
 }
 
+/// The keys that wrapped a message's data key, as (provider ID, key identity): the provider
+/// info, less the per-message IV that ends a raw AES keyring's (name, tag bits 128, IV length
+/// 12, IV), so that every message under one set of keys has the same set.
 fn key_set(edks: &[EncryptedDataKey]) -> Vec<(String, Vec<u8>)> {
+    const RAW_AES_SHAPE: [u8; 8] = [0, 0, 0, 128, 0, 0, 0, 12];
+    let identity = |k: &EncryptedDataKey| {
+        let info = &k.provider_info;
+        match info.len().checked_sub(20) {
+            Some(name) if k.provider_id != "aws-kms" && info[name..name + 8] == RAW_AES_SHAPE => {
+                info[..name + 8].to_vec()
+            }
+            _ => info.clone(),
+        }
+    };
     let mut set: Vec<_> = edks
         .iter()
-        .map(|k| (k.provider_id.clone(), k.provider_info.clone()))
+        .map(|k| (k.provider_id.clone(), identity(k)))
         .collect();
     set.sort();
     set.dedup();
