@@ -20,7 +20,7 @@ use crate::Error;
 pub(crate) const MANIFEST_NAME: &str = ".kms-envelope-manifest";
 
 /// Lines held before a batch is written out (or after [`BATCH_AGE`]).
-const BATCH_LINES: usize = 256;
+const BATCH_LINES: usize = 4096;
 const BATCH_AGE: Duration = Duration::from_secs(1);
 
 /// What the manifest says about one finished file.
