@@ -364,3 +364,46 @@ fn sigkill_then_resume_completes_the_tree() {
         );
     }
 }
+
+#[test]
+fn the_manifest_can_be_kept_outside_the_destination() {
+    let key = new_key();
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, enc, dec) = (
+        tmp.path().join("src"),
+        tmp.path().join("enc"),
+        tmp.path().join("dec"),
+    );
+    write(&src.join("f"), b"f");
+    let manifest = tmp.path().join("run.manifest");
+    let out = cli()
+        .args(["encrypt", "-r", "--key", &key, "--manifest"])
+        .arg(&manifest)
+        .arg("-i")
+        .arg(&src)
+        .arg("-o")
+        .arg(&enc)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(manifest.is_file());
+    assert_eq!(
+        fs::read_dir(&enc).unwrap().count(),
+        1,
+        "only f.kms in the tree"
+    );
+    let out = cli()
+        .args(["decrypt", "-r", "--key", &key])
+        .arg("-i")
+        .arg(&enc)
+        .arg("-o")
+        .arg(&dec)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("decrypted 1 files (1 bytes), 0 already done, 0 skipped"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -71,6 +71,10 @@ pub(crate) struct TreeArgs {
     /// With -r: list what would be done; write nothing.
     #[arg(long, requires = "recursive")]
     dry_run: bool,
+    /// With -r: keep the run's manifest (what --resume trusts) in FILE rather than in
+    /// DST/.kms-envelope-manifest, for a destination that other tools will read whole.
+    #[arg(long, value_name = "FILE", requires = "recursive")]
+    manifest: Option<PathBuf>,
     /// With -r: stop at the first file that fails.
     #[arg(long, requires = "recursive")]
     fail_fast: bool,
@@ -98,6 +102,9 @@ impl TreeArgs {
             });
         if let Some(s) = &self.suffix {
             o = o.suffix(s);
+        }
+        if let Some(m) = &self.manifest {
+            o = o.manifest(m);
         }
         if let Some(j) = self.jobs {
             o = o.jobs(j.into());
