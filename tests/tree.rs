@@ -697,3 +697,27 @@ fn resume_works_with_a_raw_aes_keyring_and_sees_another_key() {
         "another key: {summary:?}"
     );
 }
+
+#[test]
+fn fail_fast_stops_at_the_first_failure() {
+    let kr = keyring(&new_key());
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, enc) = (tmp.path().join("src"), tmp.path().join("enc"));
+    for name in ["a", "b", "c", "d"] {
+        write(&src.join(name), name.as_bytes());
+    }
+    fs::create_dir_all(&enc).unwrap();
+    symlink(tmp.path().join("nowhere"), enc.join("b.kms")).unwrap();
+    let opts = TreeOptions::new().jobs(1).fail_fast(true);
+    let (summary, _) = encrypt(&kr, &src, &enc, &opts);
+    assert!(summary.stopped, "{summary:?}");
+    assert_eq!((summary.done, summary.failed), (1, 1), "{summary:?}");
+    assert!(!enc.join("c.kms").exists() && !enc.join("d.kms").exists());
+    let (summary, _) = encrypt(&kr, &src, &enc, &TreeOptions::new().jobs(1).resume(true));
+    assert!(!summary.stopped);
+    assert_eq!(
+        (summary.done, summary.already_done, summary.failed),
+        (2, 1, 1),
+        "{summary:?}"
+    );
+}
