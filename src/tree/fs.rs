@@ -202,6 +202,12 @@ impl<'d> TempOutput<'d> {
                 });
             }
         }
+        Self::named(dir)
+    }
+
+    /// A named temporary output, for file systems without unnamed files (or without /proc).
+    fn named(dir: BorrowedFd<'d>) -> io::Result<TempOutput<'d>> {
+        let mode = Mode::from_raw_mode(0o600);
         for _ in 0..8 {
             let name = random_name()?;
             match rustix::fs::openat(
@@ -351,4 +357,59 @@ pub(crate) fn list(dir: &OwnedFd) -> io::Result<Vec<(OsString, FileType)>> {
 /// Syncs the file system holding `fd`.
 pub(crate) fn syncfs(fd: impl AsFd) -> io::Result<()> {
     rustix::fs::syncfs(fd).map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn names(dir: &std::path::Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The fallback for file systems without O_TMPFILE: never over anything without replace,
+    /// only over a regular file with it, and no temporary name left behind either way.
+    #[test]
+    fn a_named_temporary_output_links_replaces_and_cleans_up() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = File::open(tmp.path()).unwrap();
+        let times = carried_times(&rustix::fs::fstat(&dir).unwrap());
+        let mode = Mode::from_raw_mode(0o640);
+        let write = |data: &[u8]| {
+            let mut t = TempOutput::named(dir.as_fd()).unwrap();
+            t.file.write_all(data).unwrap();
+            t
+        };
+        write(b"one")
+            .commit(OsStr::new("out"), mode, &times, false, true)
+            .unwrap();
+        assert_eq!(std::fs::read(tmp.path().join("out")).unwrap(), b"one");
+        let err = write(b"two").commit(OsStr::new("out"), mode, &times, false, false);
+        assert!(err.unwrap_err().contains("appeared"));
+        write(b"three")
+            .commit(OsStr::new("out"), mode, &times, true, false)
+            .unwrap();
+        assert_eq!(std::fs::read(tmp.path().join("out")).unwrap(), b"three");
+        std::os::unix::fs::symlink(tmp.path().join("elsewhere"), tmp.path().join("link")).unwrap();
+        let err = write(b"four").commit(OsStr::new("link"), mode, &times, true, false);
+        assert!(err.unwrap_err().contains("symbolic link"));
+        assert!(!tmp.path().join("elsewhere").exists());
+        drop(write(b"dropped"));
+        assert_eq!(
+            names(tmp.path()),
+            ["link", "out"],
+            "no temporary name is left"
+        );
+        let meta = std::fs::metadata(tmp.path().join("out")).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777,
+            0o640
+        );
+    }
 }
