@@ -721,3 +721,39 @@ fn fail_fast_stops_at_the_first_failure() {
         "{summary:?}"
     );
 }
+
+#[test]
+fn directories_are_owner_only_until_the_run_ends() {
+    let kr = keyring(&new_key());
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, enc) = (tmp.path().join("src"), tmp.path().join("enc"));
+    write(&src.join("sub/f"), b"f");
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(src.join("sub"), fs::Permissions::from_mode(0o751)).unwrap();
+    let seen = Mutex::new(Vec::new());
+    let summary = encrypt_tree(
+        &Encryptor::new(&kr),
+        &src,
+        &enc,
+        &TreeOptions::new(),
+        &|_| {
+            for d in [&enc, &enc.join("sub")] {
+                seen.lock()
+                    .unwrap()
+                    .push(fs::metadata(d).unwrap().mode() & 0o7777);
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(summary.done, 1);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [0o700, 0o700],
+        "while the run goes on"
+    );
+    assert_eq!(fs::metadata(&enc).unwrap().mode() & 0o7777, 0o755);
+    assert_eq!(
+        fs::metadata(enc.join("sub")).unwrap().mode() & 0o7777,
+        0o751
+    );
+}

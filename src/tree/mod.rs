@@ -502,7 +502,11 @@ fn run(
     let dst_root_fd = if opts.dry_run {
         None
     } else {
-        match std::fs::create_dir(destination) {
+        // Owner-only until the run ends and gives it the source root's mode, like every
+        // directory it makes.
+        let made = std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(destination);
+        match made {
             Ok(()) => created_root = true,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => {
