@@ -57,6 +57,8 @@ pub mod format;
 pub mod keyring;
 pub mod materials;
 pub mod stream;
+#[cfg(feature = "tree")]
+pub mod tree;
 
 pub use crypto::AeadBackend;
 pub use error::{Error, ErrorKind, Limit, Result};

@@ -29,6 +29,8 @@ pub enum Code {
 impl Code {
     /// `key lint` exits 1 when the policy draws warnings, as a failed check.
     pub const LINT_WARNINGS: Code = Code::Decrypt;
+    /// `encrypt -r`/`decrypt -r` exit 1 when any file failed (the report says which).
+    pub const SOME_FILES_FAILED: Code = Code::Decrypt;
 }
 
 impl From<Code> for ExitCode {

@@ -18,6 +18,7 @@ mod key;
 mod keyrings;
 mod output;
 mod term;
+mod tree;
 
 use std::process::ExitCode;
 

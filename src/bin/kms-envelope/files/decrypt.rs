@@ -16,6 +16,7 @@ use crate::args::{parse_range, parse_size_arg, AccountArgs, AwsArgs, FileArgs, L
 use crate::exit::{failure, io_failure, shown, usage, Failure};
 use crate::keyrings::{build_keyring, KmsMode};
 use crate::term::warn;
+use crate::tree::TreeArgs;
 
 #[derive(Args)]
 pub struct DecryptArgs {
@@ -59,6 +60,8 @@ pub struct DecryptArgs {
     /// checking the signature.
     #[arg(long)]
     pub dangerous_release_unverified: bool,
+    #[command(flatten)]
+    pub tree: TreeArgs,
 }
 
 pub fn decrypt(aws: &AwsArgs, a: &DecryptArgs) -> Result<(), Failure> {
@@ -83,6 +86,9 @@ pub fn decrypt(aws: &AwsArgs, a: &DecryptArgs) -> Result<(), Failure> {
     };
     let keyring = build_keyring(aws, &a.common.keys, mode)?;
     let context = a.common.context.parse()?;
+    if a.tree.recursive {
+        return crate::tree::decrypt(aws, a, keyring, context);
+    }
     // A signed message's frames come out of the library as they authenticate; the CLI holds
     // them back itself until the signature verifies: in the unnamed output file (linked only
     // after success), or in memory up to --max-buffered-size for a stream.

@@ -3,12 +3,13 @@
 use std::io::{BufWriter, Write};
 
 use clap::Args;
-use kms_envelope::{AlgorithmSuite, Encryptor};
+use kms_envelope::{AlgorithmSuite, EncryptionContext, Encryptor, Keyring};
 
 use super::{commit, open_input, progress, pump, write_failure};
 use crate::args::{parse_suite, AwsArgs, FileArgs};
 use crate::exit::{failure, io_failure, shown, Failure};
 use crate::keyrings::{build_keyring, KmsMode};
+use crate::tree::TreeArgs;
 
 #[derive(Args)]
 pub struct EncryptArgs {
@@ -16,27 +17,42 @@ pub struct EncryptArgs {
     pub common: FileArgs,
     /// Plaintext bytes per frame (1 to 4294967295).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    frame_length: Option<u32>,
+    pub frame_length: Option<u32>,
     /// Algorithm suite: 0x0478 (default) or 0x0578 (adds an ECDSA P-384 signature).
     #[arg(long, value_name = "ID", value_parser = parse_suite)]
-    suite: Option<AlgorithmSuite>,
+    pub suite: Option<AlgorithmSuite>,
     /// Threads that seal frames (default: all cores).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-    threads: Option<u16>,
+    pub threads: Option<u16>,
+    #[command(flatten)]
+    pub tree: TreeArgs,
 }
 
-pub fn encrypt(aws: &AwsArgs, a: &EncryptArgs) -> Result<(), Failure> {
-    let keyring = build_keyring(aws, &a.common.keys, KmsMode::Encrypt)?;
-    let context = a.common.context.parse()?;
-    let (mut input, len) = open_input(&a.common.input.path)?;
-    let mut out = a.common.out.open(&a.common.input.path)?;
-    let mut enc = Encryptor::new(&*keyring).context(context);
+/// The encryptor a file or a tree is encrypted with: the message parameters of the command line.
+pub fn encryptor<'k>(
+    a: &EncryptArgs,
+    keyring: &'k dyn Keyring,
+    context: EncryptionContext,
+) -> Encryptor<'k> {
+    let mut enc = Encryptor::new(keyring).context(context);
     if let Some(f) = a.frame_length {
         enc = enc.frame_length(f);
     }
     if let Some(s) = a.suite {
         enc = enc.suite(s);
     }
+    enc
+}
+
+pub fn encrypt(aws: &AwsArgs, a: &EncryptArgs) -> Result<(), Failure> {
+    let keyring = build_keyring(aws, &a.common.keys, KmsMode::Encrypt)?;
+    let context = a.common.context.parse()?;
+    if a.tree.recursive {
+        return crate::tree::encrypt(aws, a, keyring, context);
+    }
+    let (mut input, len) = open_input(&a.common.input.path)?;
+    let mut out = a.common.out.open(&a.common.input.path)?;
+    let mut enc = encryptor(a, &*keyring, context);
     if let Some(t) = a.threads {
         enc = enc.threads(t.into());
     }

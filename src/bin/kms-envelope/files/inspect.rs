@@ -13,7 +13,7 @@ use crate::exit::{failure, io_failure, shown, Failure};
 use crate::term::json_text;
 use crate::term::to_stdout;
 
-fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -1,0 +1,221 @@
+//! The run's manifest: one JSON line per finished file, appended in batches, each batch made
+//! durable only after the outputs it names are (so a line never outlives its file).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufRead, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use rustix::fs::{Mode, OFlags};
+
+use super::fs::Version;
+use super::Durability;
+use crate::Error;
+
+/// The default manifest name, in the destination root.
+pub(crate) const MANIFEST_NAME: &str = ".kms-envelope-manifest";
+
+/// Lines held before a batch is written out (or after [`BATCH_AGE`]).
+const BATCH_LINES: usize = 4096;
+const BATCH_AGE: Duration = Duration::from_secs(1);
+
+/// What the manifest says about one finished file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Record {
+    pub source: Version,
+    pub out_size: u64,
+    /// The message ID of the output (encrypting) or of the source (decrypting).
+    pub message_id: Vec<u8>,
+    /// The run's description of its settings: another run's records never match.
+    pub run: String,
+}
+
+struct State {
+    file: File,
+    pending: Vec<String>,
+    since: Instant,
+}
+
+pub(crate) struct Manifest {
+    state: Mutex<State>,
+    previous: HashMap<Vec<u8>, Record>,
+    durability: Durability,
+    /// The destination root, whose file system a batch syncs under [`Durability::SyncFs`].
+    root: OwnedFd,
+}
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+fn parse_line(line: &str) -> Option<(Vec<u8>, Record)> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let n = |k: &str| v.get(k)?.as_u64();
+    let pair = |k: &str| {
+        let a = v.get(k)?.as_array()?;
+        Some((a.first()?.as_i64()?, a.get(1)?.as_i64()?))
+    };
+    let path = b64().decode(v.get("path")?.as_str()?).ok()?;
+    let message_id = b64().decode(v.get("message_id")?.as_str()?).ok()?;
+    Some((
+        path,
+        Record {
+            source: Version {
+                dev: n("dev")?,
+                ino: n("ino")?,
+                size: n("size")?,
+                mtime: pair("mtime")?,
+                ctime: pair("ctime")?,
+            },
+            out_size: n("out_size")?,
+            message_id,
+            run: v.get("run")?.as_str()?.to_owned(),
+        },
+    ))
+}
+
+/// Refuses a manifest that is not a regular file of ours that only we may write: its lines
+/// decide which outputs a resumed run trusts, so whoever else could write them could make it
+/// keep a file they planted.
+fn trusted(file: &File, shown: &dyn Fn() -> String) -> Result<(), Error> {
+    let st = rustix::fs::fstat(file).map_err(io::Error::from)?;
+    let me = rustix::process::geteuid().as_raw();
+    let regular =
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile;
+    if !regular || st.st_uid != me || st.st_mode & 0o022 != 0 {
+        return Err(Error::Misuse(format!(
+            "the manifest {} is not a regular file owned by you (user {me}) and writable only \
+             by you: remove it and run again without resume",
+            shown()
+        )));
+    }
+    Ok(())
+}
+
+impl Manifest {
+    /// Opens the manifest: `resume` reads the records of earlier runs and appends; otherwise an
+    /// existing manifest is an error unless `force`, and is started afresh.
+    pub(crate) fn open(
+        root: &OwnedFd,
+        path: Option<&Path>,
+        resume: bool,
+        force: bool,
+        durability: Durability,
+    ) -> Result<Manifest, Error> {
+        // Non-blocking: a FIFO planted at the name must not hang the run (it is refused below).
+        let flags =
+            OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let mode = Mode::from_raw_mode(0o600);
+        let open = |extra: OFlags| -> io::Result<OwnedFd> {
+            Ok(match path {
+                Some(p) => rustix::fs::open(p, flags | extra, mode)?,
+                None => rustix::fs::openat(root, MANIFEST_NAME, flags | extra, mode)?,
+            })
+        };
+        let shown = || {
+            path.map_or_else(
+                || format!("{MANIFEST_NAME} in the destination"),
+                |p| p.display().to_string(),
+            )
+        };
+        let mut previous = HashMap::new();
+        let file = if resume {
+            let file = File::from(open(OFlags::APPEND)?);
+            trusted(&file, &shown)?;
+            // A line cut short by a crash, or any line that does not parse, only means redo.
+            for line in io::BufReader::new(&file).lines() {
+                if let Some((path, record)) = parse_line(&line?) {
+                    previous.insert(path, record);
+                }
+            }
+            file
+        } else {
+            match open(OFlags::EXCL) {
+                Ok(fd) => File::from(fd),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && force => {
+                    File::from(open(OFlags::TRUNC)?)
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return Err(Error::Misuse(format!(
+                        "the manifest {} of an earlier run exists: resume that run, or force a \
+                         fresh one",
+                        shown()
+                    )))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        trusted(&file, &shown)?;
+        Ok(Manifest {
+            state: Mutex::new(State {
+                file,
+                pending: Vec::new(),
+                since: Instant::now(),
+            }),
+            previous,
+            durability,
+            root: root.try_clone()?,
+        })
+    }
+
+    /// What an earlier run recorded for `path` (the source's relative path, as bytes).
+    pub(crate) fn previous(&self, path: &[u8]) -> Option<&Record> {
+        self.previous.get(path)
+    }
+
+    /// Whether an earlier run recorded anything.
+    pub(crate) fn has_previous(&self) -> bool {
+        !self.previous.is_empty()
+    }
+
+    /// Records a finished file; written out with its batch.
+    pub(crate) fn add(&self, path: &[u8], r: &Record) -> io::Result<()> {
+        let line = serde_json::json!({
+            "path": b64().encode(path),
+            "dev": r.source.dev,
+            "ino": r.source.ino,
+            "size": r.source.size,
+            "mtime": [r.source.mtime.0, r.source.mtime.1],
+            "ctime": [r.source.ctime.0, r.source.ctime.1],
+            "out_size": r.out_size,
+            "message_id": b64().encode(&r.message_id),
+            "run": r.run,
+        })
+        .to_string();
+        let mut state = self.state.lock().expect("manifest lock");
+        state.pending.push(line);
+        if state.pending.len() >= BATCH_LINES || state.since.elapsed() >= BATCH_AGE {
+            self.write_out(&mut state)?;
+        }
+        Ok(())
+    }
+
+    /// Writes out every pending line, durably unless durability is off.
+    pub(crate) fn flush(&self) -> io::Result<()> {
+        let mut state = self.state.lock().expect("manifest lock");
+        self.write_out(&mut state)
+    }
+
+    fn write_out(&self, state: &mut State) -> io::Result<()> {
+        state.since = Instant::now();
+        if state.pending.is_empty() {
+            return Ok(());
+        }
+        // The outputs first: a line must never be durable before the file it vouches for.
+        if self.durability == Durability::SyncFs {
+            super::fs::syncfs(self.root.as_fd())?;
+        }
+        let mut text = state.pending.join("\n");
+        text.push('\n');
+        state.file.write_all(text.as_bytes())?;
+        if self.durability != Durability::None {
+            state.file.sync_data()?;
+        }
+        state.pending.clear();
+        Ok(())
+    }
+}
