@@ -8,25 +8,8 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command as StdCommand, Stdio};
 
-use assert_cmd::Command;
 use serde_json::Value;
-
-fn cli() -> Command {
-    cli_at(&support::moto().endpoint())
-}
-
-fn cli_at(endpoint: &str) -> Command {
-    let mut c = Command::cargo_bin("kms-envelope").unwrap();
-    c.env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("AWS_ENDPOINT_URL_KMS")
-        .arg("--endpoint-url")
-        .arg(endpoint);
-    c
-}
+use support::cli::{cli, cli_at, std_cli_at};
 
 fn json(out: &[u8]) -> Value {
     serde_json::from_slice(out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(out)))
@@ -807,7 +790,7 @@ fn fifo_output_is_refused(fifo: &Path, spec: &str, sealed: &Path, why: &str) {
             .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
             .open(fifo)
             .unwrap();
-        let mut c = cli_std();
+        let mut c = std_cli_at(&support::moto().endpoint());
         c.args(["decrypt", "--raw-aes-key", spec, "-i"])
             .arg(sealed)
             .arg("-o")
@@ -873,7 +856,7 @@ fn force_replaces_only_regular_files() {
         .unwrap()
         .success());
     let r = finish_within(
-        cli_std()
+        std_cli_at(&support::moto().endpoint())
             .args(["decrypt", "--raw-aes-key", &spec, "-i"])
             .arg(&sealed)
             .arg("-o")
@@ -1037,13 +1020,13 @@ fn without_proc_the_output_is_still_committed() {
     let out = d.join("out");
     let mut c = StdCommand::new("unshare");
     c.args(["-m", "sh", "-c", r#"umount -l /proc && exec "$0" "$@""#])
-        .arg(cli_std().get_program())
-        .args(cli_std().get_args())
+        .arg(std_cli_at(&support::moto().endpoint()).get_program())
+        .args(std_cli_at(&support::moto().endpoint()).get_args())
         .args(["decrypt", "-q", "--raw-aes-key", &spec, "-i"])
         .arg(&sealed)
         .arg("-o")
         .arg(&out);
-    for (k, v) in cli_std().get_envs() {
+    for (k, v) in std_cli_at(&support::moto().endpoint()).get_envs() {
         match v {
             Some(v) => c.env(k, v),
             None => c.env_remove(k),
@@ -1053,20 +1036,6 @@ fn without_proc_the_output_is_still_committed() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(std::fs::read(&out).unwrap(), pt);
     assert_eq!(entries(d), ["out", "p.kms", "p.kms.pt", "raw-6.key"]);
-}
-
-/// The binary as a plain `std` command (for spawning), with the same environment as `cli()`.
-fn cli_std() -> StdCommand {
-    let mut c = StdCommand::new(assert_cmd::cargo::cargo_bin("kms-envelope"));
-    c.env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("AWS_ENDPOINT_URL_KMS")
-        .arg("--endpoint-url")
-        .arg(support::moto().endpoint());
-    c
 }
 
 /// Runs `cmd` (stdin closed), failing the test if it is still running after `secs` seconds.
@@ -1859,7 +1828,7 @@ fn rewrap_of_a_signed_input_to_a_stream_needs_the_dangerous_flag() {
         let fifo = fifo.clone();
         std::thread::spawn(move || std::fs::read(fifo).unwrap())
     };
-    let mut c = cli_std();
+    let mut c = std_cli_at(&support::moto().endpoint());
     c.args([
         "rewrap",
         "--unwrap-raw-aes-key",

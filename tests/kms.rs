@@ -15,26 +15,14 @@ use std::time::Duration;
 use aws_sdk_kms::config::retry::RetryConfig;
 use aws_sdk_kms::config::timeout::TimeoutConfig;
 use kms_envelope::format::EncryptedDataKey;
-use kms_envelope::keyring::{
-    DiscoveryFilter, KmsArnProblem, KmsErrorKind, KmsKeyring, KmsKeyringBuilder,
-};
+use kms_envelope::keyring::{DiscoveryFilter, KmsArnProblem, KmsErrorKind};
 use kms_envelope::{
     Decryptor, EncryptionContext, Encryptor, Error, Keyring, MultiKeyring, RawAesKeyring,
 };
 use support::proxy::{Fault, Proxy};
-use support::{block_on, create_key, kms_client, moto, sdk_config};
+use support::{block_on, create_key, kms_builder as builder, kms_client, moto};
 
 const ACCOUNT: &str = "123456789012";
-
-fn builder(endpoint: &str) -> KmsKeyringBuilder {
-    KmsKeyring::builder()
-        .sdk_config(sdk_config(endpoint, "us-east-1"))
-        .retry_config(
-            RetryConfig::standard()
-                .with_max_attempts(3)
-                .with_initial_backoff(Duration::from_millis(10)),
-        )
-}
 
 fn context() -> EncryptionContext {
     EncryptionContext::new().with("purpose", "kms-test")

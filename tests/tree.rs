@@ -19,30 +19,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use aws_sdk_kms::config::retry::RetryConfig;
-use kms_envelope::keyring::{KmsKeyring, KmsKeyringBuilder};
+use kms_envelope::keyring::KmsKeyring;
 use kms_envelope::tree::{
     caching_keyring, decrypt_tree, encrypt_tree, Durability, FileReport, FileStatus, TreeOptions,
     TreeSummary,
 };
 use kms_envelope::CacheLimits;
-use kms_envelope::{Decryptor, Encryptor, Keyring};
+use kms_envelope::{Decryptor, Encryptor, Error, Keyring};
+use support::files::{
+    assert_files, kill_after_first_batch, mkfifo, slow_data_keys, spread_files, trees, write,
+    write_named,
+};
 use support::proxy::{Fault, Proxy};
-use support::{create_key, kms_client, moto, sdk_config};
-
-fn builder(endpoint: &str) -> KmsKeyringBuilder {
-    KmsKeyring::builder()
-        .sdk_config(sdk_config(endpoint, "us-east-1"))
-        .retry_config(
-            RetryConfig::standard()
-                .with_max_attempts(3)
-                .with_initial_backoff(Duration::from_millis(10)),
-        )
-}
-
-fn new_key() -> String {
-    create_key(&kms_client(&moto().endpoint(), "us-east-1"), false)
-}
+use support::{kms_builder as builder, moto, new_key};
 
 fn keyring(key: &str) -> KmsKeyring {
     builder(&moto().endpoint()).generator(key).build().unwrap()
@@ -64,9 +53,24 @@ impl Reports {
             .cloned()
             .unwrap_or_else(|| panic!("no report for {rel}: {:?}", self.0.lock().unwrap().keys()))
     }
+    fn note(&self, rel: &str) -> String {
+        let r = self.get(rel);
+        r.note
+            .clone()
+            .unwrap_or_else(|| panic!("no note for {rel}: {r:?}"))
+    }
     fn status(&self, rel: &str) -> FileStatus {
         self.get(rel).status
     }
+}
+
+type OnFile<'a> = &'a (dyn Fn(&FileReport) + Sync);
+
+/// Runs one tree operation, which must not fail as a whole, recording every file's report.
+fn collect(run: impl FnOnce(OnFile) -> Result<TreeSummary, Error>) -> (TreeSummary, Reports) {
+    let reports = Reports::default();
+    let summary = run(&|r| reports.record(r)).unwrap();
+    (summary, reports)
 }
 
 fn encrypt(
@@ -75,12 +79,7 @@ fn encrypt(
     dst: &Path,
     opts: &TreeOptions,
 ) -> (TreeSummary, Reports) {
-    let reports = Reports::default();
-    let summary = encrypt_tree(&Encryptor::new(keyring), src, dst, opts, &|r| {
-        reports.record(r)
-    })
-    .unwrap();
-    (summary, reports)
+    collect(|on_file| encrypt_tree(&Encryptor::new(keyring), src, dst, opts, on_file))
 }
 
 fn decrypt(
@@ -89,21 +88,12 @@ fn decrypt(
     dst: &Path,
     opts: &TreeOptions,
 ) -> (TreeSummary, Reports) {
-    let reports = Reports::default();
-    let summary = decrypt_tree(&Decryptor::new(keyring), src, dst, opts, &|r| {
-        reports.record(r)
-    })
-    .unwrap();
-    (summary, reports)
+    collect(|on_file| decrypt_tree(&Decryptor::new(keyring), src, dst, opts, on_file))
 }
 
-fn write(path: &Path, data: &[u8]) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, data).unwrap();
-}
-
-fn mkfifo(path: &Path) {
-    assert!(Command::new("mkfifo").arg(path).status().unwrap().success());
+/// The error of an encryption run refused as a whole.
+fn refused(keyring: &dyn Keyring, src: &Path, dst: &Path, opts: &TreeOptions) -> Error {
+    encrypt_tree(&Encryptor::new(keyring), src, dst, opts, &|_| {}).unwrap_err()
 }
 
 /// Every name under `dir` that a run left behind as a temporary file.
@@ -127,12 +117,7 @@ fn leftovers(dir: &Path) -> Vec<PathBuf> {
 fn a_mixed_tree_round_trips_with_modes_times_and_notes() {
     let key = new_key();
     let kr = keyring(&key);
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, enc, dec) = (
-        tmp.path().join("src"),
-        tmp.path().join("enc"),
-        tmp.path().join("dec"),
-    );
+    let (_tmp, src, enc, dec) = trees();
     let mut files: BTreeMap<PathBuf, Vec<u8>> = BTreeMap::new();
     files.insert("top.txt".into(), b"top".to_vec());
     files.insert("empty".into(), Vec::new());
@@ -165,12 +150,8 @@ fn a_mixed_tree_round_trips_with_modes_times_and_notes() {
     assert_eq!(summary.failed, 0, "{summary:?}");
     assert_eq!(summary.done, files.len() as u64, "{summary:?}");
     assert_eq!(summary.skipped, 3, "two links and a FIFO: {summary:?}");
-    assert!(reports
-        .get("link-to-file")
-        .note
-        .unwrap()
-        .contains("symbolic link"));
-    assert!(reports.get("a/fifo").note.unwrap().contains("FIFO"));
+    assert!(reports.note("link-to-file").contains("symbolic link"));
+    assert!(reports.note("a/fifo").contains("FIFO"));
     let top = reports.get("top.txt");
     assert_eq!(top.status, FileStatus::Done);
     assert_eq!(
@@ -219,8 +200,7 @@ fn a_mixed_tree_round_trips_with_modes_times_and_notes() {
 #[test]
 fn follow_symlinks_follows_links_and_stops_at_cycles() {
     let kr = keyring(&new_key());
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, enc) = (tmp.path().join("src"), tmp.path().join("enc"));
+    let (tmp, src, enc, _) = trees();
     let outside = tmp.path().join("outside");
     write(&outside.join("shared.txt"), b"shared");
     write(&src.join("d/f.txt"), b"f");
@@ -231,17 +211,14 @@ fn follow_symlinks_follows_links_and_stops_at_cycles() {
     assert_eq!(reports.status("linked-dir/shared.txt"), FileStatus::Done);
     assert!(enc.join("linked-dir/shared.txt.kms").is_file());
     assert_eq!(reports.status("d/loop"), FileStatus::Skipped);
-    assert!(reports.get("d/loop").note.unwrap().contains("cycle"));
+    assert!(reports.note("d/loop").contains("cycle"));
 }
 
 #[test]
 fn a_file_removed_or_replaced_by_a_fifo_after_the_walk_fails_alone() {
     let kr = keyring(&new_key());
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, enc) = (tmp.path().join("src"), tmp.path().join("enc"));
-    for name in ["a", "b", "c", "d"] {
-        write(&src.join(name), name.as_bytes());
-    }
+    let (_tmp, src, enc, _) = trees();
+    write_named(&src, &["a", "b", "c", "d"]);
     let reports = Reports::default();
     // One job: "b" and "c" are listed before "a" is done, and changed when it is.
     let summary = encrypt_tree(
@@ -260,9 +237,9 @@ fn a_file_removed_or_replaced_by_a_fifo_after_the_walk_fails_alone() {
     )
     .unwrap();
     assert_eq!((summary.done, summary.failed), (2, 2), "{summary:?}");
-    assert!(reports.get("b").note.unwrap().contains("removed"));
+    assert!(reports.note("b").contains("removed"));
     assert!(
-        reports.get("c").note.unwrap().contains("FIFO"),
+        reports.note("c").contains("FIFO"),
         "{:?}",
         reports.get("c").note
     );
@@ -276,12 +253,8 @@ fn a_file_removed_or_replaced_by_a_fifo_after_the_walk_fails_alone() {
 #[test]
 fn links_planted_in_the_destination_are_not_followed() {
     let kr = keyring(&new_key());
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, enc, elsewhere) = (
-        tmp.path().join("src"),
-        tmp.path().join("enc"),
-        tmp.path().join("elsewhere"),
-    );
+    let (tmp, src, enc, _) = trees();
+    let elsewhere = tmp.path().join("elsewhere");
     write(&src.join("sub/secret"), b"s");
     write(&src.join("top"), b"t");
     fs::create_dir_all(&elsewhere).unwrap();
@@ -292,12 +265,8 @@ fn links_planted_in_the_destination_are_not_followed() {
     for force in [false, true] {
         let (summary, reports) = encrypt(&kr, &src, &enc, &TreeOptions::new().force(force));
         assert_eq!(summary.failed, 2, "force {force}: {summary:?}");
-        assert!(reports
-            .get("sub/secret")
-            .note
-            .unwrap()
-            .contains("symbolic link"));
-        assert!(reports.get("top").note.unwrap().contains("symbolic link"));
+        assert!(reports.note("sub/secret").contains("symbolic link"));
+        assert!(reports.note("top").contains("symbolic link"));
         assert_eq!(fs::read(elsewhere.join("target")).unwrap(), b"untouched");
         assert_eq!(
             fs::read_dir(&elsewhere).unwrap().count(),
@@ -314,20 +283,12 @@ fn links_planted_in_the_destination_are_not_followed() {
 #[test]
 fn existing_outputs_need_force_and_overlapping_trees_are_refused() {
     let kr = keyring(&new_key());
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, enc) = (tmp.path().join("src"), tmp.path().join("enc"));
+    let (tmp, src, enc, _) = trees();
     write(&src.join("f"), b"one");
     encrypt(&kr, &src, &enc, &TreeOptions::new());
     let first = fs::read(enc.join("f.kms")).unwrap();
     // A second plain run refuses the manifest; forced, it replaces the output.
-    let err = encrypt_tree(
-        &Encryptor::new(&kr),
-        &src,
-        &enc,
-        &TreeOptions::new(),
-        &|_| {},
-    )
-    .unwrap_err();
+    let err = refused(&kr, &src, &enc, &TreeOptions::new());
     assert!(err.to_string().contains("manifest"), "{err}");
     let (summary, _) = encrypt(&kr, &src, &enc, &TreeOptions::new().force(true));
     assert_eq!(summary.done, 1, "{summary:?}");
@@ -340,15 +301,15 @@ fn existing_outputs_need_force_and_overlapping_trees_are_refused() {
         &TreeOptions::new().manifest(tmp.path().join("m")),
     );
     assert_eq!(summary.failed, 1, "{summary:?}");
-    assert!(reports.get("f").note.unwrap().contains("exists"));
+    assert!(reports.note("f").contains("exists"));
     fs::create_dir_all(src.join("x")).unwrap();
     for (s, d) in [
         (&src, src.join("inner")),
         (&src, src.clone()),
         (&src.join("x"), src.clone()),
     ] {
-        let err = encrypt_tree(&Encryptor::new(&kr), s, &d, &TreeOptions::new(), &|_| {});
-        assert!(err.unwrap_err().to_string().contains("overlap"));
+        let err = refused(&kr, s, &d, &TreeOptions::new());
+        assert!(err.to_string().contains("overlap"), "{err}");
     }
     assert!(!src.join("inner").exists());
 }
@@ -356,8 +317,7 @@ fn existing_outputs_need_force_and_overlapping_trees_are_refused() {
 #[test]
 fn dry_run_include_and_exclude() {
     let kr = keyring(&new_key());
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, enc) = (tmp.path().join("src"), tmp.path().join("enc"));
+    let (_tmp, src, enc, _) = trees();
     for rel in ["a.txt", "b.log", "keep/c.txt", "skip/d.txt"] {
         write(&src.join(rel), b"x");
     }
@@ -375,12 +335,7 @@ fn dry_run_include_and_exclude() {
 #[test]
 fn context_path_makes_files_swapped_between_paths_fail() {
     let kr = keyring(&new_key());
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, enc, dec) = (
-        tmp.path().join("src"),
-        tmp.path().join("enc"),
-        tmp.path().join("dec"),
-    );
+    let (tmp, src, enc, dec) = trees();
     write(&src.join("a/x"), b"file x");
     write(&src.join("b/y"), b"file y");
     write(&src.join("c/z"), b"file z");
@@ -394,7 +349,7 @@ fn context_path_makes_files_swapped_between_paths_fail() {
     let (summary, reports) = decrypt(&kr, &enc, &dec, &opts);
     assert_eq!((summary.done, summary.failed), (1, 2), "{summary:?}");
     for rel in ["a/x.kms", "b/y.kms"] {
-        let note = reports.get(rel).note.unwrap();
+        let note = reports.note(rel);
         assert!(
             note.contains("path"),
             "a context mismatch on the path: {note}"
@@ -422,14 +377,11 @@ fn throttling_is_retried_and_reported_per_file() {
         }
     });
     let kr = builder(&proxy.endpoint()).generator(&key).build().unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, enc) = (tmp.path().join("src"), tmp.path().join("enc"));
-    for name in ["1", "2", "3", "4"] {
-        write(&src.join(name), name.as_bytes());
-    }
+    let (_tmp, src, enc, _) = trees();
+    write_named(&src, &["1", "2", "3", "4"]);
     let (summary, reports) = encrypt(&kr, &src, &enc, &TreeOptions::new().jobs(1));
     assert_eq!((summary.done, summary.failed), (3, 1), "{summary:?}");
-    let note = reports.get("1").note.unwrap();
+    let note = reports.note("1");
     assert!(note.to_lowercase().contains("throttl"), "{note}");
     assert!(!enc.join("1.kms").exists());
     assert_eq!(reports.status("2"), FileStatus::Done);
@@ -443,12 +395,7 @@ fn throttling_is_retried_and_reported_per_file() {
 fn resume_skips_only_files_provably_done() {
     let key = new_key();
     let kr = keyring(&key);
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, enc, dec) = (
-        tmp.path().join("src"),
-        tmp.path().join("enc"),
-        tmp.path().join("dec"),
-    );
+    let (_tmp, src, enc, dec) = trees();
     for i in 1..=6 {
         write(
             &src.join(format!("f{i}")),
@@ -489,15 +436,10 @@ fn resume_skips_only_files_provably_done() {
             .already_done,
         6
     );
-    let reports = Reports::default();
-    let summary = encrypt_tree(
-        &Encryptor::new(&kr).frame_length(1024),
-        &src,
-        &enc,
-        &opts.clone().resume(true),
-        &|r| reports.record(r),
-    )
-    .unwrap();
+    let (summary, _) = collect(|on_file| {
+        let encryptor = Encryptor::new(&kr).frame_length(1024);
+        encrypt_tree(&encryptor, &src, &enc, &opts.clone().resume(true), on_file)
+    });
     assert_eq!((summary.done, summary.already_done), (6, 0), "{summary:?}");
     let (summary, _) = encrypt(&kr, &src, &enc, &TreeOptions::new().resume(true));
     assert_eq!(
@@ -574,26 +516,10 @@ fn child_runs_a_slow_tree() {
 fn a_killed_run_resumes() {
     let key = new_key();
     // Each data key takes 100 ms, so 80 files on two jobs take about four seconds.
-    let slow = Proxy::start(moto().port, |req| {
-        if req.operation == "GenerateDataKey" {
-            Fault::Delay(Duration::from_millis(100))
-        } else {
-            Fault::Forward
-        }
-    });
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, enc, dec) = (
-        tmp.path().join("src"),
-        tmp.path().join("enc"),
-        tmp.path().join("dec"),
-    );
-    for i in 0..80 {
-        write(
-            &src.join(format!("d{}/f{i:02}", i % 4)),
-            &data::pseudo_random(1000 + i),
-        );
-    }
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    let slow = slow_data_keys();
+    let (_tmp, src, enc, dec) = trees();
+    let files = spread_files(&src, 80, 4);
+    let child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
             "child_runs_a_slow_tree",
@@ -608,21 +534,7 @@ fn a_killed_run_resumes() {
         .spawn()
         .unwrap();
     // Killed once the manifest holds a batch: some files are done, most are not.
-    let manifest = enc.join(".kms-envelope-manifest");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while fs::metadata(&manifest).map_or(true, |m| m.len() == 0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the child never wrote its manifest"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the child ended before it was killed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_after_first_batch(child, &enc.join(".kms-envelope-manifest"));
     let kr = keyring(&key);
     let (summary, _) = encrypt(&kr, &src, &enc, &TreeOptions::new().resume(true));
     assert!(summary.already_done > 0 && summary.done > 0, "{summary:?}");
@@ -630,38 +542,30 @@ fn a_killed_run_resumes() {
     assert!(leftovers(&enc).is_empty(), "{:?}", leftovers(&enc));
     let (summary, _) = decrypt(&kr, &enc, &dec, &TreeOptions::new());
     assert_eq!((summary.done, summary.failed), (80, 0), "{summary:?}");
-    for i in 0..80 {
-        let rel = format!("d{}/f{i:02}", i % 4);
-        assert_eq!(
-            fs::read(dec.join(&rel)).unwrap(),
-            data::pseudo_random(1000 + i)
-        );
-    }
+    assert_files(&dec, &files);
 }
 
 #[test]
 fn a_manifest_others_could_write_or_a_fifo_is_refused() {
     let kr = keyring(&new_key());
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, enc) = (tmp.path().join("src"), tmp.path().join("enc"));
+    let (_tmp, src, enc, _) = trees();
     write(&src.join("f"), b"f");
     encrypt(&kr, &src, &enc, &TreeOptions::new());
     let manifest = enc.join(".kms-envelope-manifest");
     fs::set_permissions(&manifest, fs::Permissions::from_mode(0o666)).unwrap();
     let resume = TreeOptions::new().resume(true);
-    let err = encrypt_tree(&Encryptor::new(&kr), &src, &enc, &resume, &|_| {}).unwrap_err();
+    let err = refused(&kr, &src, &enc, &resume);
     assert!(err.to_string().contains("writable only by you"), "{err}");
     fs::remove_file(&manifest).unwrap();
     mkfifo(&manifest);
-    let err = encrypt_tree(&Encryptor::new(&kr), &src, &enc, &resume, &|_| {}).unwrap_err();
+    let err = refused(&kr, &src, &enc, &resume);
     assert!(err.to_string().contains("not a regular file"), "{err}");
 }
 
 #[test]
 fn context_path_fails_a_name_that_is_not_utf8_alone() {
     let kr = keyring(&new_key());
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, enc) = (tmp.path().join("src"), tmp.path().join("enc"));
+    let (_tmp, src, enc, _) = trees();
     write(&src.join(OsStr::from_bytes(b"caf\xe9")), b"latin-1 name");
     write(&src.join("ok"), b"fine");
     let (summary, reports) = encrypt(&kr, &src, &enc, &TreeOptions::new().context_path("path"));
@@ -681,11 +585,8 @@ fn resume_works_with_a_raw_aes_keyring_and_sees_another_key() {
     // A raw AES wrapped key's provider info ends with a per-message IV: not part of the key.
     let one = kms_envelope::RawAesKeyring::new("tree", "one", &[1; 32]).unwrap();
     let two = kms_envelope::RawAesKeyring::new("tree", "two", &[2; 32]).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, enc) = (tmp.path().join("src"), tmp.path().join("enc"));
-    for name in ["a", "b"] {
-        write(&src.join(name), name.as_bytes());
-    }
+    let (_tmp, src, enc, _) = trees();
+    write_named(&src, &["a", "b"]);
     assert_eq!(encrypt(&one, &src, &enc, &TreeOptions::new()).0.done, 2);
     let resume = TreeOptions::new().resume(true);
     let (summary, _) = encrypt(&one, &src, &enc, &resume);
@@ -701,11 +602,8 @@ fn resume_works_with_a_raw_aes_keyring_and_sees_another_key() {
 #[test]
 fn fail_fast_stops_at_the_first_failure() {
     let kr = keyring(&new_key());
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, enc) = (tmp.path().join("src"), tmp.path().join("enc"));
-    for name in ["a", "b", "c", "d"] {
-        write(&src.join(name), name.as_bytes());
-    }
+    let (tmp, src, enc, _) = trees();
+    write_named(&src, &["a", "b", "c", "d"]);
     fs::create_dir_all(&enc).unwrap();
     symlink(tmp.path().join("nowhere"), enc.join("b.kms")).unwrap();
     let opts = TreeOptions::new().jobs(1).fail_fast(true);
@@ -725,8 +623,7 @@ fn fail_fast_stops_at_the_first_failure() {
 #[test]
 fn directories_are_owner_only_until_the_run_ends() {
     let kr = keyring(&new_key());
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, enc) = (tmp.path().join("src"), tmp.path().join("enc"));
+    let (_tmp, src, enc, _) = trees();
     write(&src.join("sub/f"), b"f");
     fs::set_permissions(&src, fs::Permissions::from_mode(0o755)).unwrap();
     fs::set_permissions(src.join("sub"), fs::Permissions::from_mode(0o751)).unwrap();

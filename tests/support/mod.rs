@@ -3,9 +3,13 @@
 //! no AWS and is included by path by the binaries that use it: `vectors` (the public ESDK
 //! vectors), `keyrings` (counting, planted, raw), `data` (the generator), `adaptors` (every way
 //! to read and write a message), `tamper` (the corpus of altered messages, and the one layout
-//! function), `alloc` (a counting allocator).
+//! function), `alloc` (a counting allocator). `files` (trees of files, and a run killed
+//! mid-tree) and `cli` (the binary aimed at moto) build on this module.
 #![allow(dead_code)]
 
+#[cfg(feature = "cli")]
+pub mod cli;
+pub mod files;
 pub mod proxy;
 
 use std::net::{TcpListener, TcpStream};
@@ -14,7 +18,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_kms::config::retry::RetryConfig;
 use aws_sdk_kms::config::Credentials;
+use kms_envelope::keyring::{KmsKeyring, KmsKeyringBuilder};
 
 /// moto's server as a child process. It also watches its parent and exits when the test binary
 /// does, so no server outlives the tests even though statics are never dropped.
@@ -155,4 +161,21 @@ pub fn create_key(client: &aws_sdk_kms::Client, multi_region: bool) -> String {
             .arn
             .unwrap()
     })
+}
+
+/// A fresh symmetric key in this binary's moto, in us-east-1.
+pub fn new_key() -> String {
+    create_key(&kms_client(&moto().endpoint(), "us-east-1"), false)
+}
+
+/// A KMS keyring builder aimed at `endpoint` (moto or a proxy in front of it), with three
+/// quick attempts so that throttling tests retry without waiting long.
+pub fn kms_builder(endpoint: &str) -> KmsKeyringBuilder {
+    KmsKeyring::builder()
+        .sdk_config(sdk_config(endpoint, "us-east-1"))
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(3)
+                .with_initial_backoff(Duration::from_millis(10)),
+        )
 }
