@@ -205,42 +205,26 @@ fn concurrent_use_keeps_the_limits_exactly() {
     assert_eq!(inner.decrypts(), 80, "one unwrap per data key");
 }
 
-/// A keyring whose data-key calls for `tenant=slow` wait until the test releases them.
-#[derive(Debug)]
-struct Gated {
-    inner: RawAesKeyring,
-    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
-    timed_out: std::sync::atomic::AtomicBool,
-}
-
-#[async_trait::async_trait]
-impl Keyring for Gated {
-    async fn on_encrypt(&self, m: &mut EncryptionMaterials) -> Result<(), Error> {
-        if m.context.get("tenant") == Some("slow") {
-            let rx = self.release.lock().unwrap();
-            if rx.recv_timeout(Duration::from_secs(30)).is_err() {
-                self.timed_out.store(true, Ordering::SeqCst);
-            }
-        }
-        self.inner.on_encrypt(m).await
-    }
-    async fn on_decrypt(
-        &self,
-        m: &mut DecryptionMaterials,
-        e: &[EncryptedDataKey],
-    ) -> Result<(), Error> {
-        self.inner.on_decrypt(m, e).await
-    }
-}
-
 #[test]
 fn a_slow_miss_does_not_hold_up_misses_of_other_entries() {
-    let (release, rx) = std::sync::mpsc::channel();
-    let gated = Arc::new(Gated {
-        inner: RawAesKeyring::new("cache", "key", &[8; 32]).unwrap(),
-        release: std::sync::Mutex::new(rx),
-        timed_out: std::sync::atomic::AtomicBool::new(false),
-    });
+    let (release, rx) = std::sync::mpsc::channel::<()>();
+    let rx = std::sync::Mutex::new(rx);
+    let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let t = timed_out.clone();
+    // Data-key calls for `tenant=slow` wait until the test releases them.
+    let gated = Arc::new(
+        Counting::new(keyrings::raw_aes("cache", "key", 8)).before_encrypt(move |m| {
+            if m.context.get("tenant") == Some("slow")
+                && rx
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(30))
+                    .is_err()
+            {
+                t.store(true, Ordering::SeqCst);
+            }
+        }),
+    );
     let cache = DataKeyCache::new(NonZeroUsize::new(8).unwrap());
     let kr = CachingKeyring::builder(gated.clone(), cache)
         .partition("test")
@@ -270,7 +254,7 @@ fn a_slow_miss_does_not_hold_up_misses_of_other_entries() {
         assert_eq!(Decryptor::new(&kr).decrypt(&slow).unwrap(), b"a");
     });
     assert!(
-        !gated.timed_out.load(Ordering::SeqCst),
+        !timed_out.load(Ordering::SeqCst),
         "the fast miss waited for the slow one"
     );
 }

@@ -13,12 +13,25 @@ pub fn raw_aes(namespace: &str, name: &str, byte: u8) -> RawAesKeyring {
     RawAesKeyring::new(namespace, name, &[byte; 32]).expect("a raw AES keyring")
 }
 
-/// Counts the calls that reach the wrapped keyring.
-#[derive(Debug)]
+type Hook = Box<dyn Fn(&EncryptionMaterials) + Send + Sync>;
+
+/// Counts the calls that reach the wrapped keyring, and runs an optional hook before each
+/// encryption reaches it (to hold one up, say).
 pub struct Counting<K> {
     pub inner: K,
     encrypts: AtomicUsize,
     decrypts: AtomicUsize,
+    before_encrypt: Option<Hook>,
+}
+
+impl<K: std::fmt::Debug> std::fmt::Debug for Counting<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counting")
+            .field("inner", &self.inner)
+            .field("encrypts", &self.encrypts)
+            .field("decrypts", &self.decrypts)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<K> Counting<K> {
@@ -27,7 +40,16 @@ impl<K> Counting<K> {
             inner,
             encrypts: AtomicUsize::new(0),
             decrypts: AtomicUsize::new(0),
+            before_encrypt: None,
         }
+    }
+    /// Runs `hook` on each encryption's materials before they reach the wrapped keyring.
+    pub fn before_encrypt(
+        mut self,
+        hook: impl Fn(&EncryptionMaterials) + Send + Sync + 'static,
+    ) -> Self {
+        self.before_encrypt = Some(Box::new(hook));
+        self
     }
     pub fn encrypts(&self) -> usize {
         self.encrypts.load(Ordering::SeqCst)
@@ -41,6 +63,9 @@ impl<K> Counting<K> {
 impl<K: Keyring> Keyring for Counting<K> {
     async fn on_encrypt(&self, m: &mut EncryptionMaterials) -> Result<(), Error> {
         self.encrypts.fetch_add(1, Ordering::SeqCst);
+        if let Some(hook) = &self.before_encrypt {
+            hook(m);
+        }
         self.inner.on_encrypt(m).await
     }
     async fn on_decrypt(
