@@ -1,7 +1,7 @@
 //! For unit tests: a keyring that plants wrapped keys of the test's choosing in a message, as
 //! an attacker (or a keyring wrapping under some other key) would. It makes the data key when
 //! it comes first, so the header authenticates with the planted keys in place; it never
-//! unwraps. (`tests/support/planted.rs` is its twin for the integration tests.)
+//! unwraps. (`tests/support/keyrings.rs` is its twin for the integration tests.)
 
 use super::Keyring;
 use crate::format::EncryptedDataKey;
