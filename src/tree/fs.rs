@@ -85,7 +85,7 @@ pub(crate) fn make_dir(parent: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, 
         Ok(()) | Err(Errno::EXIST) => {}
         Err(e) => return Err(format!("cannot create the destination directory: {e}")),
     }
-    rustix::fs::openat(
+    let fd = rustix::fs::openat(
         parent,
         name,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
@@ -98,7 +98,27 @@ pub(crate) fn make_dir(parent: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, 
                 .to_string()
         }
         e => format!("cannot open the destination directory: {e}"),
-    })
+    })?;
+    trusted_dir(&fd)?;
+    Ok(fd)
+}
+
+/// Refuses a destination directory that someone else could fill or swap entries in: it must
+/// be owned by this process's effective user and not writable by group or others. A directory
+/// that existed before the run (or was swapped in) is otherwise the attacker's.
+pub(crate) fn trusted_dir(fd: impl AsFd) -> Result<(), String> {
+    let st = rustix::fs::fstat(fd)
+        .map_err(|e| format!("cannot examine the destination directory: {e}"))?;
+    let me = rustix::process::geteuid().as_raw();
+    if st.st_uid != me || st.st_mode & 0o022 != 0 {
+        return Err(format!(
+            "the destination directory is owned by uid {} with mode {:o}: it must be owned by \
+             uid {me} and not writable by group or others; fix its owner and mode or remove it",
+            st.st_uid,
+            st.st_mode & 0o7777
+        ));
+    }
+    Ok(())
 }
 
 /// Opens `rel` (a path of plain components) beneath `root` one component at a time, never
@@ -124,6 +144,28 @@ pub(crate) fn open_beneath(root: BorrowedFd<'_>, rel: &[OsString]) -> io::Result
 /// The source's mode without setuid and setgid: an output must not grant privileges.
 pub(crate) fn carried_mode(st: &Stat) -> Mode {
     Mode::from_raw_mode(st.st_mode & 0o1777)
+}
+
+/// The mode of an output file. Decrypting, the source's mode is the ciphertext tree's, which
+/// its writers control: plaintext is owner-only unless modes are preserved on request.
+pub(crate) fn file_mode(st: &Stat, decrypting: bool, preserve: bool) -> Mode {
+    let mode = carried_mode(st).as_raw_mode();
+    Mode::from_raw_mode(if decrypting && !preserve {
+        mode & 0o600
+    } else {
+        mode
+    })
+}
+
+/// The mode of a destination directory: as [`file_mode`] (0700 when decrypting), and never
+/// group- or other-writable, since others could then plant or swap entries in it.
+pub(crate) fn dir_mode(st: &Stat, decrypting: bool, preserve: bool) -> Mode {
+    let mode = carried_mode(st).as_raw_mode() & !0o022;
+    Mode::from_raw_mode(if decrypting && !preserve {
+        mode & 0o700
+    } else {
+        mode
+    })
 }
 
 /// The source's access and modification times.

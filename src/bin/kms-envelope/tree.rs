@@ -73,6 +73,11 @@ pub(crate) struct TreeArgs {
     /// With -r: leave out files and directories whose path matches GLOB (repeatable).
     #[arg(long, value_name = "GLOB", requires = "recursive")]
     exclude: Vec<String>,
+    /// With -r, decrypting: give plaintext files and directories the ciphertext tree's modes
+    /// (less setuid/setgid and group/other write on directories) instead of 0600 and 0700.
+    /// Only for a ciphertext tree whose writers you trust: they choose those modes.
+    #[arg(long, requires = "recursive")]
+    preserve_mode: bool,
     /// With -r: list what would be done; write nothing.
     #[arg(long, requires = "recursive")]
     dry_run: bool,
@@ -97,6 +102,7 @@ impl TreeArgs {
             .dry_run(self.dry_run)
             .fail_fast(self.fail_fast)
             .follow_symlinks(self.follow_symlinks)
+            .preserve_mode(self.preserve_mode)
             .run_label(label)
             .durability(if no_fsync {
                 Durability::None
