@@ -225,3 +225,46 @@ fn a_suffix_that_is_not_a_plain_name_ending_is_refused() {
         assert!(!out.exists(), "{bad:?}");
     }
 }
+
+/// L4: resume redoes files when a required-only context pair (stored in no header) or the
+/// commitment policy differs from the earlier run's.
+#[test]
+fn resume_compares_required_only_context_and_commitment_policy() {
+    use kms_envelope::{CommitmentPolicy, EncryptionContext};
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    let dst = tmp.path().join("dst");
+    let k = keyring();
+    let run = |e: Encryptor<'_>, resume: bool| {
+        let reports = Reports::default();
+        encrypt_tree(&e, &src, &dst, &TreeOptions::new().resume(resume), &|r| {
+            reports
+                .lock()
+                .unwrap()
+                .insert(r.relative.clone(), r.clone());
+        })
+        .unwrap();
+        status(&reports, "f")
+    };
+    let with = |v: &str| {
+        let ctx: EncryptionContext = [("tenant", "a"), ("req", v)].into_iter().collect();
+        Encryptor::new(&k)
+            .context(ctx)
+            .require_context_keys(["req"])
+    };
+    assert_eq!(run(with("1"), false), FileStatus::Done);
+    assert_eq!(run(with("1"), true), FileStatus::AlreadyDone);
+    assert_eq!(
+        run(with("2"), true),
+        FileStatus::Done,
+        "required-only pair changed"
+    );
+    let lax = with("2").dangerous_commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt);
+    assert_eq!(
+        run(lax, true),
+        FileStatus::Done,
+        "commitment policy changed"
+    );
+}

@@ -79,7 +79,8 @@
 //! to the kernel. The manifest (`DST/.kms-envelope-manifest` by default) gets a line per
 //! finished file, written in batches made durable after the outputs they name. With
 //! [`resume`](TreeOptions::resume) a file is skipped only if the manifest records it as done
-//! under the same [`run_label`](TreeOptions::run_label), the source's size, modification and
+//! under the same direction, commitment policy, whole context (required-only pairs too, by
+//! hash) and [`run_label`](TreeOptions::run_label), the source's size, modification and
 //! change times, device and inode are unchanged, the output is a regular file of the recorded
 //! size whose structure is complete and, encrypting, whose message ID is the recorded one and
 //! whose context, suite, frame length and set of wrapped keys match this run (the key set is
@@ -598,14 +599,7 @@ fn run(
         (Op::Encrypt(e), Some(m)) if opts.resume && m.has_previous() => Some(probe_key_set(e)?),
         _ => None,
     };
-    let label = format!(
-        "{} {}",
-        match op {
-            Op::Encrypt(_) => "encrypt",
-            Op::Decrypt(_) => "decrypt",
-        },
-        opts.run_label
-    );
+    let label = run_label(op, &opts.run_label);
     let src_st = rustix::fs::fstat(&src_root_fd).map_err(std::io::Error::from)?;
     let root = Arc::new(DirPair {
         src: src_root_fd,
@@ -661,6 +655,35 @@ fn run(
     let mut summary = run.summary.into_inner().expect("summary lock");
     summary.stopped = run.stop.load(Ordering::SeqCst);
     Ok(summary)
+}
+
+/// What a resumed run must share with the earlier one beyond what an output's header shows:
+/// the direction, the commitment policy, and a hash of the whole context including the
+/// required-only pairs (which no header stores), then the caller's label.
+fn run_label(op: Op<'_>, caller: &str) -> String {
+    use sha2::Digest;
+    let (what, policy, context, required): (_, _, _, &[String]) = match op {
+        Op::Encrypt(e) => ("encrypt", e.policy, &e.context, &e.required_keys),
+        Op::Decrypt(d) => ("decrypt", d.policy, &d.expected_context, &[]),
+    };
+    let mut h = sha2::Sha256::new();
+    // Length-prefixed, so no two contexts hash the same bytes.
+    let mut field = |b: &[u8]| {
+        h.update((b.len() as u64).to_be_bytes());
+        h.update(b);
+    };
+    for (k, v) in context.iter() {
+        field(k.as_bytes());
+        field(v.as_bytes());
+    }
+    let mut required = required.to_vec();
+    required.sort();
+    for k in &required {
+        field(b"required");
+        field(k.as_bytes());
+    }
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    format!("{what} {policy:?} context-sha256={hex} {caller}")
 }
 
 /// The wrapped keys this run's keyring makes: one empty message is encrypted to see them.
