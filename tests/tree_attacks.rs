@@ -268,3 +268,59 @@ fn resume_compares_required_only_context_and_commitment_policy() {
         "commitment policy changed"
     );
 }
+
+/// L1: --report never follows a link, never overwrites an existing file without --force (and
+/// then only a regular file with one name), and is refused inside either tree.
+#[cfg(feature = "cli")]
+#[test]
+fn the_report_is_created_new_outside_the_trees() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("wrap.key");
+    fs::write(&key, [7u8; 32]).unwrap();
+    let spec = format!("tree:key:{}", key.display());
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    let run = |dst: &str, report: &Path, force: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_kms-envelope"));
+        c.env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .args(["encrypt", "-r", "-i"])
+            .arg(&src)
+            .arg("-o")
+            .arg(tmp.path().join(dst))
+            .args(["--raw-aes-key", &spec, "--report"])
+            .arg(report);
+        if force {
+            c.arg("--force");
+        }
+        c.output().unwrap()
+    };
+    // A link at the report's name is not followed, even with --force.
+    let victim = tmp.path().join("victim");
+    fs::write(&victim, b"keep").unwrap();
+    let link = tmp.path().join("link.json");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    assert!(!run("d1", &link, false).status.success());
+    assert!(!run("d2", &link, true).status.success());
+    assert_eq!(fs::read(&victim).unwrap(), b"keep");
+    // An existing file needs --force, and a second name (a hard link to an input) refuses it.
+    let existing = tmp.path().join("r.json");
+    fs::write(&existing, b"old").unwrap();
+    assert!(!run("d3", &existing, false).status.success());
+    assert_eq!(fs::read(&existing).unwrap(), b"old");
+    fs::hard_link(&victim, tmp.path().join("hard.json")).unwrap();
+    assert!(!run("d4", &tmp.path().join("hard.json"), true).status.success());
+    assert_eq!(fs::read(&victim).unwrap(), b"keep");
+    // Inside a tree: refused.
+    assert!(!run("d5", &src.join("r.json"), false).status.success());
+    assert!(!src.join("r.json").exists());
+    // A new file outside the trees works, 0600; --force replaces our own regular file.
+    let out = run("d6", &tmp.path().join("new.json"), false);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(mode(&tmp.path().join("new.json")), 0o600);
+    let out = run("d7", &existing, true);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(fs::read_to_string(&existing).unwrap().contains("\"done\""));
+}
