@@ -311,16 +311,52 @@ fn the_report_is_created_new_outside_the_trees() {
     assert!(!run("d3", &existing, false).status.success());
     assert_eq!(fs::read(&existing).unwrap(), b"old");
     fs::hard_link(&victim, tmp.path().join("hard.json")).unwrap();
-    assert!(!run("d4", &tmp.path().join("hard.json"), true).status.success());
+    assert!(!run("d4", &tmp.path().join("hard.json"), true)
+        .status
+        .success());
     assert_eq!(fs::read(&victim).unwrap(), b"keep");
     // Inside a tree: refused.
     assert!(!run("d5", &src.join("r.json"), false).status.success());
     assert!(!src.join("r.json").exists());
     // A new file outside the trees works, 0600; --force replaces our own regular file.
     let out = run("d6", &tmp.path().join("new.json"), false);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(mode(&tmp.path().join("new.json")), 0o600);
     let out = run("d7", &existing, true);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(fs::read_to_string(&existing).unwrap().contains("\"done\""));
+}
+
+/// L1: with force, a manifest that is a hard link to another file (an input) is not emptied;
+/// a manifest inside either tree is refused.
+#[test]
+fn a_forced_manifest_is_replaced_only_if_it_has_one_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"precious").unwrap();
+    let m = tmp.path().join("m");
+    fs::hard_link(src.join("f"), &m).unwrap();
+    let dst = tmp.path().join("dst");
+    let err = encrypt(&src, &dst, &TreeOptions::new().force(true).manifest(&m)).err();
+    assert!(matches!(err, Some(Error::Misuse(_))), "{err:?}");
+    assert_eq!(fs::read(src.join("f")).unwrap(), b"precious");
+    for inside in [src.join("m2"), dst.join("m3")] {
+        let err = encrypt(&src, &dst, &TreeOptions::new().manifest(&inside)).err();
+        assert!(matches!(err, Some(Error::Misuse(_))), "{inside:?}");
+        assert!(!inside.exists());
+    }
+    // Our own manifest with one name is replaced.
+    let own = tmp.path().join("own");
+    fs::write(&own, b"old\n").unwrap();
+    encrypt(&src, &dst, &TreeOptions::new().force(true).manifest(&own)).unwrap();
+    assert!(!fs::read_to_string(&own).unwrap().contains("old"));
 }

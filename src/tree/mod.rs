@@ -540,6 +540,17 @@ fn run(
             source.display()
         )));
     }
+    if let Some(m) = &opts.manifest {
+        // Inside a tree, the walk would read it or it would land among the outputs.
+        let m_c = resolved(m)?;
+        if m_c.starts_with(&src_c) || m_c.starts_with(&dst_c) {
+            return Err(Error::Misuse(format!(
+                "the manifest {} is inside the source or destination tree: keep it outside \
+                 both (the default one in the destination is handled apart)",
+                m.display()
+            )));
+        }
+    }
     let mut created_root = false;
     let dst_root_fd = if opts.dry_run {
         None
