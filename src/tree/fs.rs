@@ -212,6 +212,9 @@ pub(crate) struct TempOutput<'d> {
     pub file: File,
     dir: BorrowedFd<'d>,
     named: Option<OsString>,
+    /// Whether the output is in place: until then a named file's contents are emptied before
+    /// its name is removed, in case the name reaches another file.
+    done: bool,
 }
 
 /// A random name for a temporary or staging file; a predictable one could be taken first.
@@ -241,6 +244,7 @@ impl<'d> TempOutput<'d> {
                     file: File::from(fd),
                     dir,
                     named: None,
+                    done: false,
                 });
             }
         }
@@ -263,6 +267,7 @@ impl<'d> TempOutput<'d> {
                         file: File::from(fd),
                         dir,
                         named: Some(name),
+                        done: false,
                     })
                 }
                 Err(Errno::EXIST) => continue,
@@ -302,9 +307,12 @@ impl<'d> TempOutput<'d> {
         }
         let staged = match (&self.named, replace) {
             (Some(tmp), false) => {
+                self.still_ours(tmp)?;
                 let r =
                     rustix::fs::linkat(self.dir, tmp.as_os_str(), self.dir, name, AtFlags::empty());
-                return r.map_err(|e| exists_or(e, &io));
+                r.map_err(|e| exists_or(e, &io))?;
+                self.done = true;
+                return Ok(());
             }
             (Some(tmp), true) => tmp.clone(),
             (None, false) => {
@@ -338,10 +346,28 @@ impl<'d> TempOutput<'d> {
                 n
             }
         };
+        self.still_ours(&staged)?;
         rustix::fs::renameat(self.dir, staged.as_os_str(), self.dir, name)
             .map_err(|e| io("rename into place", &e))?;
         self.named = None;
+        self.done = true;
         Ok(())
+    }
+
+    /// Whether the temporary name still reaches the file written: whoever can write to the
+    /// directory could have swapped it, and the link or rename would then publish their file.
+    fn still_ours(&self, tmp: &OsStr) -> Result<(), String> {
+        let ours =
+            rustix::fs::fstat(&self.file).map_err(|e| format!("cannot examine the output: {e}"))?;
+        match rustix::fs::statat(self.dir, tmp, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino) => Ok(()),
+            _ => Err(
+                "the temporary output's name was replaced by another file while it was \
+                      written: not linked into place (someone else can write to the \
+                      destination directory)"
+                    .to_string(),
+            ),
+        }
     }
 }
 
@@ -359,6 +385,10 @@ fn exists_or(e: Errno, io: &dyn Fn(&str, &dyn std::fmt::Display) -> String) -> S
 impl Drop for TempOutput<'_> {
     fn drop(&mut self) {
         if let Some(name) = self.named.take() {
+            if !self.done {
+                // Emptied first: what was written must not survive under a name not ours.
+                let _ = rustix::fs::ftruncate(&self.file, 0);
+            }
             let _ = rustix::fs::unlinkat(self.dir, name.as_os_str(), AtFlags::empty());
         }
     }
@@ -405,6 +435,34 @@ pub(crate) fn syncfs(fd: impl AsFd) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// L3: a named temporary output whose name is swapped for another file before it is
+    /// linked is not published, and what was written is emptied.
+    #[test]
+    fn a_swapped_temporary_name_is_not_linked_into_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = File::open(tmp.path()).unwrap();
+        let times = carried_times(&rustix::fs::fstat(&dir).unwrap());
+        for replace in [false, true] {
+            let mut t = TempOutput::named(dir.as_fd()).unwrap();
+            t.file.write_all(b"plaintext").unwrap();
+            let written = t.file.try_clone().unwrap();
+            let name = t.named.clone().unwrap();
+            std::fs::write(tmp.path().join("planted"), b"attacker's").unwrap();
+            std::fs::rename(tmp.path().join("planted"), tmp.path().join(&name)).unwrap();
+            let err = t.commit(
+                OsStr::new("out"),
+                Mode::from_raw_mode(0o600),
+                &times,
+                replace,
+                false,
+            );
+            assert!(err.unwrap_err().contains("replaced"), "replace {replace}");
+            assert!(!tmp.path().join("out").exists(), "replace {replace}");
+            assert_eq!(written.metadata().unwrap().len(), 0, "emptied");
+            let _ = std::fs::remove_file(tmp.path().join(&name));
+        }
+    }
 
     fn names(dir: &std::path::Path) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(dir)
