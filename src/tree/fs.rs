@@ -85,7 +85,7 @@ pub(crate) fn make_dir(parent: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, 
         Ok(()) | Err(Errno::EXIST) => {}
         Err(e) => return Err(format!("cannot create the destination directory: {e}")),
     }
-    rustix::fs::openat(
+    let fd = rustix::fs::openat(
         parent,
         name,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
@@ -98,7 +98,27 @@ pub(crate) fn make_dir(parent: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, 
                 .to_string()
         }
         e => format!("cannot open the destination directory: {e}"),
-    })
+    })?;
+    trusted_dir(&fd)?;
+    Ok(fd)
+}
+
+/// Refuses a destination directory that someone else could fill or swap entries in: it must
+/// be owned by this process's effective user and not writable by group or others. A directory
+/// that existed before the run (or was swapped in) is otherwise the attacker's.
+pub(crate) fn trusted_dir(fd: impl AsFd) -> Result<(), String> {
+    let st = rustix::fs::fstat(fd)
+        .map_err(|e| format!("cannot examine the destination directory: {e}"))?;
+    let me = rustix::process::geteuid().as_raw();
+    if st.st_uid != me || st.st_mode & 0o022 != 0 {
+        return Err(format!(
+            "the destination directory is owned by uid {} with mode {:o}: it must be owned by \
+             uid {me} and not writable by group or others; fix its owner and mode or remove it",
+            st.st_uid,
+            st.st_mode & 0o7777
+        ));
+    }
+    Ok(())
 }
 
 /// Opens `rel` (a path of plain components) beneath `root` one component at a time, never
@@ -124,6 +144,28 @@ pub(crate) fn open_beneath(root: BorrowedFd<'_>, rel: &[OsString]) -> io::Result
 /// The source's mode without setuid and setgid: an output must not grant privileges.
 pub(crate) fn carried_mode(st: &Stat) -> Mode {
     Mode::from_raw_mode(st.st_mode & 0o1777)
+}
+
+/// The mode of an output file. Decrypting, the source's mode is the ciphertext tree's, which
+/// its writers control: plaintext is owner-only unless modes are preserved on request.
+pub(crate) fn file_mode(st: &Stat, decrypting: bool, preserve: bool) -> Mode {
+    let mode = carried_mode(st).as_raw_mode();
+    Mode::from_raw_mode(if decrypting && !preserve {
+        mode & 0o600
+    } else {
+        mode
+    })
+}
+
+/// The mode of a destination directory: as [`file_mode`] (0700 when decrypting), and never
+/// group- or other-writable, since others could then plant or swap entries in it.
+pub(crate) fn dir_mode(st: &Stat, decrypting: bool, preserve: bool) -> Mode {
+    let mode = carried_mode(st).as_raw_mode() & !0o022;
+    Mode::from_raw_mode(if decrypting && !preserve {
+        mode & 0o700
+    } else {
+        mode
+    })
 }
 
 /// The source's access and modification times.
@@ -170,6 +212,9 @@ pub(crate) struct TempOutput<'d> {
     pub file: File,
     dir: BorrowedFd<'d>,
     named: Option<OsString>,
+    /// Whether the output is in place: until then a named file's contents are emptied before
+    /// its name is removed, in case the name reaches another file.
+    done: bool,
 }
 
 /// A random name for a temporary or staging file; a predictable one could be taken first.
@@ -199,6 +244,7 @@ impl<'d> TempOutput<'d> {
                     file: File::from(fd),
                     dir,
                     named: None,
+                    done: false,
                 });
             }
         }
@@ -221,6 +267,7 @@ impl<'d> TempOutput<'d> {
                         file: File::from(fd),
                         dir,
                         named: Some(name),
+                        done: false,
                     })
                 }
                 Err(Errno::EXIST) => continue,
@@ -260,9 +307,12 @@ impl<'d> TempOutput<'d> {
         }
         let staged = match (&self.named, replace) {
             (Some(tmp), false) => {
+                self.still_ours(tmp)?;
                 let r =
                     rustix::fs::linkat(self.dir, tmp.as_os_str(), self.dir, name, AtFlags::empty());
-                return r.map_err(|e| exists_or(e, &io));
+                r.map_err(|e| exists_or(e, &io))?;
+                self.done = true;
+                return Ok(());
             }
             (Some(tmp), true) => tmp.clone(),
             (None, false) => {
@@ -296,10 +346,28 @@ impl<'d> TempOutput<'d> {
                 n
             }
         };
+        self.still_ours(&staged)?;
         rustix::fs::renameat(self.dir, staged.as_os_str(), self.dir, name)
             .map_err(|e| io("rename into place", &e))?;
         self.named = None;
+        self.done = true;
         Ok(())
+    }
+
+    /// Whether the temporary name still reaches the file written: whoever can write to the
+    /// directory could have swapped it, and the link or rename would then publish their file.
+    fn still_ours(&self, tmp: &OsStr) -> Result<(), String> {
+        let ours =
+            rustix::fs::fstat(&self.file).map_err(|e| format!("cannot examine the output: {e}"))?;
+        match rustix::fs::statat(self.dir, tmp, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino) => Ok(()),
+            _ => Err(
+                "the temporary output's name was replaced by another file while it was \
+                      written: not linked into place (someone else can write to the \
+                      destination directory)"
+                    .to_string(),
+            ),
+        }
     }
 }
 
@@ -317,6 +385,10 @@ fn exists_or(e: Errno, io: &dyn Fn(&str, &dyn std::fmt::Display) -> String) -> S
 impl Drop for TempOutput<'_> {
     fn drop(&mut self) {
         if let Some(name) = self.named.take() {
+            if !self.done {
+                // Emptied first: what was written must not survive under a name not ours.
+                let _ = rustix::fs::ftruncate(&self.file, 0);
+            }
             let _ = rustix::fs::unlinkat(self.dir, name.as_os_str(), AtFlags::empty());
         }
     }
@@ -363,6 +435,34 @@ pub(crate) fn syncfs(fd: impl AsFd) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// L3: a named temporary output whose name is swapped for another file before it is
+    /// linked is not published, and what was written is emptied.
+    #[test]
+    fn a_swapped_temporary_name_is_not_linked_into_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = File::open(tmp.path()).unwrap();
+        let times = carried_times(&rustix::fs::fstat(&dir).unwrap());
+        for replace in [false, true] {
+            let mut t = TempOutput::named(dir.as_fd()).unwrap();
+            t.file.write_all(b"plaintext").unwrap();
+            let written = t.file.try_clone().unwrap();
+            let name = t.named.clone().unwrap();
+            std::fs::write(tmp.path().join("planted"), b"attacker's").unwrap();
+            std::fs::rename(tmp.path().join("planted"), tmp.path().join(&name)).unwrap();
+            let err = t.commit(
+                OsStr::new("out"),
+                Mode::from_raw_mode(0o600),
+                &times,
+                replace,
+                false,
+            );
+            assert!(err.unwrap_err().contains("replaced"), "replace {replace}");
+            assert!(!tmp.path().join("out").exists(), "replace {replace}");
+            assert_eq!(written.metadata().unwrap().len(), 0, "emptied");
+            let _ = std::fs::remove_file(tmp.path().join(&name));
+        }
+    }
 
     fn names(dir: &std::path::Path) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(dir)

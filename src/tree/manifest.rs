@@ -137,7 +137,19 @@ impl Manifest {
             match open(OFlags::EXCL) {
                 Ok(fd) => File::from(fd),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && force => {
-                    File::from(open(OFlags::TRUNC)?)
+                    // Truncated only once known to be ours alone: a hard link to another file
+                    // (an input) or someone else's file must not be emptied.
+                    let file = File::from(open(OFlags::empty())?);
+                    trusted(&file, &shown)?;
+                    if rustix::fs::fstat(&file).map_err(io::Error::from)?.st_nlink != 1 {
+                        return Err(Error::Misuse(format!(
+                            "the manifest {} has other names (hard links): not replaced; \
+                             remove it and run again",
+                            shown()
+                        )));
+                    }
+                    rustix::fs::ftruncate(&file, 0).map_err(io::Error::from)?;
+                    file
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     return Err(Error::Misuse(format!(

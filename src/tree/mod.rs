@@ -23,8 +23,11 @@
 //! # What a run does
 //! Every regular file `SRC/rel` becomes `DST/rel` + suffix (`.kms` by default; stripped on
 //! decrypt, where files without it are skipped with a note). Directories are mirrored (empty
-//! ones too); modes (without setuid and setgid) and access and modification times are carried
-//! over, owners are not. Symbolic links are skipped with a note unless
+//! ones too); modes (without setuid and setgid, and never group or other write on
+//! directories) and access and modification times are carried over, owners are not; but
+//! decrypting, plaintext is 0600 (directories 0700) unless
+//! [`preserve_mode`](TreeOptions::preserve_mode), since the ciphertext's writers choose its
+//! modes. Directories deeper than [`MAX_DEPTH`] are reported failed and not entered. Symbolic links are skipped with a note unless
 //! [`follow_symlinks`](TreeOptions::follow_symlinks) (then a directory reached twice on one
 //! path is a cycle, skipped with a note); FIFOs, sockets and devices are skipped with a note.
 //! [`include`](TreeOptions::include)/[`exclude`](TreeOptions::exclude) globs match the path
@@ -42,7 +45,9 @@
 //! Every name is opened relative to its directory's descriptor with `O_NOFOLLOW | O_NONBLOCK`,
 //! and what it is is decided by `fstat` on the open descriptor: a file replaced by a link or a
 //! FIFO after the walk is reported as failed (a FIFO never blocks the run), never followed.
-//! The destination side is opened the same way: a link planted where a directory or an
+//! Every destination directory, the root included, must be owned by the effective user and
+//! writable by neither group nor others, or it is refused (the root fails the run, any other
+//! its files). The destination side is opened the same way: a link planted where a directory or an
 //! output goes is refused, not followed. Outputs are written to unnamed (`O_TMPFILE`) or
 //! `O_EXCL` mode-0600 temporary files in their directory and linked into place, which fails
 //! if anything is there; with [`force`](TreeOptions::force) (or a redo under
@@ -74,7 +79,8 @@
 //! to the kernel. The manifest (`DST/.kms-envelope-manifest` by default) gets a line per
 //! finished file, written in batches made durable after the outputs they name. With
 //! [`resume`](TreeOptions::resume) a file is skipped only if the manifest records it as done
-//! under the same [`run_label`](TreeOptions::run_label), the source's size, modification and
+//! under the same direction, commitment policy, whole context (required-only pairs too, by
+//! hash) and [`run_label`](TreeOptions::run_label), the source's size, modification and
 //! change times, device and inode are unchanged, the output is a regular file of the recorded
 //! size whose structure is complete and, encrypting, whose message ID is the recorded one and
 //! whose context, suite, frame length and set of wrapped keys match this run (the key set is
@@ -116,6 +122,9 @@ pub(crate) const OWN_PREFIX: &str = ".kms-envelope-";
 const BIG_FILE: u64 = 1 << 20;
 /// Large files in flight at once: each holds up to `STREAM_BUFFER_LIMIT` of frames.
 const BIG_FILES_AT_ONCE: usize = 2;
+/// Directories deeper than this are reported failed and not entered: the walk holds two
+/// descriptors per level, so depth must not be the tree's writers' to choose.
+pub const MAX_DEPTH: usize = 256;
 /// Read size from a source.
 const COPY_BUFFER: usize = 128 * 1024;
 
@@ -147,6 +156,7 @@ pub struct TreeOptions {
     durability: Durability,
     manifest: Option<PathBuf>,
     run_label: String,
+    preserve_mode: bool,
 }
 
 impl Default for TreeOptions {
@@ -165,6 +175,7 @@ impl Default for TreeOptions {
             durability: Durability::default(),
             manifest: None,
             run_label: String::new(),
+            preserve_mode: false,
         }
     }
 }
@@ -214,6 +225,13 @@ impl TreeOptions {
     /// Skips files an earlier run finished (under the rules of the module documentation).
     pub fn resume(mut self, resume: bool) -> Self {
         self.resume = resume;
+        self
+    }
+    /// Decrypting, gives plaintext files and directories their ciphertext's mode (less
+    /// setuid, setgid, and group and other write on directories) instead of owner-only 0600
+    /// and 0700: the ciphertext tree's writers choose those modes, so only for trusted trees.
+    pub fn preserve_mode(mut self, preserve: bool) -> Self {
+        self.preserve_mode = preserve;
         self
     }
     /// Reports what would be done, writing nothing.
@@ -377,6 +395,12 @@ struct DirPair {
     rel: Vec<OsString>,
 }
 
+/// A directory being walked and the entries of it not yet seen.
+struct Frame {
+    dir: Arc<DirPair>,
+    entries: std::vec::IntoIter<(OsString, FileType)>,
+}
+
 struct Job {
     dir: Arc<DirPair>,
     name: OsString,
@@ -476,6 +500,18 @@ fn run(
         Op::Encrypt(e) => &e.context,
         Op::Decrypt(d) => &d.expected_context,
     };
+    let decrypting = matches!(op, Op::Decrypt(_));
+    let suffix = opts.suffix.as_str();
+    if suffix.contains(['/', '\0'])
+        || suffix == "."
+        || suffix == ".."
+        || (decrypting && suffix.is_empty())
+    {
+        return Err(Error::Misuse(format!(
+            "the suffix {suffix:?} is not usable: it must not contain '/' or NUL, be \".\" or \
+             \"..\", or be empty when decrypting; choose another suffix"
+        )));
+    }
     if let Some(key) = &opts.context_path {
         if base.contains_key(key) || key.starts_with(RESERVED_PREFIX) {
             return Err(Error::Misuse(format!(
@@ -503,6 +539,17 @@ fn run(
             destination.display(),
             source.display()
         )));
+    }
+    if let Some(m) = &opts.manifest {
+        // Inside a tree, the walk would read it or it would land among the outputs.
+        let m_c = resolved(m)?;
+        if m_c.starts_with(&src_c) || m_c.starts_with(&dst_c) {
+            return Err(Error::Misuse(format!(
+                "the manifest {} is inside the source or destination tree: keep it outside \
+                 both (the default one in the destination is handled apart)",
+                m.display()
+            )));
+        }
     }
     let mut created_root = false;
     let dst_root_fd = if opts.dry_run {
@@ -538,6 +585,10 @@ fn run(
             })?,
         )
     };
+    if let Some(fd) = &dst_root_fd {
+        fs::trusted_dir(fd)
+            .map_err(|e| Error::Misuse(format!("{}: {e}", destination.display())))?;
+    }
     let dst_root_id = match &dst_root_fd {
         Some(fd) => {
             let st = rustix::fs::fstat(fd).map_err(std::io::Error::from)?;
@@ -559,14 +610,7 @@ fn run(
         (Op::Encrypt(e), Some(m)) if opts.resume && m.has_previous() => Some(probe_key_set(e)?),
         _ => None,
     };
-    let label = format!(
-        "{} {}",
-        match op {
-            Op::Encrypt(_) => "encrypt",
-            Op::Decrypt(_) => "decrypt",
-        },
-        opts.run_label
-    );
+    let label = run_label(op, &opts.run_label);
     let src_st = rustix::fs::fstat(&src_root_fd).map_err(std::io::Error::from)?;
     let root = Arc::new(DirPair {
         src: src_root_fd,
@@ -607,8 +651,7 @@ fn run(
         for _ in 0..opts.jobs {
             s.spawn(|| run.work(&rx));
         }
-        let mut ancestors = vec![(src_st.st_dev, src_st.st_ino)];
-        run.walk(root, &mut ancestors, &tx);
+        run.walk(root, (src_st.st_dev, src_st.st_ino), &tx);
         drop(tx);
     });
     if let Some(fd) = &dst_root_fd {
@@ -623,6 +666,35 @@ fn run(
     let mut summary = run.summary.into_inner().expect("summary lock");
     summary.stopped = run.stop.load(Ordering::SeqCst);
     Ok(summary)
+}
+
+/// What a resumed run must share with the earlier one beyond what an output's header shows:
+/// the direction, the commitment policy, and a hash of the whole context including the
+/// required-only pairs (which no header stores), then the caller's label.
+fn run_label(op: Op<'_>, caller: &str) -> String {
+    use sha2::Digest;
+    let (what, policy, context, required): (_, _, _, &[String]) = match op {
+        Op::Encrypt(e) => ("encrypt", e.policy, &e.context, &e.required_keys),
+        Op::Decrypt(d) => ("decrypt", d.policy, &d.expected_context, &[]),
+    };
+    let mut h = sha2::Sha256::new();
+    // Length-prefixed, so no two contexts hash the same bytes.
+    let mut field = |b: &[u8]| {
+        h.update((b.len() as u64).to_be_bytes());
+        h.update(b);
+    };
+    for (k, v) in context.iter() {
+        field(k.as_bytes());
+        field(v.as_bytes());
+    }
+    let mut required = required.to_vec();
+    required.sort();
+    for k in &required {
+        field(b"required");
+        field(k.as_bytes());
+    }
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    format!("{what} {policy:?} context-sha256={hex} {caller}")
 }
 
 /// The wrapped keys this run's keyring makes: one empty message is encrypted to see them.
@@ -761,18 +833,37 @@ impl Run<'_> {
         set.as_ref().is_some_and(|s| s.is_match(rel))
     }
 
-    fn walk(&self, dir: Arc<DirPair>, ancestors: &mut Vec<(u64, u64)>, tx: &SyncSender<Job>) {
-        let entries = match fs::list(&dir.src) {
-            Ok(e) => e,
+    /// Lists a directory for the walk, reporting it failed if it cannot be listed.
+    fn frame(&self, dir: Arc<DirPair>) -> Option<Frame> {
+        match fs::list(&dir.src) {
+            Ok(entries) => Some(Frame {
+                dir,
+                entries: entries.into_iter(),
+            }),
             Err(e) => {
                 let rel = join_rel(&dir.rel, OsStr::new(""));
-                return self.note(rel, FileStatus::Failed, format!("cannot list it: {e}"));
+                self.note(rel, FileStatus::Failed, format!("cannot list it: {e}"));
+                None
             }
-        };
-        for (name, t) in entries {
+        }
+    }
+
+    /// Walks the tree depth first with a stack of its own, not the thread's: a tree of any
+    /// depth cannot overflow it, and [`MAX_DEPTH`] bounds the directories held open.
+    fn walk(&self, root: Arc<DirPair>, root_id: (u64, u64), tx: &SyncSender<Job>) {
+        // The (device, inode) of each directory on the stack, to see cycles.
+        let mut ancestors = vec![root_id];
+        let mut stack: Vec<Frame> = self.frame(root).into_iter().collect();
+        while let Some(top) = stack.last_mut() {
             if self.stop.load(Ordering::SeqCst) {
                 return;
             }
+            let Some((name, t)) = top.entries.next() else {
+                stack.pop();
+                ancestors.pop();
+                continue;
+            };
+            let dir = top.dir.clone();
             let rel = join_rel(&dir.rel, &name);
             if name.as_bytes().starts_with(OWN_PREFIX.as_bytes()) {
                 self.note(
@@ -802,16 +893,19 @@ impl Run<'_> {
                 t => (t, false),
             };
             match t {
-                FileType::Directory => self.descend(&dir, name, follow, ancestors, tx),
+                FileType::Directory => {
+                    if let Some((child, id)) = self.descend(&dir, name, follow, &ancestors) {
+                        if let Some(frame) = self.frame(child) {
+                            stack.push(frame);
+                            ancestors.push(id);
+                        }
+                    }
+                }
                 FileType::RegularFile | FileType::Unknown => {
                     if self.include.is_some() && !Self::matches(&self.include, &rel) {
                         continue;
                     }
-                    let job = Job {
-                        dir: dir.clone(),
-                        name,
-                        follow,
-                    };
+                    let job = Job { dir, name, follow };
                     if tx.send(job).is_err() {
                         return;
                     }
@@ -830,15 +924,23 @@ impl Run<'_> {
         }
     }
 
+    /// Opens a subdirectory and its destination twin for the walk, or reports why not.
     fn descend(
         &self,
         parent: &DirPair,
         name: OsString,
         follow: bool,
-        ancestors: &mut Vec<(u64, u64)>,
-        tx: &SyncSender<Job>,
-    ) {
+        ancestors: &[(u64, u64)],
+    ) -> Option<(Arc<DirPair>, (u64, u64))> {
         let rel = join_rel(&parent.rel, &name);
+        if parent.rel.len() >= MAX_DEPTH {
+            self.note(
+                rel,
+                FileStatus::Failed,
+                format!("it is more than {MAX_DEPTH} levels deep: not entered"),
+            );
+            return None;
+        }
         let (fd, st) = match fs::open_dir(parent.src.as_fd(), &name, follow) {
             Ok(x) => x,
             Err(e) => {
@@ -848,23 +950,26 @@ impl Run<'_> {
                     }
                     _ => format!("cannot open the directory: {e}"),
                 };
-                return self.note(rel, FileStatus::Failed, why);
+                self.note(rel, FileStatus::Failed, why);
+                return None;
             }
         };
         let id = (st.st_dev, st.st_ino);
         if ancestors.contains(&id) {
-            return self.note(
+            self.note(
                 rel,
                 FileStatus::Skipped,
                 "a link back to a directory above it (a cycle): not entered".into(),
             );
+            return None;
         }
         if Some(id) == self.dst_root_id {
-            return self.note(
+            self.note(
                 rel,
                 FileStatus::Skipped,
                 "the destination tree itself: not entered".into(),
             );
+            return None;
         }
         let dst = parent.dst.as_ref().map(|d| match d {
             Ok(p) => fs::make_dir(p.as_fd(), &name),
@@ -883,9 +988,15 @@ impl Run<'_> {
             dst,
             rel: comps,
         });
-        ancestors.push(id);
-        self.walk(child, ancestors, tx);
-        ancestors.pop();
+        Some((child, id))
+    }
+
+    fn dir_mode(&self, st: &Stat) -> rustix::fs::Mode {
+        fs::dir_mode(
+            st,
+            matches!(self.op, Op::Decrypt(_)),
+            self.opts.preserve_mode,
+        )
     }
 
     /// Gives the destination directories their source's mode and times, deepest first (a
@@ -894,7 +1005,7 @@ impl Run<'_> {
         let dirs = std::mem::take(&mut *self.dirs.lock().expect("dirs lock"));
         for (rel, st) in dirs.into_iter().rev() {
             let result = fs::open_beneath(root.as_fd(), &rel).and_then(|fd| {
-                rustix::fs::fchmod(&fd, fs::carried_mode(&st))?;
+                rustix::fs::fchmod(&fd, self.dir_mode(&st))?;
                 rustix::fs::futimens(&fd, &fs::carried_times(&st))?;
                 if self.opts.durability == Durability::PerFile {
                     rustix::fs::fsync(&fd)?;
@@ -1069,13 +1180,12 @@ impl Run<'_> {
             .len();
         let durable = self.opts.durability == Durability::PerFile;
         let replace = existing.is_some();
-        temp.commit(
-            out_name,
-            fs::carried_mode(&st),
-            &fs::carried_times(&st),
-            replace,
-            durable,
-        )?;
+        let mode = fs::file_mode(
+            &st,
+            matches!(self.op, Op::Decrypt(_)),
+            self.opts.preserve_mode,
+        );
+        temp.commit(out_name, mode, &fs::carried_times(&st), replace, durable)?;
         if durable {
             rustix::fs::fsync(dst)
                 .map_err(|e| format!("cannot sync the output's directory: {e}"))?;

@@ -73,6 +73,11 @@ pub(crate) struct TreeArgs {
     /// With -r: leave out files and directories whose path matches GLOB (repeatable).
     #[arg(long, value_name = "GLOB", requires = "recursive")]
     exclude: Vec<String>,
+    /// With -r, decrypting: give plaintext files and directories the ciphertext tree's modes
+    /// (less setuid/setgid and group/other write on directories) instead of 0600 and 0700.
+    /// Only for a ciphertext tree whose writers you trust: they choose those modes.
+    #[arg(long, requires = "recursive")]
+    preserve_mode: bool,
     /// With -r: list what would be done; write nothing.
     #[arg(long, requires = "recursive")]
     dry_run: bool,
@@ -97,6 +102,7 @@ impl TreeArgs {
             .dry_run(self.dry_run)
             .fail_fast(self.fail_fast)
             .follow_symlinks(self.follow_symlinks)
+            .preserve_mode(self.preserve_mode)
             .run_label(label)
             .durability(if no_fsync {
                 Durability::None
@@ -168,11 +174,9 @@ struct Sink {
 }
 
 impl Sink {
-    fn new(aws: &AwsArgs, t: &TreeArgs) -> Result<Sink, Failure> {
+    fn new(aws: &AwsArgs, t: &TreeArgs, force: bool, trees: [&Path; 2]) -> Result<Sink, Failure> {
         let report = match &t.report {
-            Some(p) => Some(Mutex::new(BufWriter::new(
-                File::create(p).map_err(|e| io_failure("cannot create the report", p, e))?,
-            ))),
+            Some(p) => Some(Mutex::new(BufWriter::new(open_report(p, force, trees)?))),
             None => None,
         };
         let progress = (!aws.quiet && !t.dry_run && io::stderr().is_terminal()).then(|| {
@@ -289,6 +293,63 @@ impl Sink {
     }
 }
 
+/// `path` made absolute through its parent's real path (the report need not exist yet).
+fn real_parent(path: &Path) -> io::Result<PathBuf> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other("it names no file"))?;
+    Ok(parent.canonicalize()?.join(name))
+}
+
+/// Opens the --report file: created new (mode 0600, no link followed), so it cannot overwrite
+/// an input or be redirected; with --force an existing one is replaced only if it is a regular
+/// file with no other name, owned by us. A report inside either tree is refused: the walk would
+/// read it, or it would land among the outputs.
+fn open_report(p: &Path, force: bool, trees: [&Path; 2]) -> Result<File, Failure> {
+    use rustix::fs::{Mode, OFlags};
+    let fail = |e: io::Error| io_failure("cannot create the report", p, e);
+    let real = real_parent(p).map_err(fail)?;
+    for tree in trees {
+        if tree.canonicalize().is_ok_and(|t| real.starts_with(t)) {
+            return Err(usage(format!(
+                "the report {} is inside the tree {}: write it outside both trees",
+                p.display(),
+                tree.display()
+            )));
+        }
+    }
+    let base = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let mode = Mode::from_raw_mode(0o600);
+    match rustix::fs::open(p, base | OFlags::CREATE | OFlags::EXCL, mode) {
+        Ok(fd) => return Ok(File::from(fd)),
+        Err(rustix::io::Errno::EXIST) if force => {}
+        Err(rustix::io::Errno::EXIST) => {
+            return Err(usage(format!(
+                "the report {} exists: pass --force to replace it, or name another file",
+                p.display()
+            )))
+        }
+        Err(e) => return Err(fail(e.into())),
+    }
+    // Not truncated on open: only once it is known to be a file of ours alone.
+    let fd = rustix::fs::open(p, base, Mode::empty()).map_err(|e| fail(e.into()))?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| fail(e.into()))?;
+    let regular = rustix::fs::FileType::from_raw_mode(st.st_mode).is_file();
+    if !regular || st.st_nlink != 1 || st.st_uid != rustix::process::geteuid().as_raw() {
+        return Err(usage(format!(
+            "the report {} is not a regular file of yours with one name: not replaced; \
+             remove it or name another file",
+            p.display()
+        )));
+    }
+    rustix::fs::ftruncate(&fd, 0).map_err(|e| fail(e.into()))?;
+    Ok(File::from(fd))
+}
+
 fn check_paths(input: &Path, output: &Path) -> Result<(), Failure> {
     if input == Path::new("-") || output == Path::new("-") {
         return Err(usage(
@@ -324,7 +385,7 @@ pub(crate) fn encrypt(
     let keys = &a.common.keys;
     let label = format!("keys={:?} raw={:?}", keys.keys, keys.raw_aes_keys);
     let opts = t.options(out.force, out.no_fsync, label);
-    let sink = Sink::new(aws, t)?;
+    let sink = Sink::new(aws, t, out.force, [input.as_path(), out.output.as_path()])?;
     let summary = encrypt_tree(&enc, input, &out.output, &opts, &|r| sink.file(r))
         .map_err(|e| failure("encrypt -r", e))?;
     sink.finish("encrypted", &summary)
@@ -367,7 +428,7 @@ pub(crate) fn decrypt(
         a.accounts.partition
     );
     let opts = t.options(out.force, out.no_fsync, label);
-    let sink = Sink::new(aws, t)?;
+    let sink = Sink::new(aws, t, out.force, [input.as_path(), out.output.as_path()])?;
     let summary = decrypt_tree(&dec, input, &out.output, &opts, &|r| sink.file(r))
         .map_err(|e| failure("decrypt -r", e))?;
     sink.finish("decrypted", &summary)

@@ -1,0 +1,362 @@
+//! The tree module against someone who can write into the source or destination tree (the
+//! findings of issue 13's security review). Tests run as root and play "another user" with
+//! uid 65534 through chown, inside their own temporary directories.
+#![cfg(feature = "tree")]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use kms_envelope::tree::{decrypt_tree, encrypt_tree, FileReport, FileStatus, TreeOptions};
+use kms_envelope::{Decryptor, Encryptor, Error, RawAesKeyring};
+
+const OTHER: u32 = 65534;
+
+fn keyring() -> RawAesKeyring {
+    RawAesKeyring::new("tree-attacks", "key", &[7; 32]).unwrap()
+}
+
+type Reports = Mutex<BTreeMap<PathBuf, FileReport>>;
+
+fn encrypt(src: &Path, dst: &Path, o: &TreeOptions) -> Result<Reports, Error> {
+    let k = keyring();
+    let reports = Reports::default();
+    encrypt_tree(&Encryptor::new(&k), src, dst, o, &|r| {
+        reports
+            .lock()
+            .unwrap()
+            .insert(r.relative.clone(), r.clone());
+    })?;
+    Ok(reports)
+}
+
+fn decrypt(src: &Path, dst: &Path, o: &TreeOptions) -> Result<Reports, Error> {
+    let k = keyring();
+    let reports = Reports::default();
+    decrypt_tree(&Decryptor::new(&k), src, dst, o, &|r| {
+        reports
+            .lock()
+            .unwrap()
+            .insert(r.relative.clone(), r.clone());
+    })?;
+    Ok(reports)
+}
+
+fn status(r: &Reports, rel: &str) -> FileStatus {
+    r.lock()
+        .unwrap()
+        .get(Path::new(rel))
+        .unwrap_or_else(|| panic!("no report for {rel}"))
+        .status
+}
+
+fn mode(p: &Path) -> u32 {
+    fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// A ciphertext tree `ct` of `plain` (files private/secret and top).
+fn ciphertext_tree(base: &Path) -> PathBuf {
+    let plain = base.join("plain");
+    fs::create_dir_all(plain.join("private")).unwrap();
+    fs::write(plain.join("private/secret"), b"secret").unwrap();
+    fs::write(plain.join("top"), b"top").unwrap();
+    let ct = base.join("ct");
+    encrypt(&plain, &ct, &TreeOptions::new()).unwrap();
+    ct
+}
+
+/// M1: a destination directory planted by another user (or writable by others) is refused:
+/// its files fail and no plaintext lands in it; the rest of the tree is done.
+#[test]
+fn a_destination_directory_others_own_or_can_write_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ct = ciphertext_tree(tmp.path());
+    for (uid, m) in [(OTHER, 0o777), (OTHER, 0o700), (0, 0o770)] {
+        let out = tmp.path().join(format!("out-{uid}-{m:o}"));
+        fs::create_dir_all(out.join("private")).unwrap();
+        chown(out.join("private"), Some(uid), None).unwrap();
+        fs::set_permissions(out.join("private"), fs::Permissions::from_mode(m)).unwrap();
+        let r = decrypt(&ct, &out, &TreeOptions::new()).unwrap();
+        assert_eq!(status(&r, "private/secret.kms"), FileStatus::Failed);
+        let note = r.lock().unwrap()[Path::new("private/secret.kms")]
+            .note
+            .clone();
+        assert!(note.unwrap().contains("owned by"), "uid {uid} mode {m:o}");
+        assert!(!out.join("private/secret").exists(), "uid {uid} mode {m:o}");
+        assert_eq!(status(&r, "top.kms"), FileStatus::Done);
+    }
+}
+
+/// M1: the destination root may exist, but must pass the same check.
+#[test]
+fn a_destination_root_others_own_or_can_write_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ct = ciphertext_tree(tmp.path());
+    for (uid, m) in [(OTHER, 0o700), (0, 0o777)] {
+        let out = tmp.path().join(format!("root-{uid}-{m:o}"));
+        fs::create_dir(&out).unwrap();
+        chown(&out, Some(uid), None).unwrap();
+        fs::set_permissions(&out, fs::Permissions::from_mode(m)).unwrap();
+        let err = decrypt(&ct, &out, &TreeOptions::new()).err();
+        assert!(
+            matches!(err, Some(Error::Misuse(_))),
+            "uid {uid} mode {m:o}"
+        );
+        assert!(!out.join("top").exists());
+    }
+    // Our own, owner-only, pre-existing root is fine.
+    let out = tmp.path().join("ours");
+    fs::create_dir(&out).unwrap();
+    fs::set_permissions(&out, fs::Permissions::from_mode(0o700)).unwrap();
+    let r = decrypt(&ct, &out, &TreeOptions::new()).unwrap();
+    assert_eq!(status(&r, "top.kms"), FileStatus::Done);
+}
+
+/// M2: decrypting, the ciphertext tree's modes (which its writers choose) do not reach the
+/// plaintext unless asked; directories never get group or other write, either way.
+#[test]
+fn decrypted_modes_are_owner_only_unless_preserved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ct = ciphertext_tree(tmp.path());
+    fs::set_permissions(ct.join("top.kms"), fs::Permissions::from_mode(0o666)).unwrap();
+    fs::set_permissions(ct.join("private"), fs::Permissions::from_mode(0o777)).unwrap();
+    fs::set_permissions(&ct, fs::Permissions::from_mode(0o777)).unwrap();
+    let out = tmp.path().join("out");
+    let r = decrypt(&ct, &out, &TreeOptions::new()).unwrap();
+    assert_eq!(status(&r, "top.kms"), FileStatus::Done);
+    assert_eq!(mode(&out.join("top")), 0o600);
+    assert_eq!(mode(&out.join("private/secret")), 0o600);
+    assert_eq!(mode(&out.join("private")), 0o700);
+    assert_eq!(mode(&out), 0o700);
+
+    let kept = tmp.path().join("kept");
+    decrypt(&ct, &kept, &TreeOptions::new().preserve_mode(true)).unwrap();
+    assert_eq!(mode(&kept.join("top")), 0o666);
+    assert_eq!(mode(&kept.join("private")), 0o755);
+    assert_eq!(mode(&kept), 0o755);
+
+    // Encrypting carries modes (it is ciphertext), but not group/other write on directories.
+    let plain = tmp.path().join("plain");
+    fs::set_permissions(plain.join("private"), fs::Permissions::from_mode(0o777)).unwrap();
+    fs::set_permissions(plain.join("top"), fs::Permissions::from_mode(0o644)).unwrap();
+    let ct2 = tmp.path().join("ct2");
+    encrypt(&plain, &ct2, &TreeOptions::new()).unwrap();
+    assert_eq!(mode(&ct2.join("private")), 0o755);
+    assert_eq!(mode(&ct2.join("top.kms")), 0o644);
+}
+
+/// M3: a source tree far deeper than MAX_DEPTH neither overflows the stack nor runs out of
+/// descriptors: the part below the cap is reported failed, the rest is done.
+#[test]
+fn a_very_deep_tree_is_cut_at_the_depth_cap() {
+    use rustix::fs::{mkdirat, openat, Mode, OFlags};
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let mut dir =
+        rustix::fs::open(&src, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+    // Made relative to a descriptor: the full path is longer than PATH_MAX.
+    for depth in 1..=2000usize {
+        if matches!(depth, 10 | 200 | 1000) {
+            let f = openat(
+                &dir,
+                "f",
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
+                Mode::from_raw_mode(0o600),
+            )
+            .unwrap();
+            rustix::io::write(f.as_fd(), b"deep").unwrap();
+        }
+        mkdirat(&dir, "d", Mode::from_raw_mode(0o700)).unwrap();
+        dir = openat(&dir, "d", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+    }
+    drop(dir);
+    let rel = |levels: usize, name: &str| {
+        let mut p = PathBuf::new();
+        for _ in 0..levels {
+            p.push("d");
+        }
+        p.push(name);
+        p
+    };
+    let dst = tmp.path().join("dst");
+    let k = keyring();
+    let reports = Reports::default();
+    let summary = encrypt_tree(&Encryptor::new(&k), &src, &dst, &TreeOptions::new(), &|r| {
+        reports
+            .lock()
+            .unwrap()
+            .insert(r.relative.clone(), r.clone());
+    })
+    .unwrap();
+    let r = reports.lock().unwrap();
+    assert_eq!(r[&rel(9, "f")].status, FileStatus::Done);
+    assert_eq!(r[&rel(199, "f")].status, FileStatus::Done);
+    assert!(
+        !r.contains_key(&rel(999, "f")),
+        "beyond the cap is not entered"
+    );
+    // The directory at depth MAX_DEPTH + 1 is the one not entered.
+    let cut = &rel(kms_envelope::tree::MAX_DEPTH, "d");
+    assert_eq!(r[cut].status, FileStatus::Failed, "{:?}", r[cut].note);
+    assert!(r[cut].note.as_ref().unwrap().contains("levels deep"));
+    assert_eq!((summary.done, summary.failed), (2, 1));
+}
+
+/// L2: a suffix that is a path, or empty on decrypt, is refused before anything is done.
+#[test]
+fn a_suffix_that_is_not_a_plain_name_ending_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ct = ciphertext_tree(tmp.path());
+    let plain = tmp.path().join("plain");
+    for bad in ["/x", "a/b", "x\0", ".", ".."] {
+        let out = tmp.path().join("enc");
+        let err = encrypt(&plain, &out, &TreeOptions::new().suffix(bad)).err();
+        assert!(matches!(err, Some(Error::Misuse(_))), "{bad:?}");
+        assert!(!out.exists(), "{bad:?}");
+    }
+    for bad in ["", "/kms", "."] {
+        let out = tmp.path().join("dec");
+        let err = decrypt(&ct, &out, &TreeOptions::new().suffix(bad)).err();
+        assert!(matches!(err, Some(Error::Misuse(_))), "{bad:?}");
+        assert!(!out.exists(), "{bad:?}");
+    }
+}
+
+/// L4: resume redoes files when a required-only context pair (stored in no header) or the
+/// commitment policy differs from the earlier run's.
+#[test]
+fn resume_compares_required_only_context_and_commitment_policy() {
+    use kms_envelope::{CommitmentPolicy, EncryptionContext};
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    let dst = tmp.path().join("dst");
+    let k = keyring();
+    let run = |e: Encryptor<'_>, resume: bool| {
+        let reports = Reports::default();
+        encrypt_tree(&e, &src, &dst, &TreeOptions::new().resume(resume), &|r| {
+            reports
+                .lock()
+                .unwrap()
+                .insert(r.relative.clone(), r.clone());
+        })
+        .unwrap();
+        status(&reports, "f")
+    };
+    let with = |v: &str| {
+        let ctx: EncryptionContext = [("tenant", "a"), ("req", v)].into_iter().collect();
+        Encryptor::new(&k)
+            .context(ctx)
+            .require_context_keys(["req"])
+    };
+    assert_eq!(run(with("1"), false), FileStatus::Done);
+    assert_eq!(run(with("1"), true), FileStatus::AlreadyDone);
+    assert_eq!(
+        run(with("2"), true),
+        FileStatus::Done,
+        "required-only pair changed"
+    );
+    let lax = with("2").dangerous_commitment_policy(CommitmentPolicy::RequireEncryptAllowDecrypt);
+    assert_eq!(
+        run(lax, true),
+        FileStatus::Done,
+        "commitment policy changed"
+    );
+}
+
+/// L1: --report never follows a link, never overwrites an existing file without --force (and
+/// then only a regular file with one name), and is refused inside either tree.
+#[cfg(feature = "cli")]
+#[test]
+fn the_report_is_created_new_outside_the_trees() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("wrap.key");
+    fs::write(&key, [7u8; 32]).unwrap();
+    let spec = format!("tree:key:{}", key.display());
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    let run = |dst: &str, report: &Path, force: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_kms-envelope"));
+        c.env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .args(["encrypt", "-r", "-i"])
+            .arg(&src)
+            .arg("-o")
+            .arg(tmp.path().join(dst))
+            .args(["--raw-aes-key", &spec, "--report"])
+            .arg(report);
+        if force {
+            c.arg("--force");
+        }
+        c.output().unwrap()
+    };
+    // A link at the report's name is not followed, even with --force.
+    let victim = tmp.path().join("victim");
+    fs::write(&victim, b"keep").unwrap();
+    let link = tmp.path().join("link.json");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    assert!(!run("d1", &link, false).status.success());
+    assert!(!run("d2", &link, true).status.success());
+    assert_eq!(fs::read(&victim).unwrap(), b"keep");
+    // An existing file needs --force, and a second name (a hard link to an input) refuses it.
+    let existing = tmp.path().join("r.json");
+    fs::write(&existing, b"old").unwrap();
+    assert!(!run("d3", &existing, false).status.success());
+    assert_eq!(fs::read(&existing).unwrap(), b"old");
+    fs::hard_link(&victim, tmp.path().join("hard.json")).unwrap();
+    assert!(!run("d4", &tmp.path().join("hard.json"), true)
+        .status
+        .success());
+    assert_eq!(fs::read(&victim).unwrap(), b"keep");
+    // Inside a tree: refused.
+    assert!(!run("d5", &src.join("r.json"), false).status.success());
+    assert!(!src.join("r.json").exists());
+    // A new file outside the trees works, 0600; --force replaces our own regular file.
+    let out = run("d6", &tmp.path().join("new.json"), false);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&tmp.path().join("new.json")), 0o600);
+    let out = run("d7", &existing, true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(fs::read_to_string(&existing).unwrap().contains("\"done\""));
+}
+
+/// L1: with force, a manifest that is a hard link to another file (an input) is not emptied;
+/// a manifest inside either tree is refused.
+#[test]
+fn a_forced_manifest_is_replaced_only_if_it_has_one_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"precious").unwrap();
+    let m = tmp.path().join("m");
+    fs::hard_link(src.join("f"), &m).unwrap();
+    let dst = tmp.path().join("dst");
+    let err = encrypt(&src, &dst, &TreeOptions::new().force(true).manifest(&m)).err();
+    assert!(matches!(err, Some(Error::Misuse(_))), "{err:?}");
+    assert_eq!(fs::read(src.join("f")).unwrap(), b"precious");
+    for inside in [src.join("m2"), dst.join("m3")] {
+        let err = encrypt(&src, &dst, &TreeOptions::new().manifest(&inside)).err();
+        assert!(matches!(err, Some(Error::Misuse(_))), "{inside:?}");
+        assert!(!inside.exists());
+    }
+    // Our own manifest with one name is replaced.
+    let own = tmp.path().join("own");
+    fs::write(&own, b"old\n").unwrap();
+    encrypt(&src, &dst, &TreeOptions::new().force(true).manifest(&own)).unwrap();
+    assert!(!fs::read_to_string(&own).unwrap().contains("old"));
+}
