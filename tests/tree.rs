@@ -179,7 +179,9 @@ fn a_mixed_tree_round_trips_with_modes_times_and_notes() {
     assert_eq!(meta.modified().unwrap(), old, "mtime carried");
     assert!(leftovers(&enc).is_empty(), "{:?}", leftovers(&enc));
 
-    let (summary, reports) = decrypt(&kr, &enc, &dec, &TreeOptions::new().jobs(4));
+    // Modes carried as they were: preserve_mode (the default on decrypt is owner-only).
+    let opts = TreeOptions::new().jobs(4).preserve_mode(true);
+    let (summary, reports) = decrypt(&kr, &enc, &dec, &opts);
     assert_eq!(summary.failed, 0, "{summary:?}");
     assert_eq!(summary.done, files.len() as u64, "{summary:?}");
     // The manifest in the encrypted tree is ours and is not decrypted.
