@@ -359,6 +359,16 @@ fn check_paths(input: &Path, output: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The keyring, behind the run's data-key cache when the --cache-max-* limits ask for one.
+fn with_cache(t: &TreeArgs, keyring: Arc<dyn Keyring>) -> Result<Arc<dyn Keyring>, Failure> {
+    Ok(match t.cache()? {
+        Some(limits) => {
+            Arc::new(caching_keyring(keyring, limits).map_err(|e| failure("--cache-max-*", e))?)
+        }
+        None => keyring,
+    })
+}
+
 /// `encrypt -r`: the keyring and context are the single-file command's.
 pub(crate) fn encrypt(
     aws: &AwsArgs,
@@ -374,13 +384,7 @@ pub(crate) fn encrypt(
         ));
     }
     let t = &a.tree;
-    let keyring = match t.cache()? {
-        Some(limits) => {
-            Arc::new(caching_keyring(keyring, limits).map_err(|e| failure("--cache-max-*", e))?)
-                as Arc<dyn Keyring>
-        }
-        None => keyring,
-    };
+    let keyring = with_cache(t, keyring)?;
     let enc = encryptor(a, &*keyring, context);
     let keys = &a.common.keys;
     let label = format!("keys={:?} raw={:?}", keys.keys, keys.raw_aes_keys);
@@ -405,13 +409,7 @@ pub(crate) fn decrypt(
         return Err(usage("--range and --threads are per file: not with -r"));
     }
     let t = &a.tree;
-    let keyring = match t.cache()? {
-        Some(limits) => {
-            Arc::new(caching_keyring(keyring, limits).map_err(|e| failure("--cache-max-*", e))?)
-                as Arc<dyn Keyring>
-        }
-        None => keyring,
-    };
+    let keyring = with_cache(t, keyring)?;
     // Outputs are linked into place only once the whole message (signature too) verified.
     let mut dec = Decryptor::new(&*keyring).expected_context(context);
     if a.legacy.allow_legacy_suites {
