@@ -360,3 +360,39 @@ fn a_forced_manifest_is_replaced_only_if_it_has_one_name() {
     encrypt(&src, &dst, &TreeOptions::new().force(true).manifest(&own)).unwrap();
     assert!(!fs::read_to_string(&own).unwrap().contains("old"));
 }
+
+/// Second review L-b: a resume keeps an output only if the path binding and the mode rule are
+/// this run's too: a file decrypted without `context_path` must not count as done for a run
+/// that binds paths (its message carries no path, so that run refuses it).
+#[test]
+fn resume_compares_the_path_binding_and_the_mode_rule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ct = ciphertext_tree(tmp.path());
+    let dst = tmp.path().join("dst");
+    let first = decrypt(&ct, &dst, &TreeOptions::new()).unwrap();
+    assert_eq!(status(&first, "top.kms"), FileStatus::Done);
+    let again = decrypt(&ct, &dst, &TreeOptions::new().resume(true)).unwrap();
+    assert_eq!(status(&again, "top.kms"), FileStatus::AlreadyDone);
+    let bound = TreeOptions::new().resume(true).context_path("path");
+    let bound = decrypt(&ct, &dst, &bound).unwrap();
+    assert_eq!(
+        status(&bound, "top.kms"),
+        FileStatus::Failed,
+        "path binding changed"
+    );
+    let preserved = TreeOptions::new().resume(true).preserve_mode(true);
+    let preserved = decrypt(&ct, &dst, &preserved).unwrap();
+    assert_ne!(
+        status(&preserved, "top.kms"),
+        FileStatus::AlreadyDone,
+        "mode rule changed"
+    );
+    // Second review L-e: a manifest with a second name is refused on resume.
+    fs::hard_link(
+        dst.join(".kms-envelope-manifest"),
+        tmp.path().join("second-name"),
+    )
+    .unwrap();
+    let err = decrypt(&ct, &dst, &TreeOptions::new().resume(true)).unwrap_err();
+    assert!(err.to_string().contains("no other name"), "{err}");
+}

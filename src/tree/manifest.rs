@@ -86,10 +86,11 @@ fn trusted(file: &File, shown: &dyn Fn() -> String) -> Result<(), Error> {
     let me = rustix::process::geteuid().as_raw();
     let regular =
         rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile;
-    if !regular || st.st_uid != me || st.st_mode & 0o022 != 0 {
+    // One name only: lines appended through a second name would land in another file.
+    if !regular || st.st_uid != me || st.st_mode & 0o022 != 0 || st.st_nlink != 1 {
         return Err(Error::Misuse(format!(
-            "the manifest {} is not a regular file owned by you (user {me}) and writable only \
-             by you: remove it and run again without resume",
+            "the manifest {} is not a regular file owned by you (user {me}), writable only \
+             by you and with no other name: remove it and run again without resume",
             shown()
         )));
     }

@@ -610,7 +610,7 @@ fn run(
         (Op::Encrypt(e), Some(m)) if opts.resume && m.has_previous() => Some(probe_key_set(e)?),
         _ => None,
     };
-    let label = run_label(op, &opts.run_label);
+    let label = run_label(op, opts);
     let src_st = rustix::fs::fstat(&src_root_fd).map_err(std::io::Error::from)?;
     let root = Arc::new(DirPair {
         src: src_root_fd,
@@ -671,7 +671,7 @@ fn run(
 /// What a resumed run must share with the earlier one beyond what an output's header shows:
 /// the direction, the commitment policy, and a hash of the whole context including the
 /// required-only pairs (which no header stores), then the caller's label.
-fn run_label(op: Op<'_>, caller: &str) -> String {
+fn run_label(op: Op<'_>, opts: &TreeOptions) -> String {
     use sha2::Digest;
     let (what, policy, context, required): (_, _, _, &[String]) = match op {
         Op::Encrypt(e) => ("encrypt", e.policy, &e.context, &e.required_keys),
@@ -694,7 +694,16 @@ fn run_label(op: Op<'_>, caller: &str) -> String {
         field(k.as_bytes());
     }
     let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    format!("{what} {policy:?} context-sha256={hex} {caller}")
+    // What else decides an output's bytes or mode: the path binding and the mode rule.
+    let path = opts.context_path.as_deref().map(str::escape_debug);
+    let path = path.map_or_else(|| "-".to_owned(), |p| p.to_string());
+    let modes = if opts.preserve_mode {
+        "preserved"
+    } else {
+        "owner-only"
+    };
+    let caller = &opts.run_label;
+    format!("{what} {policy:?} context-sha256={hex} context-path={path} modes={modes} {caller}")
 }
 
 /// The wrapped keys this run's keyring makes: one empty message is encrypted to see them.
