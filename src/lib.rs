@@ -59,6 +59,8 @@ pub mod materials;
 pub mod stream;
 #[cfg(feature = "tree")]
 pub mod tree;
+#[cfg(feature = "volume")]
+pub mod volume;
 
 pub use crypto::AeadBackend;
 pub use error::{Error, ErrorKind, Limit, Result};
