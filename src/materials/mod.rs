@@ -336,6 +336,7 @@ pub(crate) mod test_count {
     }
 
     /// Runs `hook` at each header check on this thread (`None` stops it).
+    #[cfg(feature = "cache")] // only the caching keyring's tests need it
     pub(crate) fn on_header_check(hook: Option<Hook>) {
         ON_HEADER_CHECK.with(|h| *h.borrow_mut() = hook);
     }

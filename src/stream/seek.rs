@@ -318,6 +318,7 @@ impl<S: ReadAt> SeekableReader<S> {
     }
 
     /// Runs `f` on the cached plaintext of frame `index`, if that frame is cached.
+    #[cfg(feature = "tokio")] // only the async reader serves reads from the cache this way
     fn cached<R>(&self, index: u64, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
         match &*self.cache() {
             Some(c) if c.index == index => Some(f(c.plaintext())),
