@@ -28,8 +28,9 @@
 //! decrypting, plaintext is 0600 (directories 0700) unless
 //! [`preserve_mode`](TreeOptions::preserve_mode), since the ciphertext's writers choose its
 //! modes. Directories deeper than [`MAX_DEPTH`] are reported failed and not entered. Symbolic links are skipped with a note unless
-//! [`follow_symlinks`](TreeOptions::follow_symlinks) (then a directory reached twice on one
-//! path is a cycle, skipped with a note); FIFOs, sockets and devices are skipped with a note.
+//! [`follow_symlinks`](TreeOptions::follow_symlinks) (then each directory is entered once:
+//! reached again, through a cycle or another path, it is skipped with a note); FIFOs, sockets
+//! and devices are skipped with a note.
 //! [`include`](TreeOptions::include)/[`exclude`](TreeOptions::exclude) globs match the path
 //! relative to the source root (`*` crosses `/` too); an excluded directory is not entered.
 //!
@@ -39,7 +40,9 @@
 //! their own thread; at most two larger ones at a time go through the multi-core pipeline
 //! (the crate's one worker pool). Memory is therefore bounded by `jobs` × 1 MiB plus two
 //! pipelines ([`STREAM_BUFFER_LIMIT`](crate::stream::STREAM_BUFFER_LIMIT) each), whatever
-//! the tree; the walk holds one directory's names and the open directories of one path.
+//! the tree; the walk holds one directory's names and the open directories of one path, and
+//! each destination directory entered costs a few hundred bytes until the end of the run
+//! (its parent's index and its name, whatever its depth; `docs/TREES.md` has the figure).
 //!
 //! # A tree others can write to
 //! Every name is opened relative to its directory's descriptor with `O_NOFOLLOW | O_NONBLOCK`,
@@ -47,7 +50,9 @@
 //! FIFO after the walk is reported as failed (a FIFO never blocks the run), never followed.
 //! Every destination directory, the root included, must be owned by the effective user and
 //! writable by neither group nor others, or it is refused (the root fails the run, any other
-//! its files). The destination side is opened the same way: a link planted where a directory or an
+//! its files); the root is not opened through a link. Only the directories the run made get
+//! their source's mode and times at the end, each reopened beneath its parent and checked to
+//! be the same directory (device and inode). The destination side is opened the same way: a link planted where a directory or an
 //! output goes is refused, not followed. Outputs are written to unnamed (`O_TMPFILE`) or
 //! `O_EXCL` mode-0600 temporary files in their directory and linked into place, which fails
 //! if anything is there; with [`force`](TreeOptions::force) (or a redo under
@@ -91,6 +96,7 @@
 mod fs;
 mod manifest;
 
+use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{Read, Seek, Write};
@@ -212,7 +218,8 @@ impl TreeOptions {
         self.context_path = Some(key.into());
         self
     }
-    /// Follows symbolic links (detecting directory cycles) instead of skipping them.
+    /// Follows symbolic links instead of skipping them; each directory is entered once (a
+    /// second path to it, a cycle included, is skipped with a note).
     pub fn follow_symlinks(mut self, follow: bool) -> Self {
         self.follow_symlinks = follow;
         self
@@ -392,8 +399,27 @@ enum Op<'a> {
 struct DirPair {
     src: OwnedFd,
     dst: Option<Result<OwnedFd, String>>,
+    /// Where `dst` is in [`Run::dirs`] (meaningful only when `dst` is `Some(Ok(_))`).
+    index: usize,
     rel: Vec<OsString>,
 }
+
+/// A destination directory the walk entered, kept until `finish_dirs`: its parent's index in
+/// [`Run::dirs`] and its own name rather than a full path, so the list grows with the number
+/// of directories, not with their depth (the root is entry 0, its own parent).
+struct DstDir {
+    parent: usize,
+    name: Box<OsStr>,
+    /// The (device, inode) the directory had when entered: reopened by name at the end, it
+    /// must still be the same directory.
+    id: (u64, u64),
+    /// The mode and times to give it at the end: only for a directory this run made, never
+    /// one that was there before.
+    finish: Option<(rustix::fs::Mode, rustix::fs::Timestamps)>,
+}
+
+/// A directory's (device, inode).
+type DirId = (u64, u64);
 
 /// A directory being walked and the entries of it not yet seen.
 struct Frame {
@@ -449,8 +475,8 @@ struct Run<'a> {
     summary: Mutex<TreeSummary>,
     stop: AtomicBool,
     big: Permits,
-    /// Destination directories made, with their source's `stat`, to finish at the end.
-    dirs: Mutex<Vec<(Vec<OsString>, Stat)>>,
+    /// Destination directories entered, in the walk's order (a parent before its children).
+    dirs: Mutex<Vec<DstDir>>,
 }
 
 fn globs(patterns: &[String]) -> Result<Option<GlobSet>, Error> {
@@ -527,8 +553,9 @@ fn run(
     )
     .map_err(|e| {
         Error::Misuse(format!(
-            "cannot open the source directory {}: {e}",
-            source.display()
+            "cannot open the source directory {}: {}",
+            source.display(),
+            fs::errno_text(e)
         ))
     })?;
     let (src_c, dst_c) = (resolved(source)?, resolved(destination)?);
@@ -569,19 +596,33 @@ fn run(
                 )))
             }
         }
+        // Not through a link: one planted at the root would take every output elsewhere.
         Some(
             rustix::fs::open(
                 destination,
                 rustix::fs::OFlags::RDONLY
                     | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::NOFOLLOW
                     | rustix::fs::OFlags::CLOEXEC,
                 rustix::fs::Mode::empty(),
             )
             .map_err(|e| {
-                Error::Misuse(format!(
-                    "the destination {} is not a directory that can be opened: {e}",
-                    destination.display()
-                ))
+                // O_NOFOLLOW | O_DIRECTORY fails on a link with ENOTDIR or ELOOP: look.
+                let link = std::fs::symlink_metadata(destination)
+                    .is_ok_and(|m| m.file_type().is_symlink());
+                Error::Misuse(if link {
+                    format!(
+                        "the destination {} is a symbolic link: it is not followed; name the \
+                         directory it points to instead",
+                        destination.display()
+                    )
+                } else {
+                    format!(
+                        "the destination {} is not a directory that can be opened: {}",
+                        destination.display(),
+                        fs::errno_text(e)
+                    )
+                })
             })?,
         )
     };
@@ -617,6 +658,7 @@ fn run(
         dst: dst_root_fd
             .as_ref()
             .map(|fd| fd.try_clone().map_err(|e| e.to_string())),
+        index: 0,
         rel: Vec::new(),
     });
     let run = Run {
@@ -639,11 +681,14 @@ fn run(
         },
         dirs: Mutex::new(Vec::new()),
     };
-    if created_root {
-        run.dirs
-            .lock()
-            .expect("dirs lock")
-            .push((Vec::new(), src_st));
+    if let Some(id) = dst_root_id {
+        let finish = created_root.then(|| (run.dir_mode(&src_st), fs::carried_times(&src_st)));
+        run.dirs.lock().expect("dirs lock").push(DstDir {
+            parent: 0,
+            name: OsStr::new("").into(),
+            id,
+            finish,
+        });
     }
     let (tx, rx) = sync_channel::<Job>(opts.jobs * 2);
     let rx = Mutex::new(rx);
@@ -851,7 +896,8 @@ impl Run<'_> {
             }),
             Err(e) => {
                 let rel = join_rel(&dir.rel, OsStr::new(""));
-                self.note(rel, FileStatus::Failed, format!("cannot list it: {e}"));
+                let why = format!("cannot list it: {}", fs::io_text(&e));
+                self.note(rel, FileStatus::Failed, why);
                 None
             }
         }
@@ -860,8 +906,11 @@ impl Run<'_> {
     /// Walks the tree depth first with a stack of its own, not the thread's: a tree of any
     /// depth cannot overflow it, and [`MAX_DEPTH`] bounds the directories held open.
     fn walk(&self, root: Arc<DirPair>, root_id: (u64, u64), tx: &SyncSender<Job>) {
-        // The (device, inode) of each directory on the stack, to see cycles.
+        // The (device, inode) of each directory on the stack, to tell a cycle in a note, and
+        // of every directory entered in the run: through links (or mounts) a graph of a few
+        // directories can have exponentially many paths, so each is entered once.
         let mut ancestors = vec![root_id];
+        let mut entered = HashSet::from([root_id]);
         let mut stack: Vec<Frame> = self.frame(root).into_iter().collect();
         while let Some(top) = stack.last_mut() {
             if self.stop.load(Ordering::SeqCst) {
@@ -903,7 +952,8 @@ impl Run<'_> {
             };
             match t {
                 FileType::Directory => {
-                    if let Some((child, id)) = self.descend(&dir, name, follow, &ancestors) {
+                    let seen = (&ancestors[..], &mut entered);
+                    if let Some((child, id)) = self.descend(&dir, name, follow, seen) {
                         if let Some(frame) = self.frame(child) {
                             stack.push(frame);
                             ancestors.push(id);
@@ -939,8 +989,8 @@ impl Run<'_> {
         parent: &DirPair,
         name: OsString,
         follow: bool,
-        ancestors: &[(u64, u64)],
-    ) -> Option<(Arc<DirPair>, (u64, u64))> {
+        (ancestors, entered): (&[DirId], &mut HashSet<DirId>),
+    ) -> Option<(Arc<DirPair>, DirId)> {
         let rel = join_rel(&parent.rel, &name);
         if parent.rel.len() >= MAX_DEPTH {
             self.note(
@@ -953,11 +1003,11 @@ impl Run<'_> {
         let (fd, st) = match fs::open_dir(parent.src.as_fd(), &name, follow) {
             Ok(x) => x,
             Err(e) => {
-                let why = match rustix::io::Errno::from_io_error(&e) {
-                    Some(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
+                let why = match e {
+                    rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
                         "it changed into something else than a directory after the walk".into()
                     }
-                    _ => format!("cannot open the directory: {e}"),
+                    e => format!("cannot open the directory: {}", fs::errno_text(e)),
                 };
                 self.note(rel, FileStatus::Failed, why);
                 return None;
@@ -972,6 +1022,16 @@ impl Run<'_> {
             );
             return None;
         }
+        if !entered.insert(id) {
+            self.note(
+                rel,
+                FileStatus::Skipped,
+                "a directory already entered on another path (links or mounts reach it \
+                 twice): not entered again"
+                    .into(),
+            );
+            return None;
+        }
         if Some(id) == self.dst_root_id {
             self.note(
                 rel,
@@ -980,21 +1040,27 @@ impl Run<'_> {
             );
             return None;
         }
+        let mut index = 0;
         let dst = parent.dst.as_ref().map(|d| match d {
-            Ok(p) => fs::make_dir(p.as_fd(), &name),
+            Ok(p) => fs::make_dir(p.as_fd(), &name).map(|(dst, dst_st, made)| {
+                let mut dirs = self.dirs.lock().expect("dirs lock");
+                index = dirs.len();
+                dirs.push(DstDir {
+                    parent: parent.index,
+                    name: name.as_os_str().into(),
+                    id: (dst_st.st_dev, dst_st.st_ino),
+                    finish: made.then(|| (self.dir_mode(&st), fs::carried_times(&st))),
+                });
+                dst
+            }),
             Err(e) => Err(e.clone()),
         });
         let mut comps = parent.rel.clone();
         comps.push(name);
-        if let Some(Ok(_)) = &dst {
-            self.dirs
-                .lock()
-                .expect("dirs lock")
-                .push((comps.clone(), st));
-        }
         let child = Arc::new(DirPair {
             src: fd,
             dst,
+            index,
             rel: comps,
         });
         Some((child, id))
@@ -1008,27 +1074,58 @@ impl Run<'_> {
         )
     }
 
-    /// Gives the destination directories their source's mode and times, deepest first (a
-    /// directory made read-only must already be filled).
+    /// Gives the destination directories this run made their source's mode and times,
+    /// children before parents (a directory made read-only must already be filled). Each is
+    /// reopened by name beneath its parent, never through a link, and must still be the
+    /// directory entered (device and inode): one swapped in during the run is left alone.
     fn finish_dirs(&self, root: &OwnedFd) {
         let dirs = std::mem::take(&mut *self.dirs.lock().expect("dirs lock"));
-        for (rel, st) in dirs.into_iter().rev() {
-            let result = fs::open_beneath(root.as_fd(), &rel).and_then(|fd| {
-                rustix::fs::fchmod(&fd, self.dir_mode(&st))?;
-                rustix::fs::futimens(&fd, &fs::carried_times(&st))?;
-                if self.opts.durability == Durability::PerFile {
-                    rustix::fs::fsync(&fd)?;
-                }
-                Ok(())
-            });
-            if let Err(e) = result {
-                let rel: PathBuf = rel.iter().collect();
-                self.note(
-                    rel,
-                    FileStatus::Failed,
-                    format!("cannot set the directory's mode and times: {e}"),
-                );
+        // The open directories from the root to the current one (a walk in the list's order),
+        // so that each is opened once and at most one path's worth is open at a time.
+        let mut chain: Vec<(usize, Result<OwnedFd, String>)> = Vec::new();
+        for (i, d) in dirs.iter().enumerate() {
+            while chain.last().is_some_and(|(j, _)| *j != d.parent) {
+                let (j, fd) = chain.pop().expect("not empty");
+                self.finish_dir(&dirs, j, fd);
             }
+            let fd = match chain.last() {
+                None => fs::reopen_dir(root.as_fd(), OsStr::new("."), d.id),
+                Some((_, Ok(parent))) => fs::reopen_dir(parent.as_fd(), &d.name, d.id),
+                Some((_, Err(_))) => Err("its parent directory could not be reopened".into()),
+            };
+            chain.push((i, fd));
+        }
+        while let Some((j, fd)) = chain.pop() {
+            self.finish_dir(&dirs, j, fd);
+        }
+    }
+
+    fn finish_dir(&self, dirs: &[DstDir], i: usize, fd: Result<OwnedFd, String>) {
+        let Some((mode, times)) = &dirs[i].finish else {
+            return; // there before the run: its mode and times are not ours to change
+        };
+        let set = |fd: OwnedFd| -> rustix::io::Result<()> {
+            rustix::fs::fchmod(&fd, *mode)?;
+            rustix::fs::futimens(&fd, times)?;
+            if self.opts.durability == Durability::PerFile {
+                rustix::fs::fsync(&fd)?;
+            }
+            Ok(())
+        };
+        let result = fd.and_then(|fd| set(fd).map_err(fs::errno_text));
+        if let Err(e) = result {
+            let mut names = Vec::new();
+            let mut j = i;
+            while j != 0 {
+                names.push(&*dirs[j].name);
+                j = dirs[j].parent;
+            }
+            let rel: PathBuf = names.into_iter().rev().collect();
+            self.note(
+                rel,
+                FileStatus::Failed,
+                format!("cannot set the directory's mode and times: {e}"),
+            );
         }
     }
 
@@ -1047,8 +1144,8 @@ impl Run<'_> {
         }
     }
 
-    /// The output name of a source name, or why there is none.
-    fn out_name(&self, name: &OsStr) -> Result<OsString, String> {
+    /// The output name of a source name, or why there is none (skipped, or failed).
+    fn out_name(&self, name: &OsStr) -> Result<OsString, (FileStatus, String)> {
         let suffix = self.opts.suffix.as_bytes();
         match self.op {
             Op::Encrypt(_) => {
@@ -1059,10 +1156,23 @@ impl Run<'_> {
             Op::Decrypt(_) => {
                 let b = name.as_bytes();
                 match b.strip_suffix(suffix) {
+                    // `..kms` would name the parent directory: a name only an attacker makes.
+                    Some(stem @ (b"." | b"..")) => Err((
+                        FileStatus::Failed,
+                        format!(
+                            "its name without {:?} is {:?}, which names a directory, not a \
+                             file: not decrypted; rename it if it is a message you want",
+                            self.opts.suffix,
+                            OsStr::from_bytes(stem)
+                        ),
+                    )),
                     Some(stem) if !stem.is_empty() => Ok(OsStr::from_bytes(stem).to_os_string()),
-                    _ => Err(format!(
-                        "its name does not end in {:?} (or is only that): not decrypted",
-                        self.opts.suffix
+                    _ => Err((
+                        FileStatus::Skipped,
+                        format!(
+                            "its name does not end in {:?} (or is only that): not decrypted",
+                            self.opts.suffix
+                        ),
                     )),
                 }
             }
@@ -1083,8 +1193,8 @@ impl Run<'_> {
         };
         let out_name = match self.out_name(&job.name) {
             Ok(n) => n,
-            Err(note) => {
-                report.status = FileStatus::Skipped;
+            Err((status, note)) => {
+                report.status = status;
                 report.note = Some(note);
                 return report;
             }
@@ -1166,7 +1276,7 @@ impl Run<'_> {
             1
         };
         let mut temp = fs::TempOutput::new(dst)
-            .map_err(|e| format!("cannot create a temporary output: {e}"))?;
+            .map_err(|e| format!("cannot create a temporary output: {}", fs::io_text(&e)))?;
         let outcome = match self.op {
             Op::Encrypt(e) => {
                 encrypt_file(e, context, threads, &src, &version, &mut temp.file, buf)
