@@ -612,20 +612,26 @@ pub(super) fn encrypt_file(
         .plaintext_len(version.size)
         .threads(threads)
         .writer(&mut *out)?;
-    let mut bytes = 0u64;
-    loop {
-        let n = match (&*src).read(buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.into()),
-        };
-        writer.write_all(&buf[..n])?;
-        bytes += n as u64;
-    }
+    let bytes = pump(src, &mut writer, buf)?;
     writer.finish()?;
     let header = read_header(&mut ReadAtStart { file: out, at: 0 })?;
     Ok(Outcome { bytes, header })
+}
+
+/// Copies `from` into `to` through `buf` (the job's own, larger than `io::copy`'s), reading
+/// again when interrupted; returns the bytes copied.
+fn pump(mut from: impl Read, mut to: impl Write, buf: &mut [u8]) -> std::io::Result<u64> {
+    let mut bytes = 0u64;
+    loop {
+        let n = match from.read(buf) {
+            Ok(0) => return Ok(bytes),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        bytes += n as u64;
+    }
 }
 
 /// Reads a file from its start without moving its offset.
@@ -659,17 +665,7 @@ pub(super) fn decrypt_file(
         // and a signed message needs no buffer of its size.
         .dangerous_release_unverified_signed_frames(true)
         .reader(src)?;
-    let mut bytes = 0u64;
-    loop {
-        let n = match reader.read(buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.into()),
-        };
-        out.write_all(&buf[..n])?;
-        bytes += n as u64;
-    }
+    let bytes = pump(&mut reader, &mut *out, buf)?;
     Ok(Outcome {
         bytes,
         header: reader.header().clone(),
