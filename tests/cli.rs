@@ -881,6 +881,18 @@ fn force_replaces_only_regular_files() {
         .success());
     fifo_output_is_refused(&shared, &spec, &sealed, "chmod go-r");
 
+    // Decrypts the sealed message to `out`, with or without --force.
+    let decrypt_to = |out: &Path, force: bool| {
+        let mut c = cli();
+        c.args(["decrypt", "--raw-aes-key", &spec, "-i"])
+            .arg(&sealed)
+            .arg("-o")
+            .arg(out);
+        if force {
+            c.arg("--force");
+        }
+        c.output().unwrap()
+    };
     let root = rustix::process::geteuid().is_root();
     if root {
         // A FIFO another user left at OUT is refused, --force or not: its reader gets nothing.
@@ -904,15 +916,7 @@ fn force_replaces_only_regular_files() {
             .success());
         let before = node.symlink_metadata().unwrap();
         for force in [true, false] {
-            let mut c = cli();
-            c.args(["decrypt", "--raw-aes-key", &spec, "-i"])
-                .arg(&sealed)
-                .arg("-o")
-                .arg(&node);
-            if force {
-                c.arg("--force");
-            }
-            let r = c.output().unwrap();
+            let r = decrypt_to(&node, force);
             let after = node.symlink_metadata().unwrap();
             assert!(
                 after.file_type().is_char_device(),
@@ -931,15 +935,7 @@ fn force_replaces_only_regular_files() {
     let link = d.join("link");
     std::os::unix::fs::symlink(&target, &link).unwrap();
     for force in [true, false] {
-        let mut c = cli();
-        c.args(["decrypt", "--raw-aes-key", &spec, "-i"])
-            .arg(&sealed)
-            .arg("-o")
-            .arg(&link);
-        if force {
-            c.arg("--force");
-        }
-        let r = c.output().unwrap();
+        let r = decrypt_to(&link, force);
         assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
         assert_eq!(std::fs::read_link(&link).unwrap(), target);
         assert_eq!(std::fs::read(&target).unwrap(), b"keep me");

@@ -266,3 +266,89 @@ fn the_manifest_can_be_kept_outside_the_destination() {
         "{err}"
     );
 }
+
+/// `kms-envelope encrypt -r` with a raw AES key (no KMS needed), through `sh` so that `limits`
+/// (shell `ulimit` arguments) apply to it; returns whether it succeeded and its stderr.
+fn raw_encrypt(tmp: &std::path::Path, limits: &str, args: &[&str]) -> (bool, String) {
+    let key = tmp.join("wrap.key");
+    if !key.exists() {
+        fs::write(&key, [7u8; 32]).unwrap();
+    }
+    let spec = format!("tree:key:{}", key.display());
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit {limits} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_kms-envelope"))
+        .args(["encrypt", "-r", "--raw-aes-key", &spec])
+        .args(args)
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.success(), err)
+}
+
+/// Third review L-a: `--jobs 128` needs more descriptors than a soft limit of 64 allows; the
+/// CLI raises the soft limit to the hard one at start. When the hard limit itself is too low,
+/// the files that fail say what to do.
+#[test]
+fn the_open_file_limit_is_raised_and_running_out_says_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    for i in 0..400 {
+        write(&src.join(format!("d{}/f{i}", i % 4)), b"data");
+    }
+    let (src_s, tmp_s) = (src.to_str().unwrap(), tmp.path().to_str().unwrap());
+    let dst = format!("{tmp_s}/raised");
+    let (ok, err) = raw_encrypt(
+        tmp.path(),
+        "-Sn 64",
+        &["-i", src_s, "-o", &dst, "--jobs", "128"],
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("encrypted 400 files"), "{err}");
+
+    let dst = format!("{tmp_s}/hard");
+    let (ok, err) = raw_encrypt(
+        tmp.path(),
+        "-n 40",
+        &["-i", src_s, "-o", &dst, "--jobs", "128"],
+    );
+    assert!(!ok, "{err}");
+    assert!(err.contains("too many open files"), "{err}");
+    assert!(err.contains("--jobs") && err.contains("ulimit -n"), "{err}");
+}
+
+/// Third review L-b: the cache limits are in the resume label. A run without the cache
+/// promises a data key per file, so a resumed run without it redoes the files an earlier run
+/// wrote under a shared key, and a run with other limits redoes them too.
+#[test]
+fn resume_redoes_files_written_under_other_cache_limits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    write(&src.join("a"), b"one");
+    write(&src.join("b"), b"two");
+    let (src_s, tmp_s) = (src.to_str().unwrap(), tmp.path().to_str().unwrap());
+    let dst = format!("{tmp_s}/dst");
+    let cache = ["--cache-max-messages", "10", "--cache-max-age", "60"];
+    let run = |extra: &[&str]| {
+        let args = [&["-i", src_s, "-o", &dst, "--resume"][..], extra].concat();
+        let (ok, err) = raw_encrypt(tmp.path(), "-Sn 1024", &args);
+        assert!(ok, "{err}");
+        err
+    };
+    let bytes = ["--cache-max-bytes", "1000"];
+    let err = run(&[&cache[..], &bytes[..]].concat());
+    assert!(err.contains("encrypted 2 files"), "{err}");
+    let err = run(&[&cache[..], &bytes[..]].concat());
+    assert!(
+        err.contains("encrypted 0 files (0 bytes), 2 already done"),
+        "{err}"
+    );
+    let err = run(&[&cache[..], &["--cache-max-bytes", "2000"][..]].concat());
+    assert!(err.contains("encrypted 2 files"), "other limits: {err}");
+    let err = run(&[]);
+    assert!(err.contains("encrypted 2 files"), "no cache: {err}");
+    let err = run(&[]);
+    assert!(err.contains("2 already done"), "{err}");
+}

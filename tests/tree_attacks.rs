@@ -10,7 +10,9 @@ use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use kms_envelope::tree::{decrypt_tree, encrypt_tree, FileReport, FileStatus, TreeOptions};
+use kms_envelope::tree::{
+    decrypt_tree, encrypt_tree, FileReport, FileStatus, TreeOptions, TreeSummary,
+};
 use kms_envelope::{Decryptor, Encryptor, Error, RawAesKeyring};
 
 const OTHER: u32 = 65534;
@@ -21,28 +23,28 @@ fn keyring() -> RawAesKeyring {
 
 type Reports = Mutex<BTreeMap<PathBuf, FileReport>>;
 
-fn encrypt(src: &Path, dst: &Path, o: &TreeOptions) -> Result<Reports, Error> {
-    let k = keyring();
+/// Runs a tree operation with a callback that keeps each report by relative path.
+fn collect(
+    run: impl FnOnce(&(dyn Fn(&FileReport) + Sync)) -> Result<TreeSummary, Error>,
+) -> Result<(TreeSummary, Reports), Error> {
     let reports = Reports::default();
-    encrypt_tree(&Encryptor::new(&k), src, dst, o, &|r| {
+    let summary = run(&|r| {
         reports
             .lock()
             .unwrap()
             .insert(r.relative.clone(), r.clone());
     })?;
-    Ok(reports)
+    Ok((summary, reports))
+}
+
+fn encrypt(src: &Path, dst: &Path, o: &TreeOptions) -> Result<Reports, Error> {
+    let k = keyring();
+    collect(|f| encrypt_tree(&Encryptor::new(&k), src, dst, o, f)).map(|(_, r)| r)
 }
 
 fn decrypt(src: &Path, dst: &Path, o: &TreeOptions) -> Result<Reports, Error> {
     let k = keyring();
-    let reports = Reports::default();
-    decrypt_tree(&Decryptor::new(&k), src, dst, o, &|r| {
-        reports
-            .lock()
-            .unwrap()
-            .insert(r.relative.clone(), r.clone());
-    })?;
-    Ok(reports)
+    collect(|f| decrypt_tree(&Decryptor::new(&k), src, dst, o, f)).map(|(_, r)| r)
 }
 
 fn status(r: &Reports, rel: &str) -> FileStatus {
@@ -95,15 +97,16 @@ fn a_destination_directory_others_own_or_can_write_is_refused() {
 fn a_destination_root_others_own_or_can_write_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let ct = ciphertext_tree(tmp.path());
-    for (uid, m) in [(OTHER, 0o700), (0, 0o777)] {
+    // 0o775: made by `mkdir` under umask 002; the message says how to fix it.
+    for (uid, m) in [(OTHER, 0o700), (0, 0o777), (0, 0o775)] {
         let out = tmp.path().join(format!("root-{uid}-{m:o}"));
         fs::create_dir(&out).unwrap();
         chown(&out, Some(uid), None).unwrap();
         fs::set_permissions(&out, fs::Permissions::from_mode(m)).unwrap();
         let err = decrypt(&ct, &out, &TreeOptions::new()).err();
         assert!(
-            matches!(err, Some(Error::Misuse(_))),
-            "uid {uid} mode {m:o}"
+            matches!(&err, Some(Error::Misuse(e)) if e.contains("chmod go-w")),
+            "uid {uid} mode {m:o}: {err:?}"
         );
         assert!(!out.join("top").exists());
     }
@@ -184,14 +187,8 @@ fn a_very_deep_tree_is_cut_at_the_depth_cap() {
     };
     let dst = tmp.path().join("dst");
     let k = keyring();
-    let reports = Reports::default();
-    let summary = encrypt_tree(&Encryptor::new(&k), &src, &dst, &TreeOptions::new(), &|r| {
-        reports
-            .lock()
-            .unwrap()
-            .insert(r.relative.clone(), r.clone());
-    })
-    .unwrap();
+    let (summary, reports) =
+        collect(|f| encrypt_tree(&Encryptor::new(&k), &src, &dst, &TreeOptions::new(), f)).unwrap();
     let r = reports.lock().unwrap();
     assert_eq!(r[&rel(9, "f")].status, FileStatus::Done);
     assert_eq!(r[&rel(199, "f")].status, FileStatus::Done);
@@ -238,14 +235,8 @@ fn resume_compares_required_only_context_and_commitment_policy() {
     let dst = tmp.path().join("dst");
     let k = keyring();
     let run = |e: Encryptor<'_>, resume: bool| {
-        let reports = Reports::default();
-        encrypt_tree(&e, &src, &dst, &TreeOptions::new().resume(resume), &|r| {
-            reports
-                .lock()
-                .unwrap()
-                .insert(r.relative.clone(), r.clone());
-        })
-        .unwrap();
+        let o = TreeOptions::new().resume(resume);
+        let (_, reports) = collect(|f| encrypt_tree(&e, &src, &dst, &o, f)).unwrap();
         status(&reports, "f")
     };
     let with = |v: &str| {
@@ -395,4 +386,141 @@ fn resume_compares_the_path_binding_and_the_mode_rule() {
     .unwrap();
     let err = decrypt(&ct, &dst, &TreeOptions::new().resume(true)).unwrap_err();
     assert!(err.to_string().contains("no other name"), "{err}");
+}
+
+/// Third review L-d: a symbolic link at the destination root is refused (a dangling one
+/// too), not followed to wherever it points.
+#[test]
+fn a_link_at_the_destination_root_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ct = ciphertext_tree(tmp.path());
+    let elsewhere = tmp.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o700)).unwrap();
+    for (link, target) in [
+        ("link", elsewhere.clone()),
+        ("dangling", tmp.path().join("none")),
+    ] {
+        let link = tmp.path().join(link);
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = decrypt(&ct, &link, &TreeOptions::new()).err();
+        assert!(
+            matches!(&err, Some(Error::Misuse(e)) if e.contains("symbolic link")),
+            "{link:?}: {err:?}"
+        );
+        assert!(!target.join("top").exists(), "{link:?}");
+    }
+    assert!(!tmp.path().join("none").exists());
+}
+
+/// Third review L-c: with follow_symlinks, a graph of directories with two links from each
+/// to the next (2^n paths) is walked in time linear in its size: each directory is entered
+/// once, and the second path to it is skipped with a note that says so.
+#[test]
+fn follow_symlinks_enters_each_directory_once() {
+    const LEVELS: usize = 12;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    for i in 0..=LEVELS {
+        let d = src.join(format!("d{i:02}"));
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("f"), format!("level {i}")).unwrap();
+        if i < LEVELS {
+            for link in ["a", "b"] {
+                std::os::unix::fs::symlink(format!("../d{:02}", i + 1), d.join(link)).unwrap();
+            }
+        }
+    }
+    let k = keyring();
+    let o = TreeOptions::new().follow_symlinks(true);
+    let dst = tmp.path().join("dst");
+    let (summary, reports) =
+        collect(|f| encrypt_tree(&Encryptor::new(&k), &src, &dst, &o, f)).unwrap();
+    assert_eq!(summary.done, LEVELS as u64 + 1, "each file once");
+    assert_eq!(summary.failed, 0);
+    let again: Vec<_> = reports
+        .lock()
+        .unwrap()
+        .values()
+        .filter(|r| {
+            r.note
+                .as_deref()
+                .is_some_and(|n| n.contains("already entered"))
+        })
+        .map(|r| r.relative.clone())
+        .collect();
+    // Each directory but the first is reached by two links and directly from the root.
+    assert_eq!(again.len(), 2 * LEVELS, "{again:?}");
+}
+
+/// Third review, info: at the end of a run only the directories it made get their source's
+/// mode and times; one that was there before keeps its own, and one swapped in (by name)
+/// during the run is left alone and reported, since it is not the directory the run made.
+#[test]
+fn only_directories_the_run_made_get_modes_and_times() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    for d in ["old", "new"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+        fs::write(src.join(d).join("f"), b"data").unwrap();
+        fs::set_permissions(src.join(d), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let dst = tmp.path().join("dst");
+    fs::create_dir_all(dst.join("old")).unwrap();
+    for d in [&dst, &dst.join("old")] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let r = encrypt(&src, &dst, &TreeOptions::new()).unwrap();
+    assert_eq!(status(&r, "old/f"), FileStatus::Done);
+    assert_eq!(mode(&dst.join("old")), 0o700, "there before the run");
+    assert_eq!(mode(&dst), 0o700, "there before the run");
+    assert_eq!(mode(&dst.join("new")), 0o755, "made by the run");
+
+    // `new` is renamed away and another directory takes its name once its file is done.
+    let dst = tmp.path().join("swapped");
+    let k = keyring();
+    let swap = |r: &FileReport| {
+        if r.relative == Path::new("new/f") {
+            fs::rename(dst.join("new"), dst.join("moved")).unwrap();
+            fs::create_dir(dst.join("new")).unwrap();
+            fs::set_permissions(dst.join("new"), fs::Permissions::from_mode(0o700)).unwrap();
+        }
+    };
+    let (_, reports) = collect(|f| {
+        let both = |r: &FileReport| {
+            swap(r);
+            f(r);
+        };
+        encrypt_tree(&Encryptor::new(&k), &src, &dst, &TreeOptions::new(), &both)
+    })
+    .unwrap();
+    assert_eq!(mode(&dst.join("new")), 0o700, "the swapped-in directory");
+    let note = reports.lock().unwrap()[Path::new("new")].note.clone();
+    assert!(note.unwrap().contains("replaced"));
+    assert_eq!(mode(&dst.join("old")), 0o755, "made by this run");
+}
+
+/// Third review, info: ciphertexts named `..kms` and `...kms` would strip to `.` and `..`,
+/// directories, not files: they fail with a message that says why.
+#[test]
+fn a_ciphertext_name_that_strips_to_dot_dot_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ct = ciphertext_tree(tmp.path());
+    fs::copy(ct.join("top.kms"), ct.join("..kms")).unwrap();
+    fs::copy(ct.join("top.kms"), ct.join("private/...kms")).unwrap();
+    let out = tmp.path().join("out");
+    let r = decrypt(&ct, &out, &TreeOptions::new()).unwrap();
+    for name in ["..kms", "private/...kms"] {
+        let report = r.lock().unwrap()[Path::new(name)].clone();
+        assert_eq!(report.status, FileStatus::Failed, "{name}");
+        assert!(
+            report
+                .note
+                .as_deref()
+                .unwrap()
+                .contains("names a directory"),
+            "{name}: {report:?}"
+        );
+    }
+    assert_eq!(status(&r, "top.kms"), FileStatus::Done);
 }

@@ -43,7 +43,7 @@ pub(crate) fn open_dir(
     dir: BorrowedFd<'_>,
     name: &OsStr,
     follow: bool,
-) -> io::Result<(OwnedFd, Stat)> {
+) -> rustix::io::Result<(OwnedFd, Stat)> {
     let fd = rustix::fs::openat(
         dir,
         name,
@@ -65,7 +65,7 @@ pub(crate) fn open_regular(
         rustix::fs::openat(dir, name, read_flags(follow), Mode::empty()).map_err(|e| match e {
             Errno::LOOP => "it became a symbolic link after the walk; not followed".to_string(),
             Errno::NOENT => "it was removed after the walk".to_string(),
-            e => format!("cannot open it: {e}"),
+            e => format!("cannot open it: {}", errno_text(e)),
         })?;
     let st = rustix::fs::fstat(&fd).map_err(|e| format!("cannot examine it: {e}"))?;
     let t = FileType::from_raw_mode(st.st_mode);
@@ -78,13 +78,42 @@ pub(crate) fn open_regular(
     Ok((File::from(fd), st))
 }
 
-/// A destination directory `name` in `parent`, made (mode 0700 until the end of the run) if
-/// missing; an existing link or non-directory there is refused, not followed.
-pub(crate) fn make_dir(parent: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, String> {
-    match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
-        Ok(()) | Err(Errno::EXIST) => {}
-        Err(e) => return Err(format!("cannot create the destination directory: {e}")),
+/// An error number in words; running out of descriptors also says what to do about it.
+pub(crate) fn errno_text(e: Errno) -> String {
+    match e {
+        Errno::MFILE | Errno::NFILE => format!(
+            "{e}: too many open files; run with fewer jobs (--jobs) or raise the limit on open \
+             files (ulimit -n)"
+        ),
+        e => e.to_string(),
     }
+}
+
+/// An I/O error in words, as [`errno_text`].
+pub(crate) fn io_text(e: &io::Error) -> String {
+    match Errno::from_io_error(e) {
+        Some(n) => errno_text(n),
+        None => e.to_string(),
+    }
+}
+
+/// A destination directory `name` in `parent`, made (mode 0700 until the end of the run) if
+/// missing; an existing link or non-directory there is refused, not followed. Returns it, its
+/// `fstat`, and whether this call made it.
+pub(crate) fn make_dir(
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+) -> Result<(OwnedFd, Stat, bool), String> {
+    let made = match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
+        Ok(()) => true,
+        Err(Errno::EXIST) => false,
+        Err(e) => {
+            return Err(format!(
+                "cannot create the destination directory: {}",
+                errno_text(e)
+            ))
+        }
+    };
     let fd = rustix::fs::openat(
         parent,
         name,
@@ -97,48 +126,51 @@ pub(crate) fn make_dir(parent: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, 
              followed; remove it and run again"
                 .to_string()
         }
-        e => format!("cannot open the destination directory: {e}"),
+        e => format!("cannot open the destination directory: {}", errno_text(e)),
     })?;
-    trusted_dir(&fd)?;
+    let st = trusted_dir(&fd)?;
+    Ok((fd, st, made))
+}
+
+/// Opens the directory `name` in `parent` again, never through a link, and checks that it is
+/// still the directory `id` (device, inode) the run entered.
+pub(crate) fn reopen_dir(
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+    id: (u64, u64),
+) -> Result<OwnedFd, String> {
+    let fd = rustix::fs::openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open it again: {}", errno_text(e)))?;
+    let st = rustix::fs::fstat(&fd).map_err(errno_text)?;
+    if (st.st_dev, st.st_ino) != id {
+        return Err("it was replaced by another directory during the run: left as it is".into());
+    }
     Ok(fd)
 }
 
 /// Refuses a destination directory that someone else could fill or swap entries in: it must
 /// be owned by this process's effective user and not writable by group or others. A directory
 /// that existed before the run (or was swapped in) is otherwise the attacker's.
-pub(crate) fn trusted_dir(fd: impl AsFd) -> Result<(), String> {
+pub(crate) fn trusted_dir(fd: impl AsFd) -> Result<Stat, String> {
     let st = rustix::fs::fstat(fd)
         .map_err(|e| format!("cannot examine the destination directory: {e}"))?;
     let me = rustix::process::geteuid().as_raw();
     if st.st_uid != me || st.st_mode & 0o022 != 0 {
+        // A directory made under umask 002 (group-writable) is the common case: say the fix.
         return Err(format!(
             "the destination directory is owned by uid {} with mode {:o}: it must be owned by \
-             uid {me} and not writable by group or others; fix its owner and mode or remove it",
+             uid {me} and not writable by group or others; fix it (`chmod go-w DIR`, and \
+             `chown` if it is not yours) or remove it",
             st.st_uid,
             st.st_mode & 0o7777
         ));
     }
-    Ok(())
-}
-
-/// Opens `rel` (a path of plain components) beneath `root` one component at a time, never
-/// following a link.
-pub(crate) fn open_beneath(root: BorrowedFd<'_>, rel: &[OsString]) -> io::Result<OwnedFd> {
-    let mut fd = rustix::fs::openat(
-        root,
-        c".",
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    for name in rel {
-        fd = rustix::fs::openat(
-            &fd,
-            name.as_os_str(),
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-    }
-    Ok(fd)
+    Ok(st)
 }
 
 /// The source's mode without setuid and setgid: an output must not grant privileges.

@@ -44,7 +44,8 @@ pub(crate) struct TreeArgs {
     #[arg(long, requires = "recursive")]
     resume: bool,
     /// With -r: files in flight at once, hence concurrent KMS calls (default 16, at most
-    /// 256: each file in flight holds up to four file descriptors).
+    /// 256: each file in flight holds up to four file descriptors; the command raises its
+    /// open-file limit to the hard limit, `ulimit -Hn`).
     #[arg(long, value_name = "N", requires = "recursive",
           value_parser = clap::value_parser!(u16).range(1..=256))]
     jobs: Option<u16>,
@@ -63,8 +64,9 @@ pub(crate) struct TreeArgs {
     /// moved or swapped within the tree fail (docs/TREES.md says what it does not stop).
     #[arg(long, value_name = "KEY", requires = "recursive")]
     context_path: Option<String>,
-    /// With -r: follow symbolic links (directory cycles are detected). Only in trees whose
-    /// writers you trust: a link may name any file you can read.
+    /// With -r: follow symbolic links (each directory is entered once: a cycle or a second
+    /// path to it is skipped with a note). Only in trees whose writers you trust: a link may
+    /// name any file you can read.
     #[arg(long, requires = "recursive")]
     follow_symlinks: bool,
     /// With -r: process only files whose path (relative to -i) matches GLOB (repeatable).
@@ -387,7 +389,23 @@ pub(crate) fn encrypt(
     let keyring = with_cache(t, keyring)?;
     let enc = encryptor(a, &*keyring, context);
     let keys = &a.common.keys;
-    let label = format!("keys={:?} raw={:?}", keys.keys, keys.raw_aes_keys);
+    // The cache limits change what is written: under a cache, files share data keys. A run
+    // without it promises a key per file, so it must not keep files written under one (and
+    // a run with other limits keeps only what those limits allow). Decrypting, the cache
+    // changes no output, so the decrypt label leaves it out.
+    let cache = match t.cache()? {
+        None => "off".to_owned(),
+        Some(l) => format!(
+            "messages:{},age:{}s,bytes:{}",
+            l.max_messages,
+            l.max_age.as_secs(),
+            l.max_bytes
+        ),
+    };
+    let label = format!(
+        "keys={:?} raw={:?} cache={cache}",
+        keys.keys, keys.raw_aes_keys
+    );
     let opts = t.options(out.force, out.no_fsync, label);
     let sink = Sink::new(aws, t, out.force, [input.as_path(), out.output.as_path()])?;
     let summary = encrypt_tree(&enc, input, &out.output, &opts, &|r| sink.file(r))
