@@ -961,6 +961,17 @@ impl Volume {
         &self,
         change: impl FnOnce(&mut KeyState, &Volume) -> Result<T>,
     ) -> Result<T> {
+        self.update_header_copies(1, change)
+    }
+
+    /// [`Volume::update_header`] writing `copies` copies in turn: 2 when what the change drops
+    /// (a key slot, an old generation) must not stay in the older copy, which open falls back
+    /// to when the newer one does not open.
+    fn update_header_copies<T>(
+        &self,
+        copies: usize,
+        change: impl FnOnce(&mut KeyState, &Volume) -> Result<T>,
+    ) -> Result<T> {
         let _g = self.gate.write().unwrap_or_else(PoisonError::into_inner);
         self.check_failed()?;
         let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
@@ -973,8 +984,10 @@ impl Volume {
                 return Err(e);
             }
         };
-        let r = write_header(&*self.disk, &mut st);
-        self.or_fail(r)?;
+        for _ in 0..copies {
+            let r = write_header(&*self.disk, &mut st);
+            self.or_fail(r)?;
+        }
         self.reserved
             .store(st.header.seals_reserved, Ordering::Release);
         Ok(out)
@@ -1013,14 +1026,15 @@ impl Volume {
     }
 
     /// Removes every key slot that `keyring` unwraps; returns how many. Rewrites the header
-    /// only. **This does not revoke**: whoever unwrapped the volume key once keeps it; use
+    /// only, both copies (so the older copy keeps no removed slot). **This does not revoke**:
+    /// whoever unwrapped the volume key once keeps it; use
     /// [`Volume::rekey`] to revoke (see `docs/THREAT-MODEL.md`).
     ///
     /// # Errors
     /// [`VolumeError::NoSuchKeySlot`] when it unwraps none; [`VolumeError::LastKeySlot`] when
     /// a generation would be left without a slot.
     pub fn remove_key(&self, keyring: &dyn Keyring) -> Result<usize> {
-        self.update_header(|st, v| {
+        self.update_header_copies(2, |st, v| {
             let mut removed = 0;
             let mut kept_all = Vec::new();
             for g in &st.header.gens {
@@ -1134,8 +1148,8 @@ impl Volume {
                 })?;
             }
         }
-        // Every block is under the new generation: drop the old one.
-        self.update_header(|st, _| {
+        // Every block is under the new generation: drop the old one, from both copies.
+        self.update_header_copies(2, |st, _| {
             let old = st.header.rekey_from_gen;
             st.header.gens.retain(|g| g.gen != old);
             st.keys.retain(|k| k.gen != old);
