@@ -5,5 +5,7 @@
 mod device;
 #[allow(dead_code)] // used by the volume code that lands next
 mod disk;
+#[cfg(test)]
+mod simdisk;
 
 pub use device::BlockDevice;
