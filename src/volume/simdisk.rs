@@ -96,6 +96,11 @@ struct State {
     die_after: Option<u64>,
     dead: bool,
     syncs: u64,
+    /// Fault injection: a sync whose last preceding write started in this range does nothing
+    /// (a missing fdatasync at that point of the code, or a disk that lies about it).
+    skip_sync_after_write_in: Option<std::ops::Range<u64>>,
+    last_write: Option<u64>,
+    skipped_syncs: u64,
 }
 
 /// An in-memory [`Disk`] with power-cut and crash simulation.
@@ -160,6 +165,17 @@ impl SimDisk {
     /// Whether the armed crash has happened.
     pub(crate) fn is_dead(&self) -> bool {
         self.lock().dead
+    }
+
+    /// Makes every later `sync` that follows a write starting in `range` a no-op that reports
+    /// success: the crash harness must notice the sync it removes.
+    pub(crate) fn skip_syncs_after_writes_in(&self, range: std::ops::Range<u64>) {
+        self.lock().skip_sync_after_write_in = Some(range);
+    }
+
+    /// How many syncs the fault injection turned into no-ops.
+    pub(crate) fn skipped_syncs(&self) -> u64 {
+        self.lock().skipped_syncs
     }
 
     /// How many `sync` calls succeeded.
@@ -304,6 +320,7 @@ impl Disk for SimDisk {
             return Err(e);
         }
         write_into(&mut s.visible, data, offset);
+        s.last_write = Some(offset);
         s.pending.push(Pending::Write {
             offset,
             data: data.to_vec(),
@@ -314,6 +331,12 @@ impl Disk for SimDisk {
     fn sync(&self) -> io::Result<()> {
         let mut s = self.lock();
         SimDisk::enter(&mut s)?;
+        if let (Some(range), Some(last)) = (&s.skip_sync_after_write_in, s.last_write) {
+            if range.contains(&last) {
+                s.skipped_syncs += 1;
+                return Ok(());
+            }
+        }
         let pending = std::mem::take(&mut s.pending);
         for op in pending {
             match op {
@@ -529,6 +552,20 @@ mod tests {
             }
         }
         None
+    }
+
+    #[test]
+    fn a_skipped_sync_leaves_the_writes_pending() {
+        let disk = SimDisk::from_image(vec![0u8; 4096]);
+        disk.skip_syncs_after_writes_in(1024..2048);
+        disk.write_at(&[1; 10], 0).unwrap();
+        disk.sync().unwrap();
+        assert_eq!(disk.pending(), 0);
+        disk.write_at(&[2; 10], 1500).unwrap();
+        disk.sync().unwrap();
+        assert_eq!((disk.pending(), disk.skipped_syncs()), (1, 1));
+        let after = disk.power_cut(Cut::LoseAll, &mut Rng::new(0));
+        assert_eq!(after.durable_image()[1500], 0);
     }
 
     #[test]
