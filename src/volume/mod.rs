@@ -32,6 +32,8 @@
 //! The volume key never enters a data-key cache: give these functions the keyring itself, not
 //! a [`CachingKeyring`](crate::keyring::CachingKeyring) over it.
 
+#[cfg(test)]
+mod crash_tests;
 mod device;
 mod disk;
 mod journal;

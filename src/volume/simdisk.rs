@@ -95,7 +95,6 @@ struct State {
     /// The process "dies" at the operation after this many (that one and all later ones fail).
     die_after: Option<u64>,
     dead: bool,
-    syncs: u64,
     /// Fault injection: a sync whose last preceding write started in this range does nothing
     /// (a missing fdatasync at that point of the code, or a disk that lies about it).
     skip_sync_after_write_in: Option<std::ops::Range<u64>>,
@@ -152,16 +151,6 @@ impl SimDisk {
         s.die_after = Some(n);
     }
 
-    /// Disarms the disk (it stays dead if it already died).
-    pub(crate) fn disarm(&self) {
-        self.lock().die_after = None;
-    }
-
-    /// Operations counted since the last `die_after` (or since creation).
-    pub(crate) fn ops(&self) -> u64 {
-        self.lock().ops
-    }
-
     /// Whether the armed crash has happened.
     pub(crate) fn is_dead(&self) -> bool {
         self.lock().dead
@@ -178,11 +167,6 @@ impl SimDisk {
         self.lock().skipped_syncs
     }
 
-    /// How many `sync` calls succeeded.
-    pub(crate) fn syncs(&self) -> u64 {
-        self.lock().syncs
-    }
-
     /// How many writes and length changes are not durable yet.
     pub(crate) fn pending(&self) -> usize {
         self.lock().pending.len()
@@ -196,14 +180,6 @@ impl SimDisk {
     /// The image as reads see it now.
     pub(crate) fn visible_image(&self) -> Vec<u8> {
         self.lock().visible.clone()
-    }
-
-    /// Changes durable and visible bytes at once, behind the volume's back (a tamper test's
-    /// attacker, or a deliberately damaged image).
-    pub(crate) fn poke(&self, offset: u64, data: &[u8]) {
-        let mut s = self.lock();
-        write_into(&mut s.durable, data, offset);
-        write_into(&mut s.visible, data, offset);
     }
 
     /// Cuts the power: this disk dies for good (a volume still holding it can do nothing more),
@@ -344,7 +320,6 @@ impl Disk for SimDisk {
                 Pending::SetLen(len) => s.durable.resize(len as usize, 0),
             }
         }
-        s.syncs += 1;
         Ok(())
     }
 
