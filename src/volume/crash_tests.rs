@@ -40,6 +40,8 @@ struct Params {
     /// Workload steps per thread and session.
     steps: u64,
     sessions: u32,
+    /// Rekey, add_key and remove_key among the writes.
+    key_ops: bool,
     /// Syncs to turn into no-ops (the teeth test); applied to every disk of the run.
     fault: Option<Range<u64>>,
 }
@@ -60,6 +62,7 @@ struct Counts {
     died_mid_workload: u64,
     died_mid_recovery: u64,
     blocks_checked: u64,
+    key_ops: u64,
 }
 
 /// What the threads of a session share.
@@ -68,6 +71,9 @@ struct Session<'a> {
     disk: &'a SimDisk,
     block: u32,
     steps: u64,
+    /// Whether thread 0 also runs rekey (whole or partial), add_key and remove_key.
+    key_ops: bool,
+    key_ops_done: AtomicU64,
     /// Ticks before each flush and after each write returns, so "returned before that flush
     /// began" is a comparison.
     clock: AtomicU64,
@@ -89,6 +95,29 @@ fn workload(
     let (lo, hi) = (range.start, range.end);
     let size = (hi - lo) * bs;
     for _ in 0..s.steps {
+        // Key management rewrites the header and re-seals blocks; it must not change what any
+        // block reads. Thread 0 only: one rekey at a time.
+        if s.key_ops && range.start == 0 && rng.chance(1, 12) {
+            let other = RawAesKeyring::new("crash-test", "second-key", &[0x24; 32]).unwrap();
+            let r = match rng.below(6) {
+                0 | 1 => vol.rekey_steps(&keyring(), &|_, _| {}, Some(1 + rng.below(16))),
+                2 => vol.rekey(&keyring(), &|_, _| {}),
+                3 | 4 => vol.add_key(&other),
+                _ => match vol.remove_key(&other) {
+                    Err(crate::Error::Volume(crate::VolumeError::NoSuchKeySlot)) => Ok(0),
+                    r => r,
+                }
+                .map(drop),
+            };
+            match r {
+                Ok(()) => {
+                    s.key_ops_done.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Err(_) if disk.is_dead() => return Ok(()),
+                Err(e) => return Err(format!("key management failed on a live disk: {e}")),
+            }
+        }
         if rng.chance(1, 8) {
             let start = clock.fetch_add(1, Ordering::SeqCst);
             match vol.flush() {
@@ -193,6 +222,8 @@ fn run(seed: u64, params: &Params, counts: &mut Counts) -> Result<(), String> {
             disk: &disk,
             block: params.block,
             steps: params.steps,
+            key_ops: params.key_ops,
+            key_ops_done: AtomicU64::new(0),
             clock: AtomicU64::new(2),
             // The base counts as flushed (it was read back after a recovery).
             flushed_at: AtomicU64::new(1),
@@ -236,6 +267,7 @@ fn run(seed: u64, params: &Params, counts: &mut Counts) -> Result<(), String> {
         // The cut comes first, so the volume's best-effort flush on drop reaches a dead disk.
         let mut after = cut(&disk, &mut rng, params, counts);
         let floor = shared.flushed_at.load(Ordering::SeqCst);
+        counts.key_ops += shared.key_ops_done.load(Ordering::Relaxed);
         drop(v);
         // Sometimes the process dies again, during the recovery.
         if rng.chance(1, 3) {
@@ -297,6 +329,7 @@ fn params(block: u32, blocks: u64, threads: u64) -> Params {
         threads,
         steps: 24,
         sessions: 2,
+        key_ops: false,
         fault: None,
     }
 }
@@ -304,11 +337,12 @@ fn params(block: u32, blocks: u64, threads: u64) -> Params {
 fn report(name: &str, counts: &Counts, started: std::time::Instant) {
     println!(
         "volume crash harness (b), {name}: {} power cuts in {} runs ({} died mid-workload, {} \
-         mid-recovery), {} blocks checked old-or-new, in {:.1} s",
+         mid-recovery, {} key operations completed), {} blocks checked old-or-new, in {:.1} s",
         counts.cuts,
         counts.runs,
         counts.died_mid_workload,
         counts.died_mid_recovery,
+        counts.key_ops,
         counts.blocks_checked,
         started.elapsed().as_secs_f64()
     );
@@ -337,6 +371,20 @@ fn power_cuts_with_two_writing_threads_keep_every_block_old_or_new() {
     harness(20_000, 300, &params(512, 32, 2), &mut counts).unwrap();
     harness(30_000, 300, &params(4096, 32, 2), &mut counts).unwrap();
     report("two threads", &counts, started);
+}
+
+#[test]
+fn power_cuts_during_rekey_and_key_slot_changes_keep_every_block_old_or_new() {
+    let started = std::time::Instant::now();
+    let mut counts = Counts::default();
+    let mut p = params(512, 24, 1);
+    p.key_ops = true;
+    p.sessions = 3;
+    harness(40_000, 300, &p, &mut counts).unwrap();
+    let mut p = params(4096, 32, 2);
+    p.key_ops = true;
+    harness(50_000, 200, &p, &mut counts).unwrap();
+    report("rekey, add_key, remove_key among the writes", &counts, started);
 }
 
 /// The harness has teeth: with the journal's commit sync gone (the fdatasync after the
