@@ -1070,7 +1070,9 @@ impl Volume {
             .rekey_from_gen
             != 0;
         if !resuming {
-            self.update_header(|st, v| {
+            // Both copies: blocks are about to be sealed under the new generation, and a key
+            // that cannot open it must not fall back to a pre-rekey copy and overwrite this one.
+            self.update_header_copies(2, |st, v| {
                 let new_gen = st.header.write_gen + 1;
                 if new_gen > layout::MAX_GEN {
                     return Err(Error::Misuse(
