@@ -63,6 +63,7 @@ struct Counts {
     died_mid_recovery: u64,
     blocks_checked: u64,
     key_ops: u64,
+    racing_reads: u64,
 }
 
 /// What the threads of a session share.
@@ -183,6 +184,29 @@ fn workload(
     Ok(())
 }
 
+/// Reads random blocks while the writers run; returns what it saw. An error is a failure
+/// unless the disk has died (then the volume refuses everything, as it should).
+fn reader(s: &Session<'_>, blocks: u64, seed: u64) -> Result<Vec<(u64, Vec<u8>)>, String> {
+    let mut rng = Rng::new(seed);
+    let bs = s.block as usize;
+    let mut seen = Vec::new();
+    for _ in 0..s.steps * 4 {
+        let first = rng.below(blocks);
+        let n = 1 + rng.below(2.min(blocks - first));
+        let mut buf = vec![0u8; n as usize * bs];
+        match s.vol.read_at(&mut buf, first * bs as u64) {
+            Ok(()) => {
+                for (k, block) in buf.chunks(bs).enumerate() {
+                    seen.push((first + k as u64, block.to_vec()));
+                }
+            }
+            Err(_) if s.disk.is_dead() => break,
+            Err(e) => return Err(format!("a read racing the writers failed: {e}")),
+        }
+    }
+    Ok(seen)
+}
+
 fn new_disk(image: SimDisk, params: &Params) -> Arc<SimDisk> {
     if let Some(range) = &params.fault {
         image.skip_syncs_after_writes_in(range.clone());
@@ -240,7 +264,14 @@ fn run(seed: u64, params: &Params, counts: &mut Counts) -> Result<(), String> {
         // Dies somewhere in the session's disk operations, or not at all.
         disk.die_after(rng.below(params.steps * params.threads * 3 + 10));
         let per = params.blocks / params.threads;
-        let outcome: Vec<Result<(), String>> = std::thread::scope(|scope| {
+        let reader_seed = rng.next_u64();
+        let (outcome, reads) = std::thread::scope(|scope| {
+            // With several writers, a reader too: a read racing a write of the same block must
+            // see the old or the new value, never an error while the disk lives.
+            let reader = (params.threads > 1).then(|| {
+                let shared = &shared;
+                scope.spawn(move || reader(shared, params.blocks, reader_seed))
+            });
             let mut rest: &mut [Vec<Version>] = &mut history;
             let mut handles = Vec::new();
             for t in 0..params.threads {
@@ -256,10 +287,25 @@ fn run(seed: u64, params: &Params, counts: &mut Counts) -> Result<(), String> {
                 let shared = &shared;
                 handles.push(scope.spawn(move || workload(shared, lo..hi, mine, thread_seed)));
             }
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
+            let outcome: Vec<Result<(), String>> =
+                handles.into_iter().map(|h| h.join().unwrap()).collect();
+            (outcome, reader.map(|r| r.join().unwrap()))
         });
         for result in outcome {
             result.map_err(|e| format!("session {session}: {e}"))?;
+        }
+        for (i, value) in reads
+            .transpose()
+            .map_err(|e| format!("session {session}: {e}"))?
+            .into_iter()
+            .flatten()
+        {
+            if !history[i as usize].iter().any(|v| v.value == value) {
+                return Err(format!(
+                    "session {session}: a concurrent read of block {i} saw a value never written"
+                ));
+            }
+            counts.racing_reads += 1;
         }
         if disk.is_dead() {
             counts.died_mid_workload += 1;
@@ -337,13 +383,15 @@ fn params(block: u32, blocks: u64, threads: u64) -> Params {
 fn report(name: &str, counts: &Counts, started: std::time::Instant) {
     println!(
         "volume crash harness (b), {name}: {} power cuts in {} runs ({} died mid-workload, {} \
-         mid-recovery, {} key operations completed), {} blocks checked old-or-new, in {:.1} s",
+         mid-recovery, {} key operations completed), {} blocks checked old-or-new, {} reads \
+         racing the writers checked, in {:.1} s",
         counts.cuts,
         counts.runs,
         counts.died_mid_workload,
         counts.died_mid_recovery,
         counts.key_ops,
         counts.blocks_checked,
+        counts.racing_reads,
         started.elapsed().as_secs_f64()
     );
 }
