@@ -5,7 +5,8 @@
 //!
 //! The child is this test binary run again with `KEV_CRASH_CHILD` set. It writes a sequence of
 //! writes drawn from a seed (aligned, unaligned, zeroes), flushes now and then, and appends the
-//! step number to a log file after each flush returns. The page cache survives SIGKILL, so the
+//! step number to a log file after each flush returns; now and then it rekeys (with the same
+//! keyring), adds or removes a second key slot. The page cache survives SIGKILL, so the
 //! log tells exactly which writes were acknowledged as flushed. (A power cut is harness (b), in
 //! `src/volume/crash_tests.rs`, on a simulated disk.)
 #![cfg(all(feature = "volume", unix))]
@@ -16,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kms_envelope::volume::{Volume, VolumeOptions};
-use kms_envelope::RawAesKeyring;
+use kms_envelope::{RawAesKeyring, VolumeError};
 
 const THIS_TEST: &str = "sigkill_at_random_moments_keeps_every_flushed_write";
 const CHILD_ENV: &str = "KEV_CRASH_CHILD";
@@ -30,6 +31,10 @@ const KILLS: u32 = 220;
 
 fn keyring() -> RawAesKeyring {
     RawAesKeyring::new("crash-test", "wrapping-key", &[0x5a; 32]).unwrap()
+}
+
+fn second_keyring() -> RawAesKeyring {
+    RawAesKeyring::new("crash-test", "second-key", &[0xa5; 32]).unwrap()
 }
 
 /// SplitMix64: the child and the parent draw the same writes from a seed.
@@ -141,6 +146,17 @@ fn child(spec: &str) -> ! {
         match step {
             Step::Write { offset, data } => vol.write_at(&data, offset).expect("child: write"),
             Step::Zeroes { offset, len } => vol.write_zeroes(offset, len).expect("child: zeroes"),
+        }
+        // Now and then a key operation, so kills land inside header updates and rekeys too
+        // (rekey with the same keyring: the parent reopens with it whatever the state).
+        match Rng(seed ^ k.wrapping_mul(0x9e37_79b9_7f4a_7c15)).below(80) {
+            0 => vol.rekey(&keyring, &|_, _| {}).expect("child: rekey"),
+            1 => vol.add_key(&second_keyring()).expect("child: add_key"),
+            2 => match vol.remove_key(&second_keyring()) {
+                Ok(_) | Err(kms_envelope::Error::Volume(VolumeError::NoSuchKeySlot)) => {}
+                Err(e) => panic!("child: remove_key: {e}"),
+            },
+            _ => {}
         }
         if flush {
             vol.flush().expect("child: flush");
@@ -288,10 +304,12 @@ fn sigkill_at_random_moments_keeps_every_flushed_write() {
         vol.close().unwrap();
         base = actual;
     }
+    let info = Volume::info(&volume).unwrap();
     println!(
         "volume crash harness (a): {kills} SIGKILLs in {rounds} rounds ({unopened} during \
-         start-up or recovery, {flushed_total} flushes logged), every block old-or-new and every \
-         logged flush kept, in {:.1} s",
+         start-up or recovery, {flushed_total} flushes logged, {} rekeys begun), every block \
+         old-or-new and every logged flush kept, in {:.1} s",
+        info.write_gen - 1,
         started.elapsed().as_secs_f64()
     );
 }
