@@ -947,7 +947,8 @@ impl Volume {
 
     /// [`Volume::update_header`] writing `copies` copies in turn: 2 when what the change drops
     /// (a key slot, an old generation) must not stay in the older copy, which open falls back
-    /// to when the newer one does not open.
+    /// to when the newer one does not open, or when blocks are about to depend on the change
+    /// (a new write generation).
     fn update_header_copies<T>(
         &self,
         copies: usize,
