@@ -32,11 +32,15 @@
 //! The volume key never enters a data-key cache: give these functions the keyring itself, not
 //! a [`CachingKeyring`](crate::keyring::CachingKeyring) over it.
 
+#[cfg(test)]
+mod crash_tests;
 mod device;
 mod disk;
 mod journal;
 mod keys;
 mod layout;
+#[cfg(test)]
+mod simdisk;
 
 pub use device::BlockDevice;
 pub use layout::VolumeAead;
@@ -943,7 +947,8 @@ impl Volume {
 
     /// [`Volume::update_header`] writing `copies` copies in turn: 2 when what the change drops
     /// (a key slot, an old generation) must not stay in the older copy, which open falls back
-    /// to when the newer one does not open.
+    /// to when the newer one does not open, or when blocks are about to depend on the change
+    /// (a new write generation).
     fn update_header_copies<T>(
         &self,
         copies: usize,
@@ -1071,7 +1076,9 @@ impl Volume {
             .rekey_from_gen
             != 0;
         if !resuming {
-            self.update_header(|st, v| {
+            // Both copies: blocks are about to be sealed under the new generation, and a key
+            // that cannot open it must not fall back to a pre-rekey copy and overwrite this one.
+            self.update_header_copies(2, |st, v| {
                 let new_gen = st.header.write_gen + 1;
                 if new_gen > layout::MAX_GEN {
                     return Err(Error::Misuse(
