@@ -9,8 +9,9 @@
 //! Whoever reaches the server reads the device's plaintext, so access is narrow by
 //! construction: a Unix socket is created mode 0600 inside a directory that only we can enter,
 //! TCP is refused unless the address is loopback and the caller says `insecure_tcp`, and one
-//! client is served at a time (a second one is answered `NBD_REP_ERR_POLICY` with a message and
-//! disconnected; no `NBD_FLAG_CAN_MULTI_CONN` is advertised).
+//! client is served at a time (a second one waits up to [`CLIENT_SLOT_WAIT`] for the first to
+//! leave, then is answered `NBD_REP_ERR_POLICY` with a message and disconnected; no
+//! `NBD_FLAG_CAN_MULTI_CONN` is advertised).
 //!
 //! ```no_run
 //! # async fn run(device: std::sync::Arc<dyn kms_envelope::volume::BlockDevice>)
@@ -153,8 +154,12 @@ const MAX_OPTION_LEN: u32 = 16 << 10;
 /// A client must finish its handshake within this time, so that a stalled one cannot hold the
 /// single client slot.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How many refused second clients are being answered at once; more are dropped unanswered.
-const MAX_REFUSALS: usize = 4;
+/// How long a client that arrives while another is served waits for it to leave before it is
+/// refused.
+pub const CLIENT_SLOT_WAIT: Duration = Duration::from_secs(2);
+/// How many clients may wait for the slot (or be answered their refusal) at once; more are
+/// closed unanswered.
+const MAX_WAITING: usize = 4;
 /// The message a refused second client gets (qemu prints it).
 const BUSY_MESSAGE: &str =
     "kms-envelope serves one NBD client at a time and another client is connected; retry when it has disconnected";
@@ -380,10 +385,12 @@ impl NbdListener {
 
     /// Serves `device` until `shutdown` completes, one client at a time.
     ///
-    /// A second client connecting while one is served is answered `NBD_REP_ERR_POLICY` (with a
-    /// message saying why) and disconnected. On `shutdown`: no new connection is accepted, the
+    /// A client that connects while another is served waits up to [`CLIENT_SLOT_WAIT`] for it
+    /// to leave (so that a script's next `qemu-img` right after the previous one is served),
+    /// then is answered `NBD_REP_ERR_POLICY` with a message saying why, and disconnected. On
+    /// `shutdown`: no new connection is accepted (the Unix socket file is removed), the
     /// client's requests already received are executed and answered, the connection is closed,
-    /// the device is flushed, and the Unix socket file is removed.
+    /// and the device is flushed.
     ///
     /// # Errors
     /// [`NbdError::Flush`] when the final flush fails.
@@ -393,8 +400,10 @@ impl NbdListener {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), NbdError> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
-        let mut current: Option<tokio::task::JoinHandle<()>> = None;
+        // The single client slot, held by a connection until it is drained and flushed.
+        let slot = Arc::new(Semaphore::new(1));
+        let waiting = Arc::new(Semaphore::new(MAX_WAITING));
+        let mut connections = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -402,6 +411,7 @@ impl NbdListener {
                 () = &mut shutdown => break,
                 accepted = accept(&self.inner) => accepted,
             };
+            while connections.try_join_next().is_some() {}
             let stream = match accepted {
                 Ok(stream) => stream,
                 Err(_) => {
@@ -410,29 +420,35 @@ impl NbdListener {
                     continue;
                 }
             };
-            let busy = current.as_ref().is_some_and(|c| !c.is_finished());
-            if busy {
-                if let Ok(permit) = refusals.clone().try_acquire_owned() {
-                    tokio::spawn(async move {
-                        let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, refuse(stream)).await;
-                        drop(permit);
-                    });
+            let Ok(waiting) = waiting.clone().try_acquire_owned() else {
+                continue; // too many clients queued already: close this one unanswered
+            };
+            let (slot, device, mut stop) = (slot.clone(), device.clone(), stop_rx.clone());
+            connections.spawn(async move {
+                let slot = tokio::select! {
+                    _ = stop.wait_for(|stop| *stop) => return,
+                    slot = tokio::time::timeout(CLIENT_SLOT_WAIT, slot.acquire_owned()) => slot,
+                };
+                match slot {
+                    Ok(Ok(slot)) => {
+                        drop(waiting);
+                        let _ = serve_connection(stream, device, stop).await;
+                        drop(slot);
+                    }
+                    _ => {
+                        tokio::select! {
+                            _ = stop.wait_for(|stop| *stop) => {}
+                            _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, refuse(stream)) => {}
+                        }
+                    }
                 }
-                continue;
-            }
-            let device = device.clone();
-            let stop = stop_rx.clone();
-            current = Some(tokio::spawn(async move {
-                let _ = serve_connection(stream, device, stop).await;
-            }));
+            });
         }
         // Stop accepting (closing the listener, removing the socket file), then let the client's
         // requests already read finish and be answered, then flush.
         drop(self);
         let _ = stop_tx.send(true);
-        if let Some(current) = current {
-            let _ = current.await;
-        }
+        while connections.join_next().await.is_some() {}
         run_blocking(move || device.flush())
             .await
             .map_err(NbdError::Flush)
