@@ -900,3 +900,26 @@ fn shutdown_answers_the_requests_already_read_then_flushes() {
     assert_eq!(buf[0], 4);
     assert!(!socket.exists());
 }
+
+#[test]
+fn shutdown_does_not_hang_on_a_client_that_stops_reading_replies() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Arc::new(FileDevice::create(&dir.path().join("disk"), 64 << 20));
+    let server = Server::unix(&socket_in(dir.path()), device.clone());
+    let mut s = server.raw();
+    greet(&mut s, 1);
+    go(&mut s);
+    // 256 MiB of replies that are never read: the server's writer blocks on a full socket.
+    for i in 0..8 {
+        send_request(&mut s, 0, 0, i, 0, 32 << 20, &[]);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    server.stop().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(s);
+}
