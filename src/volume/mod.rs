@@ -39,6 +39,7 @@ mod disk;
 mod journal;
 mod keys;
 mod layout;
+pub mod nbd;
 #[cfg(test)]
 mod simdisk;
 
