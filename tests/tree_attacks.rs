@@ -397,12 +397,17 @@ fn a_link_at_the_destination_root_is_refused() {
     let elsewhere = tmp.path().join("elsewhere");
     fs::create_dir(&elsewhere).unwrap();
     fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o700)).unwrap();
-    for (link, target) in [
-        ("link", elsewhere.clone()),
-        ("dangling", tmp.path().join("none")),
+    for (link, target, slash) in [
+        ("link", elsewhere.clone(), ""),
+        ("dangling", tmp.path().join("none"), ""),
+        // Review of the tree fixes, #2: `link/` and `link/.` made open() follow the link.
+        ("slash", elsewhere.clone(), "/"),
+        ("slashdot", elsewhere.clone(), "/."),
+        ("dangling-slash", tmp.path().join("none"), "/"),
     ] {
-        let link = tmp.path().join(link);
-        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let made = tmp.path().join(link);
+        std::os::unix::fs::symlink(&target, &made).unwrap();
+        let link = PathBuf::from(format!("{}{slash}", made.display()));
         let err = decrypt(&ct, &link, &TreeOptions::new()).err();
         assert!(
             matches!(&err, Some(Error::Misuse(e)) if e.contains("symbolic link")),
@@ -523,4 +528,39 @@ fn a_ciphertext_name_that_strips_to_dot_dot_is_refused() {
         );
     }
     assert_eq!(status(&r, "top.kms"), FileStatus::Done);
+}
+
+/// Review of the tree fixes, #1: the root is made and opened through its parent's
+/// descriptor, and it gets the source root's mode at the end only if no one else can rename
+/// entries in that parent (else what was filled may be a directory of ours renamed into the
+/// name): in a parent others can write (not sticky) or own, it stays 0700 with a note.
+#[test]
+fn the_root_gets_its_mode_only_in_a_parent_others_cannot_rename_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o750)).unwrap();
+    for (uid, m, given) in [
+        (0, 0o755, true),
+        (0, 0o1777, true),
+        (0, 0o777, false),
+        (0, 0o775, false),
+        (OTHER, 0o755, false),
+    ] {
+        let parent = tmp.path().join(format!("parent-{uid}-{m:o}"));
+        fs::create_dir(&parent).unwrap();
+        fs::set_permissions(&parent, fs::Permissions::from_mode(m)).unwrap();
+        chown(&parent, Some(uid), None).unwrap();
+        let dst = parent.join("out");
+        let r = encrypt(&src, &dst, &TreeOptions::new()).unwrap();
+        assert_eq!(status(&r, "f"), FileStatus::Done, "{parent:?}");
+        assert_eq!(mode(&dst), if given { 0o750 } else { 0o700 }, "{parent:?}");
+        let root = r.lock().unwrap().get(Path::new("")).cloned();
+        assert_eq!(
+            root.is_some_and(|n| n.note.unwrap().contains("left owner-only")),
+            !given,
+            "{parent:?}"
+        );
+    }
 }
