@@ -279,6 +279,7 @@ pub(super) fn run(
     };
     let label = run_label(op, opts);
     let src_st = rustix::fs::fstat(&src_root_fd).map_err(std::io::Error::from)?;
+    let src_root_id = fs::dir_id(&src_root_fd, &src_st);
     let root = Arc::new(DirPair {
         src: src_root_fd,
         dst: dst_root_fd
@@ -333,7 +334,7 @@ pub(super) fn run(
         for _ in 0..opts.jobs {
             s.spawn(|| run.work(&rx));
         }
-        run.walk(root, (src_st.st_dev, src_st.st_ino), &tx);
+        run.walk(root, src_root_id, &tx);
         drop(tx);
     });
     if let Some(fd) = &dst_root_fd {

@@ -64,8 +64,8 @@ pub(crate) struct TreeArgs {
     /// moved or swapped within the tree fail (docs/TREES.md says what it does not stop).
     #[arg(long, value_name = "KEY", requires = "recursive")]
     context_path: Option<String>,
-    /// With -r: follow symbolic links (each directory is entered once: a cycle or a second
-    /// path to it is skipped with a note). Only in trees whose writers you trust: a link may
+    /// With -r: follow symbolic links (a link that makes a cycle, or to a directory already
+    /// walked whole, is skipped with a note). Only in trees whose writers you trust: a link may
     /// name any file you can read.
     #[arg(long, requires = "recursive")]
     follow_symlinks: bool,
