@@ -113,23 +113,22 @@ pub(super) fn resolved(path: &Path) -> std::io::Result<PathBuf> {
     }
 }
 
-/// Whether the destination root gets its source's mode and times at the end of the run.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum RootFinish {
-    /// There before the run: its mode and times are not ours to change.
-    NotMade,
-    /// Made by this run in a parent only we (or root) can rename entries in.
-    Made,
-    /// Made by this run, but in a parent others can rename entries in: what the run opened
-    /// may be a directory of ours renamed into the name, so it is left 0700.
-    MadeInOpenParent,
+/// How the destination root was come by: whether it gets its source's mode and times.
+#[derive(Clone, Copy)]
+pub(super) struct RootMade {
+    /// Made by this run (else there before it: its mode and times are not ours to change,
+    /// unless an earlier run of the manifest made it).
+    made: bool,
+    /// Its parent lets no one but us (or root) rename entries in it. Otherwise what the run
+    /// opened may be a directory of ours renamed into the name, so it is left 0700.
+    parent_closed: bool,
 }
 
 /// Makes (mode 0700) or opens the destination root through its parent's descriptor: its last
 /// component is never followed as a link, even written `link/` (where `O_NOFOLLOW` would look
 /// at nothing), and the directory made is the one opened, unless the parent lets others rename
-/// entries in it, which [`RootFinish`] tells.
-fn open_destination_root(destination: &Path) -> Result<(OwnedFd, RootFinish), Error> {
+/// entries in it, which [`RootMade`] tells.
+fn open_destination_root(destination: &Path) -> Result<(OwnedFd, RootMade), Error> {
     let shown = destination.display();
     // `file_name` drops a trailing `/` or `/.`, and is None for `..`, `.` and `/`.
     let Some(name) = destination.file_name() else {
@@ -156,16 +155,16 @@ fn open_destination_root(destination: &Path) -> Result<(OwnedFd, RootFinish), Er
     })?;
     let (fd, _, made) = fs::make_dir(parent_fd.as_fd(), name)
         .map_err(|e| Error::Misuse(format!("{shown}: {e}")))?;
-    if !made {
-        return Ok((fd, RootFinish::NotMade));
-    }
     // Renamed in between mkdirat and openat, a full directory would be found here.
-    let entries = fs::list(&fd).map_err(|e| {
-        Error::Misuse(format!(
-            "cannot list the destination {shown}: {}",
-            fs::io_text(&e)
-        ))
-    })?;
+    let entries = match made {
+        true => fs::list(&fd).map_err(|e| {
+            Error::Misuse(format!(
+                "cannot list the destination {shown}: {}",
+                fs::io_text(&e)
+            ))
+        })?,
+        false => Vec::new(),
+    };
     if !entries.is_empty() {
         return Err(Error::Misuse(format!(
             "the destination {shown} was made by this run but is not empty when opened: \
@@ -176,14 +175,15 @@ fn open_destination_root(destination: &Path) -> Result<(OwnedFd, RootFinish), Er
     let st = rustix::fs::fstat(&parent_fd).map_err(std::io::Error::from)?;
     let me = rustix::process::geteuid().as_raw();
     // Sticky: others cannot rename or remove our entries; else they need write access.
-    let closed = (st.st_uid == me || st.st_uid == 0)
+    let parent_closed = (st.st_uid == me || st.st_uid == 0)
         && (st.st_mode & 0o022 == 0 || st.st_mode & 0o1000 != 0);
-    let finish = if closed {
-        RootFinish::Made
-    } else {
-        RootFinish::MadeInOpenParent
-    };
-    Ok((fd, finish))
+    Ok((
+        fd,
+        RootMade {
+            made,
+            parent_closed,
+        },
+    ))
 }
 
 pub(super) fn run(
@@ -249,12 +249,12 @@ pub(super) fn run(
             )));
         }
     }
-    // `finish`: whether the root is ours to give its mode and times at the end.
-    let (dst_root_fd, finish_root) = if opts.dry_run {
-        (None, RootFinish::NotMade)
-    } else {
-        let (fd, finish) = open_destination_root(destination)?;
-        (Some(fd), finish)
+    let (dst_root_fd, root_made) = match opts.dry_run {
+        true => (None, None),
+        false => {
+            let (fd, made) = open_destination_root(destination)?;
+            (Some(fd), Some(made))
+        }
     };
     let dst_root_id = match &dst_root_fd {
         Some(fd) => {
@@ -308,14 +308,17 @@ pub(super) fn run(
         },
         dirs: Mutex::new(Vec::new()),
     };
-    if let Some(id) = dst_root_id {
-        let finish = (finish_root == RootFinish::Made)
+    if let (Some(id), Some(fd), Some(how)) = (dst_root_id, &dst_root_fd, root_made) {
+        let st = rustix::fs::fstat(fd).map_err(std::io::Error::from)?;
+        let ours = run.made_dir(Path::new(""), how.made, fs::dir_id(fd, &st));
+        let finish = (ours && how.parent_closed)
             .then(|| (run.dir_mode(&src_st), fs::carried_times(&src_st)));
-        if finish_root == RootFinish::MadeInOpenParent {
+        if ours && !how.parent_closed {
             run.note(
                 PathBuf::new(),
                 FileStatus::Skipped,
-                "the destination root was made by this run but left owner-only (0700) with \
+                "the destination root was made by this run (or the one resumed) but left \
+                 owner-only (0700) with \
                  its own times: others can rename entries in its parent directory, so the \
                  directory filled may not be the one made; check it, then `chmod` it"
                     .into(),

@@ -41,8 +41,7 @@ pub(super) struct DstDir {
     pub(super) finish: Option<(rustix::fs::Mode, rustix::fs::Timestamps)>,
 }
 
-/// A directory's (device, inode, birth time): see [`fs::dir_id`].
-pub(super) type DirId = (u64, u64, i64, u32);
+pub(super) use super::fs::DirId;
 
 /// How many times one directory may be entered through followed links while each walk of it
 /// has left something out (include/exclude): it is entered again since another path may take
@@ -265,6 +264,7 @@ impl Run<'_> {
         let mut index = 0;
         let dst = parent.dst.as_ref().map(|d| match d {
             Ok(p) => fs::make_dir(p.as_fd(), &name).map(|(dst, dst_st, made)| {
+                let made = self.made_dir(&rel, made, fs::dir_id(&dst, &dst_st));
                 let mut dirs = self.dirs.lock().expect("dirs lock");
                 index = dirs.len();
                 dirs.push(DstDir {
@@ -286,6 +286,25 @@ impl Run<'_> {
             rel: comps,
         });
         Some((child, id))
+    }
+
+    /// Whether the destination directory at `rel` (`id`) is ours to finish: made by this run
+    /// (then recorded in the manifest, so that a resumed run finishes it if this one is cut
+    /// short), or by an earlier run of the manifest and still the same directory.
+    pub(super) fn made_dir(&self, rel: &Path, made: bool, id: DirId) -> bool {
+        let Some(m) = &self.manifest else {
+            return made;
+        };
+        let path = rel.as_os_str().as_bytes();
+        if !made {
+            return m.made_before(path, id);
+        }
+        if let Err(e) = m.add_dir(path, id) {
+            // Only a resumed run would miss it: it would leave the directory 0700.
+            let why = format!("the manifest could not record the directory: {e}");
+            self.note(rel.to_path_buf(), FileStatus::Failed, why);
+        }
+        true
     }
 
     pub(super) fn dir_mode(&self, st: &Stat) -> rustix::fs::Mode {
