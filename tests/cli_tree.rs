@@ -360,3 +360,39 @@ fn resume_redoes_files_written_under_other_cache_limits() {
     let err = run(&[]);
     assert!(err.contains("2 already done"), "{err}");
 }
+
+/// Review of the tree fixes, #6: the resume label holds a fingerprint of each raw AES key,
+/// not its file's path: the same file holding another key redoes every file (the stored
+/// wrapped keys show only namespace and name), and the same key read from another path
+/// resumes.
+#[test]
+fn resume_redoes_files_wrapped_under_another_raw_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    write(&src.join("a"), b"one");
+    write(&src.join("b"), b"two");
+    let (src_s, tmp_s) = (src.to_str().unwrap(), tmp.path().to_str().unwrap());
+    let dst = format!("{tmp_s}/dst");
+    let run = |dir: &std::path::Path| {
+        let args = ["-i", src_s, "-o", &dst, "--resume"];
+        let (ok, err) = raw_encrypt(dir, "-Sn 1024", &args);
+        assert!(ok, "{err}");
+        err
+    };
+    let err = run(tmp.path());
+    assert!(err.contains("encrypted 2 files"), "{err}");
+    fs::write(tmp.path().join("wrap.key"), [8u8; 32]).unwrap();
+    let err = run(tmp.path());
+    assert!(
+        err.contains("encrypted 2 files"),
+        "other key, same path: {err}"
+    );
+    let moved = tmp.path().join("moved");
+    fs::create_dir(&moved).unwrap();
+    fs::copy(tmp.path().join("wrap.key"), moved.join("wrap.key")).unwrap();
+    let err = run(&moved);
+    assert!(
+        err.contains("2 already done"),
+        "same key, other path: {err}"
+    );
+}

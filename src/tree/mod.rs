@@ -253,7 +253,9 @@ impl TreeOptions {
     }
     /// A description of the settings the library cannot see (the keys or discovery filter a
     /// keyring was built with): recorded in the manifest, and a resumed run with another
-    /// label redoes every file.
+    /// label redoes every file. For a raw key, put in something that tells the key material
+    /// apart (a keyed fingerprint, never the key): its wrapped keys store only namespace and
+    /// name, so a resumed run under another key of the same name would keep the earlier files.
     pub fn run_label(mut self, label: impl Into<String>) -> Self {
         self.run_label = label.into();
         self

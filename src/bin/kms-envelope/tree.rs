@@ -21,6 +21,7 @@ use crate::exit::{failure, io_error, io_failure, usage, Code, Failure};
 use crate::files::decrypt::DecryptArgs;
 use crate::files::encrypt::{encryptor, EncryptArgs};
 use crate::files::inspect::hex;
+use crate::keyrings::raw_key_fingerprints;
 use crate::term::line_to_stderr;
 
 /// The tree flags shared by `encrypt` and `decrypt`.
@@ -404,7 +405,8 @@ pub(crate) fn encrypt(
     };
     let label = format!(
         "keys={:?} raw={:?} cache={cache}",
-        keys.keys, keys.raw_aes_keys
+        keys.keys,
+        raw_key_fingerprints(keys)?
     );
     let opts = t.options(out.force, out.no_fsync, label);
     let sink = Sink::new(aws, t, out.force, [input.as_path(), out.output.as_path()])?;
@@ -437,7 +439,7 @@ pub(crate) fn decrypt(
     let label = format!(
         "keys={:?} raw={:?} discovery={} any={} accounts={:?} partition={}",
         keys.keys,
-        keys.raw_aes_keys,
+        raw_key_fingerprints(keys)?,
         a.discovery,
         a.discovery_any_account,
         a.accounts.accounts,
