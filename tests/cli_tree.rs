@@ -396,3 +396,81 @@ fn resume_redoes_files_wrapped_under_another_raw_key() {
         "same key, other path: {err}"
     );
 }
+
+/// The soft limit on open files of the running process `pid`, from /proc.
+fn soft_open_files(pid: u32) -> Option<u64> {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Review of the tree fixes, #7: only `-r` runs raise the open-file limit, and only as far
+/// as their jobs need (2 per directory level to MAX_DEPTH, 9 per job, 64 more: 594 for two
+/// jobs, below the hard limit), since children such as a credential_process inherit it; a
+/// single-file command leaves it as it was.
+#[test]
+fn only_tree_runs_raise_the_open_file_limit_and_only_as_needed() {
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let kms = new_key();
+    // 100 ms per data key: the tree run below lasts about two seconds.
+    let slow = slow_data_keys();
+    let start = |args: &[&str]| {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -Sn 256 && exec \"$0\" \"$@\"")
+            .arg(env!("CARGO_BIN_EXE_kms-envelope"))
+            .args(["--endpoint-url", &slow.endpoint()])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .env_remove("AWS_PROFILE")
+            .stdin(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // The limit of the process once it is kms-envelope (the shell before it sets 256), until
+    // it ends or `ready` holds.
+    let watch = |child: &mut std::process::Child, ready: &dyn Fn(u64) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = None;
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            let comm = fs::read_to_string(format!("/proc/{}/comm", child.id()));
+            if comm.is_ok_and(|c| c.trim() == "kms-envelope") {
+                seen = soft_open_files(child.id()).or(seen);
+            }
+            if seen.is_some_and(ready) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        seen
+    };
+    let hard = soft_open_files(std::process::id()).unwrap();
+    assert!(
+        hard > 594,
+        "the test needs a hard limit above 594, not {hard}"
+    );
+
+    // A single file from a stdin kept open: the process waits for input.
+    let out = tmp.path().join("one.kms");
+    let out = out.to_str().unwrap();
+    let mut one = start(&["encrypt", "--key", &kms, "-i", "-", "-o", out]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let soft = watch(&mut one, &|_| true);
+    drop(one.stdin.take());
+    assert!(one.wait().unwrap().success());
+    assert_eq!(soft, Some(256), "a single-file command");
+
+    let (_t, src, enc, _) = trees();
+    spread_files(&src, 40, 2);
+    let (src, enc) = (src.to_str().unwrap(), enc.to_str().unwrap());
+    let mut tree = start(&[
+        "encrypt", "-r", "--key", &kms, "--jobs", "2", "-q", "-i", src, "-o", enc,
+    ]);
+    let soft = watch(&mut tree, &|n| n != 256);
+    assert!(tree.wait().unwrap().success());
+    assert_eq!(soft, Some(594), "a tree run of two jobs");
+}
