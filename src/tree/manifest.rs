@@ -218,15 +218,20 @@ impl Manifest {
         self.made_dirs.get(path) == Some(&id)
     }
 
-    /// Records a destination directory this run made; written out with the next batch.
+    /// Records a destination directory this run made. Written at once, not held for a batch
+    /// (a deep tree's paths would pile up), and not synced: a lost line only leaves that
+    /// directory 0700 after a crash, and a line that outlives its directory matches nothing.
     pub(crate) fn add_dir(&self, path: &[u8], id: DirId) -> io::Result<()> {
-        let line = serde_json::json!({
+        let mut line = serde_json::json!({
             "dir": b64().encode(path),
             "dev": id.0,
             "ino": id.1,
             "born": [id.2, id.3],
-        });
-        self.push(line.to_string())
+        })
+        .to_string();
+        line.push('\n');
+        let mut state = self.state.lock().expect("manifest lock");
+        state.file.write_all(line.as_bytes())
     }
 
     /// Records a finished file; written out with its batch.
@@ -243,10 +248,6 @@ impl Manifest {
             "run": r.run,
         })
         .to_string();
-        self.push(line)
-    }
-
-    fn push(&self, line: String) -> io::Result<()> {
         let mut state = self.state.lock().expect("manifest lock");
         state.pending.push(line);
         if state.pending.len() >= BATCH_LINES || state.since.elapsed() >= BATCH_AGE {
