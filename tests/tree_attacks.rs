@@ -678,3 +678,32 @@ fn the_root_gets_its_mode_only_in_a_parent_others_cannot_rename_in() {
         );
     }
 }
+
+/// Review of the tree fixes, #5: the manifest records the directories a run makes, so a
+/// resumed run gives those still 0700 (as a killed run leaves them) their source's mode; one
+/// removed and made again since (ext4 may give it the same inode: the birth time tells) is not
+/// the directory made, and is left alone.
+#[test]
+fn a_resumed_run_finishes_the_directories_an_earlier_run_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    for d in ["kept", "remade"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+        fs::write(src.join(d).join("f"), b"data").unwrap();
+        fs::set_permissions(src.join(d), fs::Permissions::from_mode(0o750)).unwrap();
+    }
+    let dst = tmp.path().join("dst");
+    let o = TreeOptions::new().resume(true);
+    let r = encrypt(&src, &dst, &o).unwrap();
+    assert_eq!(status(&r, "kept/f"), FileStatus::Done);
+    // As a run killed before its end leaves them.
+    fs::set_permissions(dst.join("kept"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::remove_dir_all(dst.join("remade")).unwrap();
+    fs::create_dir(dst.join("remade")).unwrap();
+    fs::set_permissions(dst.join("remade"), fs::Permissions::from_mode(0o700)).unwrap();
+    let r = encrypt(&src, &dst, &o).unwrap();
+    assert_eq!(status(&r, "kept/f"), FileStatus::AlreadyDone);
+    assert_eq!(status(&r, "remade/f"), FileStatus::Done);
+    assert_eq!(mode(&dst.join("kept")), 0o750, "made by the earlier run");
+    assert_eq!(mode(&dst.join("remade")), 0o700, "not the directory made");
+}
