@@ -5,7 +5,7 @@
 mod support;
 
 use std::fs;
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::process::Stdio;
 
 use serde_json::Value;
@@ -206,6 +206,10 @@ fn sigkill_then_resume_completes_the_tree() {
     let slow = slow_data_keys();
     let (_tmp, src, enc, dec) = trees();
     let files = spread_files(&src, 60, 3);
+    // The directories the killed run made are finished by the resumed one (review of the tree fixes, #5).
+    for d in [src.clone(), src.join("d0"), src.join("d1"), src.join("d2")] {
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o750)).unwrap();
+    }
     let child = std_cli_at(&slow.endpoint())
         .args([
             "encrypt",
@@ -237,6 +241,10 @@ fn sigkill_then_resume_completes_the_tree() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{err}"));
     assert!(already > 0 && already < 60, "{err}");
+    for d in [enc.clone(), enc.join("d0"), enc.join("d1"), enc.join("d2")] {
+        let mode = fs::metadata(&d).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o750, "{d:?}");
+    }
     let err = run_io_ok(cli(), &recursive("decrypt", &key, &[]), &enc, &dec);
     assert!(err.contains("decrypted 60 files"), "{err}");
     assert_files(&dec, &files);
@@ -351,4 +359,118 @@ fn resume_redoes_files_written_under_other_cache_limits() {
     assert!(err.contains("encrypted 2 files"), "no cache: {err}");
     let err = run(&[]);
     assert!(err.contains("2 already done"), "{err}");
+}
+
+/// Review of the tree fixes, #6: the resume label holds a fingerprint of each raw AES key,
+/// not its file's path: the same file holding another key redoes every file (the stored
+/// wrapped keys show only namespace and name), and the same key read from another path
+/// resumes.
+#[test]
+fn resume_redoes_files_wrapped_under_another_raw_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    write(&src.join("a"), b"one");
+    write(&src.join("b"), b"two");
+    let (src_s, tmp_s) = (src.to_str().unwrap(), tmp.path().to_str().unwrap());
+    let dst = format!("{tmp_s}/dst");
+    let run = |dir: &std::path::Path| {
+        let args = ["-i", src_s, "-o", &dst, "--resume"];
+        let (ok, err) = raw_encrypt(dir, "-Sn 1024", &args);
+        assert!(ok, "{err}");
+        err
+    };
+    let err = run(tmp.path());
+    assert!(err.contains("encrypted 2 files"), "{err}");
+    fs::write(tmp.path().join("wrap.key"), [8u8; 32]).unwrap();
+    let err = run(tmp.path());
+    assert!(
+        err.contains("encrypted 2 files"),
+        "other key, same path: {err}"
+    );
+    let moved = tmp.path().join("moved");
+    fs::create_dir(&moved).unwrap();
+    fs::copy(tmp.path().join("wrap.key"), moved.join("wrap.key")).unwrap();
+    let err = run(&moved);
+    assert!(
+        err.contains("2 already done"),
+        "same key, other path: {err}"
+    );
+}
+
+/// The soft limit on open files of the running process `pid`, from /proc.
+fn soft_open_files(pid: u32) -> Option<u64> {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Review of the tree fixes, #7: only `-r` runs raise the open-file limit, and only as far
+/// as their jobs need (2 per directory level to MAX_DEPTH, 9 per job, 64 more: 594 for two
+/// jobs, below the hard limit), since children such as a credential_process inherit it; a
+/// single-file command leaves it as it was.
+#[test]
+fn only_tree_runs_raise_the_open_file_limit_and_only_as_needed() {
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let kms = new_key();
+    // 100 ms per data key: the tree run below lasts about two seconds.
+    let slow = slow_data_keys();
+    let start = |args: &[&str]| {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -Sn 256 && exec \"$0\" \"$@\"")
+            .arg(env!("CARGO_BIN_EXE_kms-envelope"))
+            .args(["--endpoint-url", &slow.endpoint()])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .env_remove("AWS_PROFILE")
+            .stdin(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // The limit of the process once it is kms-envelope (the shell before it sets 256), until
+    // it ends or `ready` holds.
+    let watch = |child: &mut std::process::Child, ready: &dyn Fn(u64) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = None;
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            let comm = fs::read_to_string(format!("/proc/{}/comm", child.id()));
+            if comm.is_ok_and(|c| c.trim() == "kms-envelope") {
+                seen = soft_open_files(child.id()).or(seen);
+            }
+            if seen.is_some_and(ready) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        seen
+    };
+    let hard = soft_open_files(std::process::id()).unwrap();
+    assert!(
+        hard > 594,
+        "the test needs a hard limit above 594, not {hard}"
+    );
+
+    // A single file from a stdin kept open: the process waits for input.
+    let out = tmp.path().join("one.kms");
+    let out = out.to_str().unwrap();
+    let mut one = start(&["encrypt", "--key", &kms, "-i", "-", "-o", out]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let soft = watch(&mut one, &|_| true);
+    drop(one.stdin.take());
+    assert!(one.wait().unwrap().success());
+    assert_eq!(soft, Some(256), "a single-file command");
+
+    let (_t, src, enc, _) = trees();
+    spread_files(&src, 40, 2);
+    let (src, enc) = (src.to_str().unwrap(), enc.to_str().unwrap());
+    let mut tree = start(&[
+        "encrypt", "-r", "--key", &kms, "--jobs", "2", "-q", "-i", src, "-o", enc,
+    ]);
+    let soft = watch(&mut tree, &|n| n != 256);
+    assert!(tree.wait().unwrap().success());
+    assert_eq!(soft, Some(594), "a tree run of two jobs");
 }

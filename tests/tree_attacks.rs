@@ -397,12 +397,17 @@ fn a_link_at_the_destination_root_is_refused() {
     let elsewhere = tmp.path().join("elsewhere");
     fs::create_dir(&elsewhere).unwrap();
     fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o700)).unwrap();
-    for (link, target) in [
-        ("link", elsewhere.clone()),
-        ("dangling", tmp.path().join("none")),
+    for (link, target, slash) in [
+        ("link", elsewhere.clone(), ""),
+        ("dangling", tmp.path().join("none"), ""),
+        // Review of the tree fixes, #2: `link/` and `link/.` made open() follow the link.
+        ("slash", elsewhere.clone(), "/"),
+        ("slashdot", elsewhere.clone(), "/."),
+        ("dangling-slash", tmp.path().join("none"), "/"),
     ] {
-        let link = tmp.path().join(link);
-        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let made = tmp.path().join(link);
+        std::os::unix::fs::symlink(&target, &made).unwrap();
+        let link = PathBuf::from(format!("{}{slash}", made.display()));
         let err = decrypt(&ct, &link, &TreeOptions::new()).err();
         assert!(
             matches!(&err, Some(Error::Misuse(e)) if e.contains("symbolic link")),
@@ -414,8 +419,9 @@ fn a_link_at_the_destination_root_is_refused() {
 }
 
 /// Third review L-c: with follow_symlinks, a graph of directories with two links from each
-/// to the next (2^n paths) is walked in time linear in its size: each directory is entered
-/// once, and the second path to it is skipped with a note that says so.
+/// to the next (2^n paths) is walked in time linear in its size: a link to a directory
+/// walked whole is not followed again (with a note that says so); each real directory is
+/// still walked under its own path.
 #[test]
 fn follow_symlinks_enters_each_directory_once() {
     const LEVELS: usize = 12;
@@ -436,8 +442,11 @@ fn follow_symlinks_enters_each_directory_once() {
     let dst = tmp.path().join("dst");
     let (summary, reports) =
         collect(|f| encrypt_tree(&Encryptor::new(&k), &src, &dst, &o, f)).unwrap();
-    assert_eq!(summary.done, LEVELS as u64 + 1, "each file once");
+    // d00/f, the chain d00/a/a/.../f of LEVELS files, and each real d01..dLEVELS.
+    assert_eq!(summary.done, 2 * LEVELS as u64 + 1);
     assert_eq!(summary.failed, 0);
+    assert!(dst.join("d00/a/a/a/f.kms").exists());
+    assert!(dst.join("d05/f.kms").exists());
     let again: Vec<_> = reports
         .lock()
         .unwrap()
@@ -445,12 +454,122 @@ fn follow_symlinks_enters_each_directory_once() {
         .filter(|r| {
             r.note
                 .as_deref()
-                .is_some_and(|n| n.contains("already entered"))
+                .is_some_and(|n| n.contains("walked whole"))
         })
         .map(|r| r.relative.clone())
         .collect();
-    // Each directory but the first is reached by two links and directly from the root.
-    assert_eq!(again.len(), 2 * LEVELS, "{again:?}");
+    // The `b` of d00 and of each directory on the chain but the last, and both links of
+    // each real directory but the last.
+    assert_eq!(again.len(), LEVELS + 2 * (LEVELS - 1), "{again:?}");
+}
+
+/// Review of the tree fixes, #3: a directory reached through a followed link and by its real
+/// path is walked under both when include/exclude leaves something out on the first path (in
+/// either order): neither path's files are dropped as "already entered".
+#[test]
+fn a_filtered_first_path_does_not_hide_the_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    // `current` sorts before `releases` (the link is walked first), `zcurrent` after it.
+    for (link, filter, wanted) in [
+        ("current", "exclude", "releases/v3/data.txt"),
+        ("current", "include", "releases/v3/data.txt"),
+        ("zcurrent", "exclude", "zcurrent/data.txt"),
+        ("zcurrent", "include", "zcurrent/data.txt"),
+    ] {
+        let base = tmp.path().join(format!("{link}-{filter}"));
+        let src = base.join("src");
+        fs::create_dir_all(src.join("releases/v3")).unwrap();
+        fs::write(src.join("releases/v3/data.txt"), b"v3").unwrap();
+        std::os::unix::fs::symlink("releases/v3", src.join(link)).unwrap();
+        // Leave out the other path's file.
+        let left_out = if wanted.starts_with("releases") {
+            link.to_string()
+        } else {
+            "releases".to_string()
+        };
+        let o = TreeOptions::new().follow_symlinks(true);
+        let o = if filter == "exclude" {
+            o.exclude(format!("{left_out}/**"))
+        } else {
+            o.include(format!("{}/**", wanted.split('/').next().unwrap()))
+        };
+        let dst = base.join("dst");
+        let r = encrypt(&src, &dst, &o).unwrap();
+        assert_eq!(status(&r, wanted), FileStatus::Done, "{link} {filter}");
+        assert!(
+            dst.join(format!("{wanted}.kms")).exists(),
+            "{link} {filter}"
+        );
+    }
+}
+
+/// Review of the tree fixes, #3: with files left out on every path, a directory is entered
+/// through links a bounded number of times, so a graph of links with 2^n paths stays linear.
+#[test]
+fn filtered_link_graphs_stay_linear() {
+    const LEVELS: usize = 16;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    for i in 0..=LEVELS {
+        let d = src.join(format!("d{i:02}"));
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("f"), b"f").unwrap();
+        fs::write(d.join("x"), b"left out").unwrap();
+        if i < LEVELS {
+            for link in ["a", "b"] {
+                std::os::unix::fs::symlink(format!("../d{:02}", i + 1), d.join(link)).unwrap();
+            }
+        }
+    }
+    let o = TreeOptions::new().follow_symlinks(true).exclude("**/x");
+    let k = keyring();
+    let dst = tmp.path().join("dst");
+    let (summary, _) = collect(|f| encrypt_tree(&Encryptor::new(&k), &src, &dst, &o, f)).unwrap();
+    // At most once by its real path and LINK_ENTRIES (4) times through links each.
+    assert!(summary.done <= 5 * (LEVELS as u64 + 1), "{summary:?}");
+    assert!(summary.done > LEVELS as u64 + 1, "{summary:?}");
+}
+
+/// Review of the tree fixes, #4: ext4 gives a freed inode to the next directory made; one
+/// made during the run in the place of a removed one it walked is not taken for it.
+#[test]
+fn a_reused_inode_is_not_taken_for_a_directory_walked_before() {
+    for _attempt in 0..5 {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        // `a` (empty, walked whole), then `b` (a broken link: its note is made by the walk
+        // itself, in order), then `c`, a link to `new`, made when `b`'s note comes.
+        fs::create_dir_all(src.join("a")).unwrap();
+        std::os::unix::fs::symlink("none", src.join("b")).unwrap();
+        std::os::unix::fs::symlink("new", src.join("c")).unwrap();
+        let old_ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(src.join("a")).unwrap());
+        let reused = Mutex::new(false);
+        let k = keyring();
+        let o = TreeOptions::new().follow_symlinks(true);
+        let dst = tmp.path().join("dst");
+        let (_, r) = collect(|f| {
+            let hook = |r: &FileReport| {
+                if r.relative == Path::new("b") {
+                    fs::remove_dir(src.join("a")).unwrap();
+                    fs::create_dir(src.join("new")).unwrap();
+                    fs::write(src.join("new/f"), b"new").unwrap();
+                    let ino = std::os::unix::fs::MetadataExt::ino(
+                        &fs::metadata(src.join("new")).unwrap(),
+                    );
+                    *reused.lock().unwrap() = ino == old_ino;
+                }
+                f(r);
+            };
+            encrypt_tree(&Encryptor::new(&k), &src, &dst, &o, &hook)
+        })
+        .unwrap();
+        if !*reused.lock().unwrap() {
+            continue; // the file system gave another inode: nothing to test this time
+        }
+        assert_eq!(status(&r, "c/f"), FileStatus::Done);
+        return;
+    }
+    panic!("no attempt reused the inode: the file system under the temporary directory does not");
 }
 
 /// Third review, info: at the end of a run only the directories it made get their source's
@@ -523,4 +642,68 @@ fn a_ciphertext_name_that_strips_to_dot_dot_is_refused() {
         );
     }
     assert_eq!(status(&r, "top.kms"), FileStatus::Done);
+}
+
+/// Review of the tree fixes, #1: the root is made and opened through its parent's
+/// descriptor, and it gets the source root's mode at the end only if no one else can rename
+/// entries in that parent (else what was filled may be a directory of ours renamed into the
+/// name): in a parent others can write (not sticky) or own, it stays 0700 with a note.
+#[test]
+fn the_root_gets_its_mode_only_in_a_parent_others_cannot_rename_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o750)).unwrap();
+    for (uid, m, given) in [
+        (0, 0o755, true),
+        (0, 0o1777, true),
+        (0, 0o777, false),
+        (0, 0o775, false),
+        (OTHER, 0o755, false),
+    ] {
+        let parent = tmp.path().join(format!("parent-{uid}-{m:o}"));
+        fs::create_dir(&parent).unwrap();
+        fs::set_permissions(&parent, fs::Permissions::from_mode(m)).unwrap();
+        chown(&parent, Some(uid), None).unwrap();
+        let dst = parent.join("out");
+        let r = encrypt(&src, &dst, &TreeOptions::new()).unwrap();
+        assert_eq!(status(&r, "f"), FileStatus::Done, "{parent:?}");
+        assert_eq!(mode(&dst), if given { 0o750 } else { 0o700 }, "{parent:?}");
+        let root = r.lock().unwrap().get(Path::new("")).cloned();
+        assert_eq!(
+            root.is_some_and(|n| n.note.unwrap().contains("left owner-only")),
+            !given,
+            "{parent:?}"
+        );
+    }
+}
+
+/// Review of the tree fixes, #5: the manifest records the directories a run makes, so a
+/// resumed run gives those still 0700 (as a killed run leaves them) their source's mode; one
+/// removed and made again since (ext4 may give it the same inode: the birth time tells) is not
+/// the directory made, and is left alone.
+#[test]
+fn a_resumed_run_finishes_the_directories_an_earlier_run_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    for d in ["kept", "remade"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+        fs::write(src.join(d).join("f"), b"data").unwrap();
+        fs::set_permissions(src.join(d), fs::Permissions::from_mode(0o750)).unwrap();
+    }
+    let dst = tmp.path().join("dst");
+    let o = TreeOptions::new().resume(true);
+    let r = encrypt(&src, &dst, &o).unwrap();
+    assert_eq!(status(&r, "kept/f"), FileStatus::Done);
+    // As a run killed before its end leaves them.
+    fs::set_permissions(dst.join("kept"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::remove_dir_all(dst.join("remade")).unwrap();
+    fs::create_dir(dst.join("remade")).unwrap();
+    fs::set_permissions(dst.join("remade"), fs::Permissions::from_mode(0o700)).unwrap();
+    let r = encrypt(&src, &dst, &o).unwrap();
+    assert_eq!(status(&r, "kept/f"), FileStatus::AlreadyDone);
+    assert_eq!(status(&r, "remade/f"), FileStatus::Done);
+    assert_eq!(mode(&dst.join("kept")), 0o750, "made by the earlier run");
+    assert_eq!(mode(&dst.join("remade")), 0o700, "not the directory made");
 }

@@ -54,6 +54,21 @@ pub(crate) fn open_dir(
     Ok((fd, st))
 }
 
+/// A directory's (device, inode, birth time): see [`dir_id`].
+pub(crate) type DirId = (u64, u64, i64, u32);
+
+/// Who a directory is for the walk's "entered already" set: (device, inode) and its birth
+/// time, since ext4 gives a freed inode to the next directory made, which would otherwise
+/// pass for one entered before it was removed. Where the file system keeps no birth time,
+/// (device, inode) alone.
+pub(crate) fn dir_id(fd: impl AsFd, st: &Stat) -> DirId {
+    let born = rustix::fs::statx(fd, c"", AtFlags::EMPTY_PATH, rustix::fs::StatxFlags::BTIME)
+        .ok()
+        .filter(|x| x.stx_mask & rustix::fs::StatxFlags::BTIME.bits() != 0)
+        .map_or((0, 0), |x| (x.stx_btime.tv_sec, x.stx_btime.tv_nsec));
+    (st.st_dev, st.st_ino, born.0, born.1)
+}
+
 /// Opens `name` in `dir` for reading and returns it with its `fstat`, refusing anything but a
 /// regular file: the walk saw a name, but whatever is there now is what counts.
 pub(crate) fn open_regular(

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use rustix::fs::{Mode, OFlags};
 
-use super::fs::Version;
+use super::fs::{DirId, Version};
 use super::Durability;
 use crate::Error;
 
@@ -43,6 +43,9 @@ struct State {
 pub(crate) struct Manifest {
     state: Mutex<State>,
     previous: HashMap<Vec<u8>, Record>,
+    /// The destination directories earlier runs made, by relative path: a resumed run gives
+    /// them their modes and times if they are still the directories made.
+    made_dirs: HashMap<Vec<u8>, DirId>,
     durability: Durability,
     /// The destination root, whose file system a batch syncs under [`Durability::SyncFs`].
     root: OwnedFd,
@@ -52,16 +55,32 @@ fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
 
-fn parse_line(line: &str) -> Option<(Vec<u8>, Record)> {
+/// A line of the manifest: a finished file, or a destination directory a run made.
+enum Line {
+    File(Vec<u8>, Record),
+    Dir(Vec<u8>, DirId),
+}
+
+fn parse_line(line: &str) -> Option<Line> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     let n = |k: &str| v.get(k)?.as_u64();
+    if let Some(dir) = v.get("dir") {
+        let born = v.get("born")?.as_array()?;
+        let id = (
+            n("dev")?,
+            n("ino")?,
+            born.first()?.as_i64()?,
+            u32::try_from(born.get(1)?.as_u64()?).ok()?,
+        );
+        return Some(Line::Dir(b64().decode(dir.as_str()?).ok()?, id));
+    }
     let pair = |k: &str| {
         let a = v.get(k)?.as_array()?;
         Some((a.first()?.as_i64()?, a.get(1)?.as_i64()?))
     };
     let path = b64().decode(v.get("path")?.as_str()?).ok()?;
     let message_id = b64().decode(v.get("message_id")?.as_str()?).ok()?;
-    Some((
+    Some(Line::File(
         path,
         Record {
             source: Version {
@@ -124,13 +143,20 @@ impl Manifest {
             )
         };
         let mut previous = HashMap::new();
+        let mut made_dirs = HashMap::new();
         let file = if resume {
             let file = File::from(open(OFlags::APPEND)?);
             trusted(&file, &shown)?;
             // A line cut short by a crash, or any line that does not parse, only means redo.
             for line in io::BufReader::new(&file).lines() {
-                if let Some((path, record)) = parse_line(&line?) {
-                    previous.insert(path, record);
+                match parse_line(&line?) {
+                    Some(Line::File(path, record)) => {
+                        previous.insert(path, record);
+                    }
+                    Some(Line::Dir(path, id)) => {
+                        made_dirs.insert(path, id);
+                    }
+                    None => {}
                 }
             }
             file
@@ -170,6 +196,7 @@ impl Manifest {
                 since: Instant::now(),
             }),
             previous,
+            made_dirs,
             durability,
             root: root.try_clone()?,
         })
@@ -183,6 +210,28 @@ impl Manifest {
     /// Whether an earlier run recorded anything.
     pub(crate) fn has_previous(&self) -> bool {
         !self.previous.is_empty()
+    }
+
+    /// Whether an earlier run made the destination directory at `path` (relative, as bytes),
+    /// and it is still that directory (`id`: device, inode, birth time).
+    pub(crate) fn made_before(&self, path: &[u8], id: DirId) -> bool {
+        self.made_dirs.get(path) == Some(&id)
+    }
+
+    /// Records a destination directory this run made. Written at once, not held for a batch
+    /// (a deep tree's paths would pile up), and not synced: a lost line only leaves that
+    /// directory 0700 after a crash, and a line that outlives its directory matches nothing.
+    pub(crate) fn add_dir(&self, path: &[u8], id: DirId) -> io::Result<()> {
+        let mut line = serde_json::json!({
+            "dir": b64().encode(path),
+            "dev": id.0,
+            "ino": id.1,
+            "born": [id.2, id.3],
+        })
+        .to_string();
+        line.push('\n');
+        let mut state = self.state.lock().expect("manifest lock");
+        state.file.write_all(line.as_bytes())
     }
 
     /// Records a finished file; written out with its batch.

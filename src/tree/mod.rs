@@ -28,8 +28,9 @@
 //! decrypting, plaintext is 0600 (directories 0700) unless
 //! [`preserve_mode`](TreeOptions::preserve_mode), since the ciphertext's writers choose its
 //! modes. Directories deeper than [`MAX_DEPTH`] are reported failed and not entered. Symbolic links are skipped with a note unless
-//! [`follow_symlinks`](TreeOptions::follow_symlinks) (then each directory is entered once:
-//! reached again, through a cycle or another path, it is skipped with a note); FIFOs, sockets
+//! [`follow_symlinks`](TreeOptions::follow_symlinks) (then a link to a directory above it, or
+//! to one already walked whole, is skipped with a note; a real directory is always walked
+//! under its own path); FIFOs, sockets
 //! and devices are skipped with a note.
 //! [`include`](TreeOptions::include)/[`exclude`](TreeOptions::exclude) globs match the path
 //! relative to the source root (`*` crosses `/` too); an excluded directory is not entered.
@@ -207,8 +208,8 @@ impl TreeOptions {
         self.context_path = Some(key.into());
         self
     }
-    /// Follows symbolic links instead of skipping them; each directory is entered once (a
-    /// second path to it, a cycle included, is skipped with a note).
+    /// Follows symbolic links instead of skipping them; a link to a directory above it (a
+    /// cycle) or already walked whole on another path is skipped with a note.
     pub fn follow_symlinks(mut self, follow: bool) -> Self {
         self.follow_symlinks = follow;
         self
@@ -252,7 +253,9 @@ impl TreeOptions {
     }
     /// A description of the settings the library cannot see (the keys or discovery filter a
     /// keyring was built with): recorded in the manifest, and a resumed run with another
-    /// label redoes every file.
+    /// label redoes every file. For a raw key, put in something that tells the key material
+    /// apart (a keyed fingerprint, never the key): its wrapped keys store only namespace and
+    /// name, so a resumed run under another key of the same name would keep the earlier files.
     pub fn run_label(mut self, label: impl Into<String>) -> Self {
         self.run_label = label.into();
         self

@@ -3,7 +3,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{Read, Seek, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -113,6 +113,79 @@ pub(super) fn resolved(path: &Path) -> std::io::Result<PathBuf> {
     }
 }
 
+/// How the destination root was come by: whether it gets its source's mode and times.
+#[derive(Clone, Copy)]
+pub(super) struct RootMade {
+    /// Made by this run (else there before it: its mode and times are not ours to change,
+    /// unless an earlier run of the manifest made it).
+    made: bool,
+    /// Its parent lets no one but us (or root) rename entries in it. Otherwise what the run
+    /// opened may be a directory of ours renamed into the name, so it is left 0700.
+    parent_closed: bool,
+}
+
+/// Makes (mode 0700) or opens the destination root through its parent's descriptor: its last
+/// component is never followed as a link, even written `link/` (where `O_NOFOLLOW` would look
+/// at nothing), and the directory made is the one opened, unless the parent lets others rename
+/// entries in it, which [`RootMade`] tells.
+fn open_destination_root(destination: &Path) -> Result<(OwnedFd, RootMade), Error> {
+    let shown = destination.display();
+    // `file_name` drops a trailing `/` or `/.`, and is None for `..`, `.` and `/`.
+    let Some(name) = destination.file_name() else {
+        return Err(Error::Misuse(format!(
+            "the destination {shown} does not end in a directory name: name it by its path \
+             (for example ../out rather than . or ..)"
+        )));
+    };
+    let parent = match destination.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let parent_fd = rustix::fs::open(
+        parent,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| {
+        Error::Misuse(format!(
+            "cannot open {}, the directory the destination {shown} is in: {}",
+            parent.display(),
+            fs::errno_text(e)
+        ))
+    })?;
+    let (fd, _, made) = fs::make_dir(parent_fd.as_fd(), name)
+        .map_err(|e| Error::Misuse(format!("{shown}: {e}")))?;
+    // Renamed in between mkdirat and openat, a full directory would be found here.
+    let entries = match made {
+        true => fs::list(&fd).map_err(|e| {
+            Error::Misuse(format!(
+                "cannot list the destination {shown}: {}",
+                fs::io_text(&e)
+            ))
+        })?,
+        false => Vec::new(),
+    };
+    if !entries.is_empty() {
+        return Err(Error::Misuse(format!(
+            "the destination {shown} was made by this run but is not empty when opened: \
+             another directory was renamed into its name; check its parent directory and \
+             who can write to it"
+        )));
+    }
+    let st = rustix::fs::fstat(&parent_fd).map_err(std::io::Error::from)?;
+    let me = rustix::process::geteuid().as_raw();
+    // Sticky: others cannot rename or remove our entries; else they need write access.
+    let parent_closed = (st.st_uid == me || st.st_uid == 0)
+        && (st.st_mode & 0o022 == 0 || st.st_mode & 0o1000 != 0);
+    Ok((
+        fd,
+        RootMade {
+            made,
+            parent_closed,
+        },
+    ))
+}
+
 pub(super) fn run(
     op: Op<'_>,
     source: &Path,
@@ -176,58 +249,13 @@ pub(super) fn run(
             )));
         }
     }
-    let mut created_root = false;
-    let dst_root_fd = if opts.dry_run {
-        None
-    } else {
-        // Owner-only until the run ends and gives it the source root's mode, like every
-        // directory it makes.
-        let made = std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-            .create(destination);
-        match made {
-            Ok(()) => created_root = true,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(Error::Misuse(format!(
-                    "cannot create the destination directory {}: {e}",
-                    destination.display()
-                )))
-            }
+    let (dst_root_fd, root_made) = match opts.dry_run {
+        true => (None, None),
+        false => {
+            let (fd, made) = open_destination_root(destination)?;
+            (Some(fd), Some(made))
         }
-        // Not through a link: one planted at the root would take every output elsewhere.
-        Some(
-            rustix::fs::open(
-                destination,
-                rustix::fs::OFlags::RDONLY
-                    | rustix::fs::OFlags::DIRECTORY
-                    | rustix::fs::OFlags::NOFOLLOW
-                    | rustix::fs::OFlags::CLOEXEC,
-                rustix::fs::Mode::empty(),
-            )
-            .map_err(|e| {
-                // O_NOFOLLOW | O_DIRECTORY fails on a link with ENOTDIR or ELOOP: look.
-                let link = std::fs::symlink_metadata(destination)
-                    .is_ok_and(|m| m.file_type().is_symlink());
-                Error::Misuse(if link {
-                    format!(
-                        "the destination {} is a symbolic link: it is not followed; name the \
-                         directory it points to instead",
-                        destination.display()
-                    )
-                } else {
-                    format!(
-                        "the destination {} is not a directory that can be opened: {}",
-                        destination.display(),
-                        fs::errno_text(e)
-                    )
-                })
-            })?,
-        )
     };
-    if let Some(fd) = &dst_root_fd {
-        fs::trusted_dir(fd)
-            .map_err(|e| Error::Misuse(format!("{}: {e}", destination.display())))?;
-    }
     let dst_root_id = match &dst_root_fd {
         Some(fd) => {
             let st = rustix::fs::fstat(fd).map_err(std::io::Error::from)?;
@@ -251,6 +279,7 @@ pub(super) fn run(
     };
     let label = run_label(op, opts);
     let src_st = rustix::fs::fstat(&src_root_fd).map_err(std::io::Error::from)?;
+    let src_root_id = fs::dir_id(&src_root_fd, &src_st);
     let root = Arc::new(DirPair {
         src: src_root_fd,
         dst: dst_root_fd
@@ -279,8 +308,22 @@ pub(super) fn run(
         },
         dirs: Mutex::new(Vec::new()),
     };
-    if let Some(id) = dst_root_id {
-        let finish = created_root.then(|| (run.dir_mode(&src_st), fs::carried_times(&src_st)));
+    if let (Some(id), Some(fd), Some(how)) = (dst_root_id, &dst_root_fd, root_made) {
+        let st = rustix::fs::fstat(fd).map_err(std::io::Error::from)?;
+        let ours = run.made_dir(Path::new(""), how.made, fs::dir_id(fd, &st));
+        let finish = (ours && how.parent_closed)
+            .then(|| (run.dir_mode(&src_st), fs::carried_times(&src_st)));
+        if ours && !how.parent_closed {
+            run.note(
+                PathBuf::new(),
+                FileStatus::Skipped,
+                "the destination root was made by this run (or the one resumed) but left \
+                 owner-only (0700) with \
+                 its own times: others can rename entries in its parent directory, so the \
+                 directory filled may not be the one made; check it, then `chmod` it"
+                    .into(),
+            );
+        }
         run.dirs.lock().expect("dirs lock").push(DstDir {
             parent: 0,
             name: OsStr::new("").into(),
@@ -294,7 +337,7 @@ pub(super) fn run(
         for _ in 0..opts.jobs {
             s.spawn(|| run.work(&rx));
         }
-        run.walk(root, (src_st.st_dev, src_st.st_ino), &tx);
+        run.walk(root, src_root_id, &tx);
         drop(tx);
     });
     if let Some(fd) = &dst_root_fd {

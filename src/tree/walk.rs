@@ -1,7 +1,7 @@
 //! The walk: a depth-first pass over the source with its own stack, making the destination
 //! directories as it goes, and the end of the run that gives them their modes and times.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -41,13 +41,30 @@ pub(super) struct DstDir {
     pub(super) finish: Option<(rustix::fs::Mode, rustix::fs::Timestamps)>,
 }
 
-/// A directory's (device, inode).
-pub(super) type DirId = (u64, u64);
+pub(super) use super::fs::DirId;
+
+/// How many times one directory may be entered through followed links while each walk of it
+/// has left something out (include/exclude): it is entered again since another path may take
+/// what this one left, but boundedly, so a graph of links stays linear in its size.
+const LINK_ENTRIES: u32 = 4;
+
+/// What the walk knows of a directory it entered through a followed link, or walked whole.
+#[derive(Default)]
+pub(super) struct Seen {
+    /// Walked to the end with nothing left out by include/exclude: another path through a
+    /// link would give nothing more.
+    complete: bool,
+    /// Times entered through a followed link.
+    by_link: u32,
+}
 
 /// A directory being walked and the entries of it not yet seen.
 pub(super) struct Frame {
     pub(super) dir: Arc<DirPair>,
     pub(super) entries: std::vec::IntoIter<(OsString, FileType)>,
+    pub(super) id: DirId,
+    /// Whether include/exclude left out something beneath it on this path.
+    pub(super) filtered: bool,
 }
 
 pub(super) struct Job {
@@ -62,11 +79,13 @@ impl Run<'_> {
     }
 
     /// Lists a directory for the walk, reporting it failed if it cannot be listed.
-    pub(super) fn frame(&self, dir: Arc<DirPair>) -> Option<Frame> {
+    pub(super) fn frame(&self, dir: Arc<DirPair>, id: DirId) -> Option<Frame> {
         match fs::list(&dir.src) {
             Ok(entries) => Some(Frame {
                 dir,
                 entries: entries.into_iter(),
+                id,
+                filtered: false,
             }),
             Err(e) => {
                 let rel = join_rel(&dir.rel, OsStr::new(""));
@@ -79,20 +98,30 @@ impl Run<'_> {
 
     /// Walks the tree depth first with a stack of its own, not the thread's: a tree of any
     /// depth cannot overflow it, and [`MAX_DEPTH`] bounds the directories held open.
-    pub(super) fn walk(&self, root: Arc<DirPair>, root_id: (u64, u64), tx: &SyncSender<Job>) {
-        // The (device, inode) of each directory on the stack, to tell a cycle in a note, and
-        // of every directory entered in the run: through links (or mounts) a graph of a few
-        // directories can have exponentially many paths, so each is entered once.
+    pub(super) fn walk(&self, root: Arc<DirPair>, root_id: DirId, tx: &SyncSender<Job>) {
+        // The id of each directory on the stack, to tell a cycle in a note, and what is
+        // known of the directories entered through links or walked whole: through links (or
+        // mounts) a graph of a few directories can have exponentially many paths, so a link
+        // to a directory walked whole is not followed again. A real directory is always
+        // entered: its outputs are under its own path, whatever a link reached before.
         let mut ancestors = vec![root_id];
-        let mut entered = HashSet::from([root_id]);
-        let mut stack: Vec<Frame> = self.frame(root).into_iter().collect();
+        let mut entered: HashMap<DirId, Seen> = HashMap::new();
+        let mut stack: Vec<Frame> = self.frame(root, root_id).into_iter().collect();
         while let Some(top) = stack.last_mut() {
             if self.stop.load(Ordering::SeqCst) {
                 return;
             }
             let Some((name, t)) = top.entries.next() else {
-                stack.pop();
+                let done = stack.pop().expect("not empty");
                 ancestors.pop();
+                if done.filtered {
+                    // Its parent was not walked whole either on this path.
+                    if let Some(up) = stack.last_mut() {
+                        up.filtered = true;
+                    }
+                } else {
+                    entered.entry(done.id).or_default().complete = true;
+                }
                 continue;
             };
             let dir = top.dir.clone();
@@ -106,6 +135,7 @@ impl Run<'_> {
                 continue;
             }
             if Self::matches(&self.exclude, &rel) {
+                top.filtered = true;
                 continue;
             }
             let (t, follow) = match t {
@@ -128,7 +158,7 @@ impl Run<'_> {
                 FileType::Directory => {
                     let seen = (&ancestors[..], &mut entered);
                     if let Some((child, id)) = self.descend(&dir, name, follow, seen) {
-                        if let Some(frame) = self.frame(child) {
+                        if let Some(frame) = self.frame(child, id) {
                             stack.push(frame);
                             ancestors.push(id);
                         }
@@ -136,6 +166,7 @@ impl Run<'_> {
                 }
                 FileType::RegularFile | FileType::Unknown => {
                     if self.include.is_some() && !Self::matches(&self.include, &rel) {
+                        stack.last_mut().expect("not empty").filtered = true;
                         continue;
                     }
                     let job = Job { dir, name, follow };
@@ -163,7 +194,7 @@ impl Run<'_> {
         parent: &DirPair,
         name: OsString,
         follow: bool,
-        (ancestors, entered): (&[DirId], &mut HashSet<DirId>),
+        (ancestors, entered): (&[DirId], &mut HashMap<DirId, Seen>),
     ) -> Option<(Arc<DirPair>, DirId)> {
         let rel = join_rel(&parent.rel, &name);
         if parent.rel.len() >= MAX_DEPTH {
@@ -187,7 +218,7 @@ impl Run<'_> {
                 return None;
             }
         };
-        let id = (st.st_dev, st.st_ino);
+        let id = fs::dir_id(&fd, &st);
         if ancestors.contains(&id) {
             self.note(
                 rel,
@@ -196,17 +227,33 @@ impl Run<'_> {
             );
             return None;
         }
-        if !entered.insert(id) {
-            self.note(
-                rel,
-                FileStatus::Skipped,
-                "a directory already entered on another path (links or mounts reach it \
-                 twice): not entered again"
-                    .into(),
-            );
-            return None;
+        if follow {
+            let seen = entered.entry(id).or_default();
+            if seen.complete {
+                self.note(
+                    rel,
+                    FileStatus::Skipped,
+                    "a link to a directory already walked whole on another path: not entered \
+                     again"
+                        .into(),
+                );
+                return None;
+            }
+            if seen.by_link >= LINK_ENTRIES {
+                self.note(
+                    rel,
+                    FileStatus::Skipped,
+                    format!(
+                        "a link to a directory already entered {LINK_ENTRIES} times through \
+                         links, each time with files left out by include/exclude: not entered \
+                         again; name it as a source of its own if its files are wanted here"
+                    ),
+                );
+                return None;
+            }
+            seen.by_link += 1;
         }
-        if Some(id) == self.dst_root_id {
+        if Some((st.st_dev, st.st_ino)) == self.dst_root_id {
             self.note(
                 rel,
                 FileStatus::Skipped,
@@ -217,6 +264,7 @@ impl Run<'_> {
         let mut index = 0;
         let dst = parent.dst.as_ref().map(|d| match d {
             Ok(p) => fs::make_dir(p.as_fd(), &name).map(|(dst, dst_st, made)| {
+                let made = self.made_dir(&rel, made, fs::dir_id(&dst, &dst_st));
                 let mut dirs = self.dirs.lock().expect("dirs lock");
                 index = dirs.len();
                 dirs.push(DstDir {
@@ -238,6 +286,25 @@ impl Run<'_> {
             rel: comps,
         });
         Some((child, id))
+    }
+
+    /// Whether the destination directory at `rel` (`id`) is ours to finish: made by this run
+    /// (then recorded in the manifest, so that a resumed run finishes it if this one is cut
+    /// short), or by an earlier run of the manifest and still the same directory.
+    pub(super) fn made_dir(&self, rel: &Path, made: bool, id: DirId) -> bool {
+        let Some(m) = &self.manifest else {
+            return made;
+        };
+        let path = rel.as_os_str().as_bytes();
+        if !made {
+            return m.made_before(path, id);
+        }
+        if let Err(e) = m.add_dir(path, id) {
+            // Only a resumed run would miss it: it would leave the directory 0700.
+            let why = format!("the manifest could not record the directory: {e}");
+            self.note(rel.to_path_buf(), FileStatus::Failed, why);
+        }
+        true
     }
 
     pub(super) fn dir_mode(&self, st: &Stat) -> rustix::fs::Mode {

@@ -77,11 +77,12 @@ pub fn slow_data_keys() -> Proxy {
     })
 }
 
-/// Kills `child` with SIGKILL once `manifest` holds a batch: after output has started, before
-/// the end (it fails the test if the run ends first or writes no batch within a minute).
+/// Kills `child` with SIGKILL once `manifest` holds a batch of files (lines with a message ID,
+/// not only the directory lines written as directories are made): after output has started,
+/// before the end (it fails the test if the run ends first or writes no batch within a minute).
 pub fn kill_after_first_batch(mut child: Child, manifest: &Path) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while fs::metadata(manifest).map_or(true, |m| m.len() == 0) {
+    while !fs::read_to_string(manifest).is_ok_and(|m| m.contains("\"message_id\"")) {
         assert!(Instant::now() < deadline, "no manifest batch was written");
         assert!(
             child.try_wait().unwrap().is_none(),

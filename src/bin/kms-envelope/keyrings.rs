@@ -8,8 +8,10 @@ use kms_envelope::{Keyring, MultiKeyring, RawAesKeyring};
 
 use crate::args::{strip_file_uri, AwsArgs, KeyArgs};
 use crate::exit::{failure, io_failure, usage, Failure};
+use crate::files::inspect::hex;
 
-fn raw_aes_keyring(spec: &str) -> Result<RawAesKeyring, Failure> {
+/// The namespace, name and key of a `NAMESPACE:NAME:FILE` raw AES key argument.
+fn read_raw_key(spec: &str) -> Result<(&str, &str, zeroize::Zeroizing<Vec<u8>>), Failure> {
     let mut parts = spec.splitn(3, ':');
     let (Some(ns), Some(name), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(usage(format!(
@@ -27,7 +29,31 @@ fn raw_aes_keyring(spec: &str) -> Result<RawAesKeyring, Failure> {
             key.len()
         )));
     }
+    Ok((ns, name, key))
+}
+
+fn raw_aes_keyring(spec: &str) -> Result<RawAesKeyring, Failure> {
+    let (ns, name, key) = read_raw_key(spec)?;
     RawAesKeyring::new(ns, name, &key).map_err(|e| usage(format!("--raw-aes-key {ns}:{name}: {e}")))
+}
+
+/// `NAMESPACE:NAME:FINGERPRINT` of each raw AES key, for a resume label: the key file's path
+/// says nothing of the key in it, and the stored wrapped keys show only namespace and name.
+/// The fingerprint is 16 bytes of HMAC-SHA-256 under the key of a fixed string, which tells
+/// keys apart without revealing anything of them.
+pub fn raw_key_fingerprints(keys: &KeyArgs) -> Result<Vec<String>, Failure> {
+    use aws_lc_rs::hmac;
+    keys.raw_aes_keys
+        .iter()
+        .map(|spec| {
+            let (ns, name, key) = read_raw_key(spec)?;
+            let tag = hmac::sign(
+                &hmac::Key::new(hmac::HMAC_SHA256, &key),
+                b"kms-envelope resume label: raw AES key fingerprint v1",
+            );
+            Ok(format!("{ns}:{name}:{}", hex(&tag.as_ref()[..16])))
+        })
+        .collect()
 }
 
 /// What the KMS keys of a keyring do.

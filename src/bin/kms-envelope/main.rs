@@ -79,20 +79,7 @@ enum Command {
     Key(KeyCommand),
 }
 
-/// Raises the soft limit on open files to the hard one: a tree run holds a few descriptors per
-/// file in flight and two per directory level, and the common soft limit (1024) is too low for
-/// `--jobs 128` in a deep tree. Failing to raise it is harmless (an error then says what to do).
-fn raise_open_file_limit() {
-    use rustix::process::{getrlimit, setrlimit, Resource};
-    let mut limit = getrlimit(Resource::Nofile);
-    if limit.current != limit.maximum {
-        limit.current = limit.maximum;
-        let _ = setrlimit(Resource::Nofile, limit);
-    }
-}
-
 fn main() -> ExitCode {
-    raise_open_file_limit();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // Help and version go to stdout as clap writes them.

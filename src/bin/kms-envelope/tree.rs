@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Args;
 use kms_envelope::tree::{
     caching_keyring, decrypt_tree, encrypt_tree, Durability, FileReport, FileStatus, TreeOptions,
-    TreeSummary,
+    TreeSummary, DEFAULT_JOBS, MAX_DEPTH,
 };
 use kms_envelope::CacheLimits;
 use kms_envelope::{CommitmentPolicy, Decryptor, EncryptionContext, Keyring};
@@ -21,6 +21,7 @@ use crate::exit::{failure, io_error, io_failure, usage, Code, Failure};
 use crate::files::decrypt::DecryptArgs;
 use crate::files::encrypt::{encryptor, EncryptArgs};
 use crate::files::inspect::hex;
+use crate::keyrings::raw_key_fingerprints;
 use crate::term::line_to_stderr;
 
 /// The tree flags shared by `encrypt` and `decrypt`.
@@ -64,8 +65,8 @@ pub(crate) struct TreeArgs {
     /// moved or swapped within the tree fail (docs/TREES.md says what it does not stop).
     #[arg(long, value_name = "KEY", requires = "recursive")]
     context_path: Option<String>,
-    /// With -r: follow symbolic links (each directory is entered once: a cycle or a second
-    /// path to it is skipped with a note). Only in trees whose writers you trust: a link may
+    /// With -r: follow symbolic links (a link that makes a cycle, or to a directory already
+    /// walked whole, is skipped with a note). Only in trees whose writers you trust: a link may
     /// name any file you can read.
     #[arg(long, requires = "recursive")]
     follow_symlinks: bool,
@@ -371,6 +372,24 @@ fn with_cache(t: &TreeArgs, keyring: Arc<dyn Keyring>) -> Result<Arc<dyn Keyring
     })
 }
 
+/// Raises the soft limit on open files as far as a tree run of `jobs` may need, within the
+/// hard limit (never lowering it): each file in flight holds its source, its output, a
+/// connection and the directories of its queued successors, and the walk two descriptors per
+/// level, so the common soft limit (1024) is too low for `--jobs 128` in a deep tree. Only
+/// `-r` runs raise it, since children (a `credential_process`) inherit it. Failing to raise
+/// it is harmless: the files that run out say what to do.
+fn raise_open_file_limit(jobs: Option<u16>) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let jobs = jobs.map_or(DEFAULT_JOBS, usize::from) as u64;
+    let needed = 2 * MAX_DEPTH as u64 + 9 * jobs + 64;
+    let mut limit = getrlimit(Resource::Nofile);
+    let want = limit.maximum.map_or(needed, |max| needed.min(max));
+    if limit.current.is_some_and(|current| current < want) {
+        limit.current = Some(want);
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+}
+
 /// `encrypt -r`: the keyring and context are the single-file command's.
 pub(crate) fn encrypt(
     aws: &AwsArgs,
@@ -380,6 +399,7 @@ pub(crate) fn encrypt(
 ) -> Result<(), Failure> {
     let (input, out) = (&a.common.input.path, &a.common.out);
     check_paths(input, &out.output)?;
+    raise_open_file_limit(a.tree.jobs);
     if a.threads.is_some() {
         return Err(usage(
             "--threads is per file: -r chooses threads itself (see --jobs)",
@@ -404,7 +424,8 @@ pub(crate) fn encrypt(
     };
     let label = format!(
         "keys={:?} raw={:?} cache={cache}",
-        keys.keys, keys.raw_aes_keys
+        keys.keys,
+        raw_key_fingerprints(keys)?
     );
     let opts = t.options(out.force, out.no_fsync, label);
     let sink = Sink::new(aws, t, out.force, [input.as_path(), out.output.as_path()])?;
@@ -423,6 +444,7 @@ pub(crate) fn decrypt(
 ) -> Result<(), Failure> {
     let (input, out) = (&a.common.input.path, &a.common.out);
     check_paths(input, &out.output)?;
+    raise_open_file_limit(a.tree.jobs);
     if a.range.is_some() || a.threads.is_some() {
         return Err(usage("--range and --threads are per file: not with -r"));
     }
@@ -437,7 +459,7 @@ pub(crate) fn decrypt(
     let label = format!(
         "keys={:?} raw={:?} discovery={} any={} accounts={:?} partition={}",
         keys.keys,
-        keys.raw_aes_keys,
+        raw_key_fingerprints(keys)?,
         a.discovery,
         a.discovery_any_account,
         a.accounts.accounts,
