@@ -5,5 +5,6 @@
 mod device;
 #[allow(dead_code)] // used by the volume code that lands next
 mod disk;
+pub mod nbd;
 
 pub use device::BlockDevice;
