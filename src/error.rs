@@ -67,6 +67,100 @@ pub enum Error {
     Crypto(&'static str),
     /// Reading or writing failed.
     Io(std::io::Error),
+    /// An encrypted volume refused a request or failed a check (see [`VolumeError`]).
+    #[cfg(feature = "volume")]
+    Volume(VolumeError),
+}
+
+/// What went wrong with an encrypted volume ([`crate::volume::Volume`]).
+#[cfg(feature = "volume")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VolumeError {
+    /// A block did not authenticate (altered, moved, rolled to another generation, or its
+    /// metadata entry is missing): its read fails, never with wrong bytes or zeros.
+    BadBlock {
+        /// The block's index.
+        index: u64,
+    },
+    /// Another process (or another open in this one) holds the image.
+    Locked,
+    /// The image is not a volume of this format, or its header is malformed.
+    Malformed(String),
+    /// A key unwrapped the volume key but neither header copy authenticates under it.
+    HeaderInvalid,
+    /// The write generation has sealed as many blocks as its AEAD's bound allows.
+    SealBudget {
+        /// The generation that is used up.
+        gen: u32,
+    },
+    /// A request reaches past the end of the volume.
+    OutOfRange {
+        /// The request's offset.
+        offset: u64,
+        /// The request's length.
+        len: u64,
+        /// The volume's size.
+        size: u64,
+    },
+    /// An earlier write or flush failed, so what is durable is unknown until recovery runs.
+    Failed,
+    /// Removing these key slots would leave none.
+    LastKeySlot,
+    /// No key slot matches the key to remove.
+    NoSuchKeySlot,
+    /// A rekey is in progress, and this operation needs it finished.
+    RekeyInProgress,
+}
+
+#[cfg(feature = "volume")]
+impl std::fmt::Display for VolumeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VolumeError::BadBlock { index } => write!(
+                f,
+                "volume block {index} failed to authenticate (altered, moved, rolled back across \
+                 a rekey, or its metadata is missing): restore the volume from a snapshot; \
+                 `volume check` lists every bad block"
+            ),
+            VolumeError::Locked => f.write_str(
+                "the volume image is locked by another process or open: is `volume serve` \
+                 running? Stop it, or use that server",
+            ),
+            VolumeError::Malformed(why) => write!(
+                f,
+                "not a kms-envelope volume, or its header is corrupted ({why})"
+            ),
+            VolumeError::HeaderInvalid => f.write_str(
+                "the volume header does not authenticate under the unwrapped volume key: the \
+                 header was altered; restore the volume from a snapshot",
+            ),
+            VolumeError::SealBudget { gen } => write!(
+                f,
+                "key generation {gen} of this volume has sealed as many blocks as its AEAD \
+                 allows: run `volume rekey` (Volume::rekey) before writing more"
+            ),
+            VolumeError::OutOfRange { offset, len, size } => write!(
+                f,
+                "{len} bytes at offset {offset} reach past the end of the {size}-byte volume"
+            ),
+            VolumeError::Failed => f.write_str(
+                "an earlier write or flush of this volume failed: close and reopen it (recovery \
+                 runs at open) before using it again",
+            ),
+            VolumeError::LastKeySlot => f.write_str(
+                "that would remove the volume's last key slot and lock every key out: add \
+                 another key first (add-key)",
+            ),
+            VolumeError::NoSuchKeySlot => {
+                f.write_str("no key slot of the volume matches the key given to remove")
+            }
+            VolumeError::RekeyInProgress => f.write_str(
+                "a rekey of this volume is in progress: finish it first (run `volume rekey` \
+                 again; it resumes)",
+            ),
+        }
+    }
 }
 
 impl std::fmt::Display for Error {
@@ -137,6 +231,8 @@ impl std::fmt::Display for Error {
             Error::Misuse(msg) => f.write_str(msg),
             Error::Crypto(msg) => write!(f, "cryptographic failure: {msg}"),
             Error::Io(e) => write!(f, "I/O error: {e}"),
+            #[cfg(feature = "volume")]
+            Error::Volume(e) => e.fmt(f),
         }
     }
 }
@@ -275,6 +371,19 @@ impl Error {
             Error::Misuse(_) => ErrorKind::Misuse,
             Error::Crypto(_) => ErrorKind::Crypto,
             Error::Io(_) => ErrorKind::Io,
+            #[cfg(feature = "volume")]
+            Error::Volume(e) => match e {
+                VolumeError::BadBlock { .. } | VolumeError::HeaderInvalid => {
+                    ErrorKind::Authentication
+                }
+                VolumeError::Malformed(_) => ErrorKind::Format,
+                VolumeError::SealBudget { .. } => ErrorKind::Limit,
+                VolumeError::Locked | VolumeError::Failed => ErrorKind::Io,
+                VolumeError::OutOfRange { .. }
+                | VolumeError::LastKeySlot
+                | VolumeError::NoSuchKeySlot
+                | VolumeError::RekeyInProgress => ErrorKind::Misuse,
+            },
         }
     }
 
@@ -328,6 +437,16 @@ impl From<Error> for std::io::Error {
             Error::Io(inner) => return std::io::Error::new(inner.kind(), e),
             Error::Format(FormatError::Truncated) => ErrorKind::UnexpectedEof,
             Error::Misuse(_) => ErrorKind::InvalidInput,
+            #[cfg(feature = "volume")]
+            Error::Volume(v) => match v {
+                VolumeError::BadBlock { .. }
+                | VolumeError::HeaderInvalid
+                | VolumeError::Malformed(_) => ErrorKind::InvalidData,
+                VolumeError::OutOfRange { .. } => ErrorKind::InvalidInput,
+                VolumeError::Locked => ErrorKind::WouldBlock,
+                VolumeError::SealBudget { .. } => ErrorKind::QuotaExceeded,
+                _ => ErrorKind::Other,
+            },
             // A limit is met by the data (a header, frame or message too large for the
             // settings), as tampering is: the caller may raise the limit if it trusts the data.
             Error::Limit { .. } => ErrorKind::InvalidData,

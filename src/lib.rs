@@ -63,6 +63,8 @@ pub mod tree;
 pub mod volume;
 
 pub use crypto::AeadBackend;
+#[cfg(feature = "volume")]
+pub use error::VolumeError;
 pub use error::{Error, ErrorKind, Limit, Result};
 pub use format::{AlgorithmSuite, CommitmentPolicy, EncryptionContext, HeaderLimits};
 #[cfg(feature = "kms")]

@@ -2,7 +2,9 @@
 //! one small type with two implementations (aws-lc-rs, and RustCrypto `aes-gcm` with the
 //! `rustcrypto` feature).
 
-use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_192_GCM, AES_256_GCM};
+use aws_lc_rs::aead::{
+    Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_192_GCM, AES_256_GCM, AES_256_GCM_SIV,
+};
 
 use crate::format::{IV_LEN, TAG_LEN};
 
@@ -75,7 +77,19 @@ impl AeadKey {
         Ok(AeadKey {
             inner,
             #[cfg(feature = "nonce-guard")]
-            fingerprint: guard::fingerprint(key),
+            fingerprint: guard::fingerprint(b"AES-GCM", key),
+        })
+    }
+
+    /// An AES-256-GCM-SIV key (RFC 8452; aws-lc-rs), for volume blocks sealed under random
+    /// nonces: a repeated nonce there reveals only that two blocks were equal, never the key.
+    /// `key` must be 32 bytes. Sealed and opened by the same calls as the GCM keys.
+    pub(crate) fn new_gcm_siv(key: &[u8]) -> Result<Self, AeadError> {
+        let unbound = UnboundKey::new(&AES_256_GCM_SIV, key).map_err(|_| AeadError)?;
+        Ok(AeadKey {
+            inner: Inner::AwsLc(LessSafeKey::new(unbound)),
+            #[cfg(feature = "nonce-guard")]
+            fingerprint: guard::fingerprint(b"AES-GCM-SIV", key),
         })
     }
 
@@ -168,6 +182,22 @@ impl AeadKey {
             return Err(AeadError);
         }
         let (ct, tag) = sealed.split_at(out.len());
+        self.open_detached(iv, aad, ct, tag, out)
+    }
+
+    /// Decrypts `ct` with its separate 16-byte `tag` into `out` (as long as `ct`). On failure
+    /// `out` is zeroed, as by [`AeadKey::open_into`].
+    pub(crate) fn open_detached(
+        &self,
+        iv: &[u8; IV_LEN],
+        aad: &[u8],
+        ct: &[u8],
+        tag: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), AeadError> {
+        if ct.len() != out.len() || tag.len() != TAG_LEN {
+            return Err(AeadError);
+        }
         self.before_open(iv);
         let result = match &self.inner {
             Inner::AwsLc(key) => key
@@ -251,10 +281,10 @@ mod guard {
 
     static SEEN: LazyLock<Mutex<Pairs>> = LazyLock::new(Mutex::default);
 
-    pub(super) fn fingerprint(key: &[u8]) -> Fingerprint {
+    pub(super) fn fingerprint(algorithm: &[u8], key: &[u8]) -> Fingerprint {
         let mut mac = hmac::Context::with_key(&SECRET);
-        // The key length names the algorithm: AES-128-GCM, AES-192-GCM or AES-256-GCM.
-        mac.update(b"AES-GCM");
+        // With the key length, names the algorithm: AES-128/192/256-GCM or AES-256-GCM-SIV.
+        mac.update(algorithm);
         mac.update(&[key.len() as u8]);
         mac.update(key);
         mac.sign().as_ref()[..16]

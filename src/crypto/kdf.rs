@@ -76,6 +76,17 @@ pub(crate) fn derive(suite: AlgorithmSuite, data_key: &[u8], message_id: &[u8]) 
     }
 }
 
+/// HKDF-SHA-256 of `ikm` with `salt` and `info`, 32 bytes (the volume's block, header and
+/// journal keys).
+#[cfg(feature = "volume")]
+pub(crate) fn hkdf_sha256(ikm: &[u8], salt: &[u8], info: &[u8]) -> Zeroizing<[u8; 32]> {
+    let mut out = Zeroizing::new([0u8; 32]);
+    extract::<Sha256>(Some(salt), ikm)
+        .expand(info, &mut *out)
+        .expect("short HKDF output");
+    out
+}
+
 /// Compares two commitments in constant time.
 pub(crate) fn commitment_matches(a: &[u8; COMMITMENT_LEN], b: &[u8; COMMITMENT_LEN]) -> bool {
     a.ct_eq(b).into()

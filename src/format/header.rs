@@ -24,6 +24,38 @@ pub struct EncryptedDataKey {
     pub ciphertext: Vec<u8>,
 }
 
+impl EncryptedDataKey {
+    /// Appends the wire encoding: provider ID, provider info and ciphertext, each with a `u16`
+    /// length (also the volume header's key-slot encoding).
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) -> Result<(), FormatError> {
+        for field in [
+            self.provider_id.as_bytes(),
+            &self.provider_info,
+            &self.ciphertext,
+        ] {
+            if field.len() > u16::MAX as usize {
+                return Err(FormatError::DataKeyFieldTooLarge);
+            }
+            put_vec16(out, field);
+        }
+        Ok(())
+    }
+
+    /// Reads one wrapped key in the wire encoding.
+    pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self, FormatError> {
+        let provider_id = std::str::from_utf8(r.vec16()?)
+            .map_err(|_| FormatError::BadProviderId)?
+            .to_owned();
+        let provider_info = r.vec16()?.to_vec();
+        let ciphertext = r.vec16()?.to_vec();
+        Ok(EncryptedDataKey {
+            provider_id,
+            provider_info,
+            ciphertext,
+        })
+    }
+}
+
 /// How the body is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContentType {
@@ -113,16 +145,7 @@ impl HeaderBody {
         })?;
         out.extend_from_slice(&count.to_be_bytes());
         for edk in &self.encrypted_data_keys {
-            for field in [
-                edk.provider_id.as_bytes(),
-                &edk.provider_info,
-                &edk.ciphertext,
-            ] {
-                if field.len() > u16::MAX as usize {
-                    return Err(FormatError::DataKeyFieldTooLarge.into());
-                }
-                put_vec16(out, field);
-            }
+            edk.encode(out)?;
         }
         out.push(self.content_type.byte());
         if !v2 {
@@ -168,16 +191,7 @@ impl HeaderBody {
         }
         let mut encrypted_data_keys = Vec::with_capacity(count as usize);
         for _ in 0..count {
-            let provider_id = std::str::from_utf8(r.vec16()?)
-                .map_err(|_| FormatError::BadProviderId)?
-                .to_owned();
-            let provider_info = r.vec16()?.to_vec();
-            let ciphertext = r.vec16()?.to_vec();
-            encrypted_data_keys.push(EncryptedDataKey {
-                provider_id,
-                provider_info,
-                ciphertext,
-            });
+            encrypted_data_keys.push(EncryptedDataKey::read(r)?);
         }
         let content_type = match r.u8()? {
             1 => ContentType::NonFramed,

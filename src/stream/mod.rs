@@ -16,7 +16,7 @@ mod options;
 mod rewrap;
 mod seek;
 mod sync;
-mod workers;
+pub(crate) mod workers;
 
 #[cfg(feature = "tokio")]
 pub use async_io::{AsyncDecryptingReader, AsyncEncryptingWriter};
