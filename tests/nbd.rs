@@ -37,6 +37,7 @@ struct FileDevice {
     events: Mutex<Vec<Event>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    calls: AtomicUsize,
 }
 
 const BLOCK: u64 = 4096;
@@ -61,6 +62,7 @@ impl FileDevice {
             events: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
+            calls: AtomicUsize::new(0),
         }
     }
 
@@ -73,6 +75,7 @@ impl FileDevice {
     }
 
     fn enter(&self) -> InFlight<'_> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
         if !self.delay.is_zero() {
@@ -792,7 +795,9 @@ fn hostile_clients_get_errors_or_a_disconnect_and_the_server_keeps_serving() {
     assert_eq!(flags, 0b110_1101);
     assert_eq!(sizes, [1, 4096, 32 << 20]);
 
-    // Transmission: error replies keep the connection.
+    // Transmission: error replies keep the connection, and invalid requests never reach the
+    // device (the server checks ranges itself, overflow included).
+    let calls = device.calls.load(Ordering::SeqCst);
     send_request(&mut s, 0, 0, 1, 0, u32::MAX, &[]); // READ longer than the maximum
     assert_eq!(read_reply(&mut s, 0), (22, 1));
     send_request(&mut s, 0, 0, 2, u64::MAX - 100, 4096, &[]); // offset + length overflows
@@ -809,6 +814,7 @@ fn hostile_clients_get_errors_or_a_disconnect_and_the_server_keeps_serving() {
     assert_eq!(read_reply(&mut s, 0), (22, 7));
     send_request(&mut s, 0, 4, 8, u64::MAX, 1, &[]); // TRIM overflowing
     assert_eq!(read_reply(&mut s, 0), (22, 8));
+    assert_eq!(device.calls.load(Ordering::SeqCst), calls);
     send_request(&mut s, 0, 1, 9, 512, 4, b"good"); // and a good write still works
     assert_eq!(read_reply(&mut s, 0), (0, 9));
     send_request(&mut s, 0, 0, 10, 512, 4, &[]);
