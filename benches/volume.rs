@@ -1,18 +1,18 @@
 //! Volumes against the unencrypted baseline, in one run: random 4 KiB reads and writes on 1 and
 //! 2 threads, sequential 1 MiB reads and writes, each beside `pread`/`pwrite` of a raw file of
 //! the same size with the same durability (a flush at the same points: after each batch of
-//! random writes, after each sequential pass); and the block AEADs' own 4 KiB seal rate.
+//! random writes, after each sequential pass). The block AEADs' own 4 KiB seal rate is
+//! `benches/volume_aead.rs`.
 //!
 //! `cargo bench --bench volume` (short settings: 10 samples, 2 s each). Groups:
-//! `volume/random-4k-{read,write}/{ours,raw}/{1,2}`, `volume/seq-1m-{read,write}/{ours,raw}`,
-//! `volume/seal-4k/{gcm-siv,gcm}`. Ratio = ours / raw of the medians, same run.
+//! `volume/random-4k-{read,write}/{ours,raw}/{1,2}`, `volume/seq-1m-{read,write}/{ours,raw}`.
+//! Ratio = ours / raw of the medians, same run.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
-use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, AES_256_GCM_SIV};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kms_envelope::volume::{Volume, VolumeOptions};
 use kms_envelope::RawAesKeyring;
@@ -180,27 +180,6 @@ fn bench(c: &mut Criterion) {
     }
     g.finish();
 
-    let mut g = c.benchmark_group("volume/seal-4k");
-    g.throughput(Throughput::Bytes(BLOCK as u64));
-    for (name, alg) in [("gcm-siv", &AES_256_GCM_SIV), ("gcm", &AES_256_GCM)] {
-        let key = LessSafeKey::new(UnboundKey::new(alg, &[7u8; 32]).unwrap());
-        let mut buf = random_data(BLOCK);
-        let aad = [0u8; 53];
-        g.bench_function(name, |b| {
-            b.iter(|| {
-                // A fresh random nonce per seal, as the volume does.
-                let mut n = [0u8; 12];
-                getrandom::fill(&mut n).unwrap();
-                key.seal_in_place_separate_tag(
-                    Nonce::assume_unique_for_key(n),
-                    Aad::from(&aad),
-                    &mut buf,
-                )
-                .unwrap()
-            })
-        });
-    }
-    g.finish();
     volume.close().unwrap();
 }
 

@@ -415,3 +415,34 @@ fn a_volume_under_a_kms_key_round_trips_and_refuses_another_key() {
         .unwrap();
     assert!(Volume::open(&path, &third).is_err());
 }
+
+#[test]
+fn bad_options_and_files_that_are_not_volumes_get_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v");
+    for (size, bs) in [
+        (0u64, 4096u32),
+        (4097, 4096),
+        (1 << 20, 3000),
+        (1 << 20, 256),
+    ] {
+        let options = VolumeOptions::default().block_size(bs);
+        let err = Volume::create(&path, size, &ring("k"), options).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Misuse, "{size} {bs}: {err:?}");
+        assert!(!path.exists(), "nothing left behind");
+    }
+    std::fs::write(&path, vec![0x42u8; 300_000]).unwrap();
+    let err = Volume::info(&path).unwrap_err();
+    assert!(
+        matches!(err, Error::Volume(VolumeError::Malformed(_))),
+        "{err:?}"
+    );
+    let err = Volume::open(&path, &ring("k")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Format, "{err:?}");
+    std::fs::write(&path, b"KEVOLUM1\x00\x07").unwrap();
+    let err = Volume::info(&path).unwrap_err();
+    assert!(
+        err.to_string().contains("not a kms-envelope volume"),
+        "{err}"
+    );
+}

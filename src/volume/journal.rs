@@ -89,9 +89,9 @@ impl Journal {
     }
 }
 
-/// Checkpoint: (1) sync the slots, (2) write and sync the superblock (the commit point),
-/// (3) write each block's latest version home and sync, (4) start the next epoch. No writer
-/// may run meanwhile (the caller holds the gate exclusively).
+/// Checkpoint: (0) write the epoch's slots from memory, (1) sync them, (2) write and sync the
+/// superblock (the commit point), (3) write each block's latest version home and sync, (4) start
+/// the next epoch. No writer may run meanwhile (the caller holds the gate exclusively).
 pub(crate) fn checkpoint(
     journal: &mut Journal,
     disk: &dyn Disk,
@@ -102,6 +102,36 @@ pub(crate) fn checkpoint(
     if journal.is_empty() {
         return Ok(());
     }
+    let bs = layout.block_size as usize;
+    // 0. The epoch's slots, from memory: each index's latest data (older versions are never
+    // recovered) in runs of consecutive slots, and every record.
+    let mut by_slot: Vec<&Pending> = journal
+        .map
+        .values()
+        .filter(|p| p.sealed.is_some())
+        .collect();
+    by_slot.sort_unstable_by_key(|p| p.slot);
+    let mut run: Vec<u8> = Vec::new();
+    let mut run_start = 0u32;
+    for p in by_slot {
+        let contiguous = !run.is_empty() && run_start as usize + run.len() / bs == p.slot as usize;
+        if !contiguous || run.len() + bs > APPLY_RUN {
+            if !run.is_empty() {
+                disk.write_at(&run, layout.slot_data_offset(run_start))?;
+            }
+            run.clear();
+            run_start = p.slot;
+        }
+        run.extend_from_slice(p.sealed(bs));
+    }
+    if !run.is_empty() {
+        disk.write_at(&run, layout.slot_data_offset(run_start))?;
+    }
+    disk.write_at(
+        journal.records[..journal.next as usize].as_flattened(),
+        layout.record_offset(0),
+    )?;
+    // 1. Slots durable.
     disk.sync()?;
     let mut digest = Sha256::new();
     for r in &journal.records[..journal.next as usize] {
@@ -119,7 +149,6 @@ pub(crate) fn checkpoint(
         layout.superblock_offset((journal.epoch % 2) as usize),
     )?;
     disk.sync()?;
-    let bs = layout.block_size as usize;
     let mut latest: Vec<(u64, Entry, &[u8])> = journal
         .map
         .iter()

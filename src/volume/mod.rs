@@ -879,64 +879,36 @@ impl Volume {
             .into_iter()
             .map(|j| (j.index, j.entry.expect("sealed"), j.plain.is_some()))
             .collect();
-        let (slot, epoch) = {
-            let mut j = lock(&self.journal);
-            match j.take(n as u32) {
-                Some(s) => (s, j.epoch),
-                None => return Err(Retry::JournalFull),
-            }
+        let slot = match lock(&self.journal).take(n as u32) {
+            Some(s) => s,
+            None => return Err(Retry::JournalFull),
         };
         let sealed: Arc<[u8]> = sealed.into();
-        // Slots are contiguous: data blocks take the first ones in order so that their sealed
-        // bytes go out in one write; records in another.
-        let mut pendings = Vec::with_capacity(count);
-        let mut records = Vec::with_capacity(count * layout::RECORD_LEN);
+        // Contiguous slots, data blocks first. Nothing is written yet: the checkpoint writes the
+        // epoch's slots from memory (an epoch not committed is never recovered, so writing them
+        // earlier would make no write survive a crash that does not survive now).
         let (mut data_slot, mut zero_slot) = (slot, slot + data_count as u32);
         let mut data_at = 0;
-        let mut ordered: Vec<(u32, u64, Pending)> = Vec::with_capacity(count);
+        let mut pendings = Vec::with_capacity(count);
         for (index, entry, is_data) in done {
             let p = if is_data {
-                let p = Pending {
-                    slot: data_slot,
-                    entry,
-                    sealed: Some((sealed.clone(), data_at)),
-                };
                 data_slot += 1;
                 data_at += bs;
-                p
+                Pending {
+                    slot: data_slot - 1,
+                    entry,
+                    sealed: Some((sealed.clone(), data_at - bs)),
+                }
             } else {
-                let p = Pending {
-                    slot: zero_slot,
+                zero_slot += 1;
+                Pending {
+                    slot: zero_slot - 1,
                     entry,
                     sealed: None,
-                };
-                zero_slot += 1;
-                p
-            };
-            ordered.push((p.slot, index, p));
-        }
-        ordered.sort_unstable_by_key(|(s, _, _)| *s);
-        for (_, index, p) in &ordered {
-            records.extend_from_slice(
-                &layout::Record {
-                    index: *index,
-                    entry: p.entry,
-                    epoch,
                 }
-                .encode(),
-            );
+            };
+            pendings.push((index, p));
         }
-        pendings.extend(ordered.into_iter().map(|(_, i, p)| (i, p)));
-        let io = (|| -> Result<()> {
-            if data_count > 0 {
-                self.disk
-                    .write_at(&sealed, self.layout.slot_data_offset(slot))?;
-            }
-            self.disk
-                .write_at(&records, self.layout.record_offset(slot))?;
-            Ok(())
-        })();
-        self.or_fail(io)?;
         let mut j = lock(&self.journal);
         for (index, p) in pendings {
             j.publish(index, p);
@@ -1524,8 +1496,9 @@ pub(crate) mod tests {
         v.write_at(&[1; 4096], 5 * 4096).unwrap();
         v.write_at(&[2; 4096], 5 * 4096).unwrap();
         v.write_at(&[3; 4096], 6 * 4096).unwrap();
-        // The checkpoint writes the superblock, then fails before anything reaches home.
-        disk.fail_after(1);
+        // The checkpoint writes the slots (one run), the records and the superblock, then
+        // fails before anything reaches home.
+        disk.fail_after(3);
         assert!(v.flush().is_err());
         assert!(matches!(v.flush(), Err(Error::Volume(VolumeError::Failed))));
         v.abandon();
@@ -1558,8 +1531,8 @@ pub(crate) mod tests {
         v.flush().unwrap();
         v.write_at(&[8; 4096], 0).unwrap();
         v.write_at(&[8; 4096], 4096).unwrap();
-        // The superblock write fails: the epoch is never committed.
-        disk.fail_after(0);
+        // Slots and records are written, the superblock write fails: never committed.
+        disk.fail_after(2);
         assert!(v.flush().is_err());
         v.abandon();
         let v = reopen(&disk);
@@ -1574,9 +1547,10 @@ pub(crate) mod tests {
         v.write_at(&[1; 4096], 0).unwrap();
         v.write_at(&[1; 4096], 4096).unwrap();
         v.flush().unwrap();
-        // The next epoch overwrites slot 0's data, then fails before its record.
+        // The next epoch's checkpoint overwrites slot 0's data, then fails before its record.
+        v.write_at(&[2; 4096], 2 * 4096).unwrap();
         disk.fail_after(1);
-        assert!(v.write_at(&[2; 4096], 2 * 4096).is_err());
+        assert!(v.flush().is_err());
         v.abandon();
         let r = recover_now(&disk);
         assert_eq!(
@@ -1595,8 +1569,9 @@ pub(crate) mod tests {
         // matches, and nothing is re-applied.
         v.write_at(&[4; 4096], 4 * 4096).unwrap();
         v.flush().unwrap();
-        disk.fail_after(2);
         v.write_at(&[3; 8192], 3 * 4096).unwrap();
+        disk.fail_after(2);
+        assert!(v.flush().is_err());
         v.abandon();
         let r = recover_now(&disk);
         assert_eq!((r.applied, r.skipped), (0, 0));
