@@ -900,3 +900,98 @@ fn shutdown_answers_the_requests_already_read_then_flushes() {
     assert_eq!(buf[0], 4);
     assert!(!socket.exists());
 }
+
+#[test]
+fn shutdown_does_not_hang_on_a_client_that_stops_reading_replies() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Arc::new(FileDevice::create(&dir.path().join("disk"), 64 << 20));
+    let server = Server::unix(&socket_in(dir.path()), device.clone());
+    let mut s = server.raw();
+    greet(&mut s, 1);
+    go(&mut s);
+    // 256 MiB of replies that are never read: the server's writer blocks on a full socket.
+    for i in 0..8 {
+        send_request(&mut s, 0, 0, i, 0, 32 << 20, &[]);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    server.stop().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(s);
+}
+
+// ---- A real encrypted volume -----------------------------------------------------------------
+
+#[test]
+fn a_volume_round_trips_through_qemu_img_and_a_tampered_block_is_eio() {
+    use kms_envelope::volume::{Volume, VolumeOptions};
+    if !have_qemu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let keyring = kms_envelope::RawAesKeyring::new("nbd-test", "k", &[7; 32]).unwrap();
+    let image = dir.path().join("vol");
+    let size = 8u64 << 20;
+    let volume = Volume::create(&image, size, &keyring, VolumeOptions::default()).unwrap();
+    let source = dir.path().join("source.img");
+    let data = pattern(size as usize, 11);
+    std::fs::write(&source, &data).unwrap();
+    let src = source.to_str().unwrap();
+
+    let socket = socket_in(dir.path());
+    let server = Server::unix(&socket, Arc::new(volume));
+    qemu_img_ok(&["convert", "-n", "-f", "raw", "-O", "raw", src, &server.uri]);
+    qemu_img_ok(&["compare", "-f", "raw", "-F", "raw", src, &server.uri]);
+    let out = dir.path().join("out.img");
+    qemu_img_ok(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "raw",
+        &server.uri,
+        out.to_str().unwrap(),
+    ]);
+    server.stop().unwrap();
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "converted out differs"
+    );
+    // The server dropped its handles: the image is unlocked, and what it wrote is durable.
+    let volume = Volume::open(&image, &keyring).unwrap();
+    let mut back = vec![0u8; size as usize];
+    volume.read_at(&mut back, 0).unwrap();
+    assert!(back == data, "reopened volume differs");
+    volume.close().unwrap();
+    // The image holds no plaintext block.
+    let raw = std::fs::read(&image).unwrap();
+    assert!(!raw.windows(64).any(|w| w == &data[4096..4160]));
+
+    // One flipped bit in block 5's sealed data: that block is EIO over NBD, the others read.
+    let info = Volume::info(&image).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&image)
+        .unwrap();
+    let at = info.data_offset + 5 * 4096 + 100;
+    let mut byte = [0u8];
+    f.read_exact_at(&mut byte, at).unwrap();
+    f.write_all_at(&[byte[0] ^ 1], at).unwrap();
+    drop(f);
+    let volume = Volume::open(&image, &keyring).unwrap();
+    let server = Server::unix(&socket, Arc::new(volume));
+    let out = qemu_io(&server.uri, &["read 0 20k", "read 20k 4k", "read 24k 1m"]);
+    let all = text(&out);
+    assert_eq!(all.matches("Input/output error").count(), 1, "{all}");
+    assert!(all.contains("read 20480/20480 bytes at offset 0"), "{all}");
+    assert!(
+        all.contains("read 1048576/1048576 bytes at offset 24576"),
+        "{all}"
+    );
+    server.stop().unwrap();
+}

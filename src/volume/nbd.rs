@@ -154,6 +154,9 @@ const MAX_OPTION_LEN: u32 = 16 << 10;
 /// A client must finish its handshake within this time, so that a stalled one cannot hold the
 /// single client slot.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// At shutdown, how long the replies of requests already read may take to reach a client that
+/// does not read them.
+const SHUTDOWN_REPLY_WAIT: Duration = Duration::from_secs(10);
 /// How long a client that arrives while another is served waits for it to leave before it is
 /// refused.
 pub const CLIENT_SLOT_WAIT: Duration = Duration::from_secs(2);
@@ -763,36 +766,54 @@ async fn serve_connection(
     let writer = tokio::spawn(write_replies(wr, rx));
     let count = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let bytes = Arc::new(Semaphore::new(BYTES_IN_FLIGHT));
-    let result = read_requests(&mut rd, &device, &tx, &count, &bytes, &mut stop).await;
-    // The writer ends once every request task has sent its reply and dropped its sender.
+    // At shutdown the loop is dropped wherever it waits (a header, a payload, permits that a
+    // client not reading its replies holds): requests not fully read are not in flight.
+    let result = tokio::select! {
+        biased;
+        _ = stop.wait_for(|stop| *stop) => Ok(()),
+        r = read_requests(&mut rd, &device, &tx, &count, &bytes) => r,
+    };
+    // The writer ends once every request task has sent its reply and dropped its sender. At
+    // shutdown, a client that stops reading its replies cannot hold the server forever.
     drop(tx);
-    let written = writer.await.unwrap_or_else(|e| Err(io::Error::other(e)));
+    let mut writer = writer;
+    let written = tokio::select! {
+        w = &mut writer => w.unwrap_or_else(|e| Err(io::Error::other(e))),
+        _ = async {
+            let _ = stop.wait_for(|stop| *stop).await;
+            tokio::time::sleep(SHUTDOWN_REPLY_WAIT).await;
+        } => {
+            writer.abort();
+            Err(io::Error::new(io::ErrorKind::TimedOut, "client did not read its replies"))
+        }
+    };
+    // Every request's permit comes back once its device call is done and its reply written or
+    // dropped: only then does the flush below cover every write.
+    let _all = count
+        .acquire_many(MAX_IN_FLIGHT as u32)
+        .await
+        .map_err(io::Error::other)?;
     let device2 = device.clone();
     let flushed = run_blocking(move || device2.flush()).await;
     result.and(written).and(flushed)
 }
 
-/// The request loop of one connection. Returns on DISCONNECT, EOF, shutdown, or a protocol
-/// violation (an error: the connection is closed).
+/// The request loop of one connection. Returns on DISCONNECT, EOF, or a protocol violation
+/// (an error: the connection is closed).
 async fn read_requests<R: AsyncRead + Unpin>(
     rd: &mut R,
     device: &Arc<dyn BlockDevice>,
     tx: &mpsc::UnboundedSender<Reply>,
     count: &Arc<Semaphore>,
     bytes: &Arc<Semaphore>,
-    stop: &mut watch::Receiver<bool>,
 ) -> io::Result<()> {
     let size = device.size();
     loop {
         let mut head = [0u8; 28];
-        tokio::select! {
-            biased;
-            _ = stop.wait_for(|stop| *stop) => return Ok(()),
-            r = rd.read_exact(&mut head) => match r {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(e),
-            },
+        match rd.read_exact(&mut head).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
         }
         let magic = u32::from_be_bytes(head[0..4].try_into().expect("4 bytes"));
         let flags = u16::from_be_bytes(head[4..6].try_into().expect("2 bytes"));
