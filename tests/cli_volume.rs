@@ -344,6 +344,56 @@ fn qemu_io() -> Option<&'static str> {
 }
 
 #[test]
+fn serve_refuses_tcp_that_is_not_asked_for_or_not_loopback() {
+    let key = new_key();
+    let tmp = tempfile::tempdir().unwrap();
+    let vol = tmp.path().join("vol");
+    ok(&["create", "-o", s(&vol), "--size", "1M", "--key", &key]);
+    let unasked = volume(&[
+        "serve",
+        "-i",
+        s(&vol),
+        "--listen",
+        "127.0.0.1:0",
+        "--key",
+        &key,
+    ]);
+    assert_eq!(code(&unasked), 2, "{}", stderr(&unasked));
+    assert!(
+        stderr(&unasked).contains("--insecure-tcp"),
+        "{}",
+        stderr(&unasked)
+    );
+    let wide = volume(&[
+        "serve",
+        "-i",
+        s(&vol),
+        "--listen",
+        "0.0.0.0:0",
+        "--insecure-tcp",
+    ])
+    .status
+    .code();
+    assert_eq!(
+        wide,
+        Some(2),
+        "a key is missing, and --listen 0.0.0.0 is not loopback"
+    );
+    let wide = volume(&[
+        "serve",
+        "-i",
+        s(&vol),
+        "--listen",
+        "0.0.0.0:0",
+        "--insecure-tcp",
+        "--key",
+        &key,
+    ]);
+    assert_eq!(code(&wide), 2, "{}", stderr(&wide));
+    assert!(stderr(&wide).contains("loopback"), "{}", stderr(&wide));
+}
+
+#[test]
 fn serve_answers_qemu_io_and_flushes_on_sigterm() {
     let Some(qemu_io) = qemu_io() else { return };
     let key = new_key();
@@ -376,6 +426,10 @@ fn serve_answers_qemu_io_and_flushes_on_sigterm() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    // A second server on the same volume is refused: the image is locked (exit 4).
+    let second = volume(&["serve", "-i", s(&vol), "--socket", s(&sock), "--key", &key]);
+    assert_eq!(code(&second), 4, "{}", stderr(&second));
+    assert!(stderr(&second).contains("locked"), "{}", stderr(&second));
     let url = format!("nbd+unix:///?socket={}", s(&sock));
     let io = Command::new(qemu_io)
         .args(["-f", "raw", &url])

@@ -52,9 +52,9 @@ pub enum VolumeCommand {
     /// Remove the key slots that --remove-key or --remove-raw-aes-key unwrap: the header only.
     /// This does not revoke: whoever unwrapped the volume key once keeps it; use `rekey`.
     RemoveKey(RemoveKeyArgs),
-    /// Re-seal every block under a fresh volume key (revocation); resumable, and the volume
-    /// stays usable by this process meanwhile. The new key is wrapped by --new-key and
-    /// --new-raw-aes-key if given, else by the opening keys.
+    /// Re-seal every block under a fresh volume key (revocation): the old key's slots are
+    /// gone afterwards. Interrupted, it resumes when run again. The new key is wrapped by
+    /// --new-key and --new-raw-aes-key if given, else by the opening keys.
     Rekey(RekeyArgs),
 }
 
