@@ -4,7 +4,8 @@
 //! random writes, after each sequential pass). The block AEADs' own 4 KiB seal rate is
 //! `benches/volume_aead.rs`.
 //!
-//! `cargo bench --bench volume` (short settings: 10 samples, 2 s each). Groups:
+//! `cargo bench --bench volume` (short settings: 10 samples, 2 s each), default features: with
+//! `--all-features` the test-only `nonce-guard` records every seal and slows the volume. Groups:
 //! `volume/random-4k-{read,write}/{ours,raw}/{1,2}`, `volume/seq-1m-{read,write}/{ours,raw}`.
 //! Ratio = ours / raw of the medians, same run.
 

@@ -25,7 +25,9 @@ for tool in qemu-img qemu-io qemu-nbd python3; do
   command -v "$tool" >/dev/null || { echo "volume-bench: $tool is missing" >&2; exit 2; }
 done
 
-cargo build --release --all-features --bin kms-envelope >&2
+# Default features, as users build it: --all-features would add `nonce-guard`, the test-only
+# mode that records every (key, nonce) pair sealed.
+cargo build --release --bin kms-envelope >&2
 BIN=$PWD/target/release/kms-envelope
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/volume-bench.XXXXXX")
