@@ -835,6 +835,15 @@ impl Volume {
             self.seals.fetch_sub(n, Ordering::AcqRel);
             return Err(Retry::Reserve);
         }
+        // Slots before sealing, so that a full journal wastes no work. A slot taken but never
+        // published (a seal that failed) keeps an older epoch's record, which recovery ignores.
+        let slot = match lock(&self.journal).take(n as u32) {
+            Some(s) => s,
+            None => {
+                self.seals.fetch_sub(n, Ordering::AcqRel);
+                return Err(Retry::JournalFull);
+            }
+        };
         let bs = self.layout.block_size as usize;
         let key = st.write_key();
         struct Job<'a> {
@@ -879,10 +888,6 @@ impl Volume {
             .into_iter()
             .map(|j| (j.index, j.entry.expect("sealed"), j.plain.is_some()))
             .collect();
-        let slot = match lock(&self.journal).take(n as u32) {
-            Some(s) => s,
-            None => return Err(Retry::JournalFull),
-        };
         let sealed: Arc<[u8]> = sealed.into();
         // Contiguous slots, data blocks first. Nothing is written yet: the checkpoint writes the
         // epoch's slots from memory (an epoch not committed is never recovered, so writing them
