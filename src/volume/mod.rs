@@ -42,9 +42,11 @@ mod layout;
 pub mod nbd;
 #[cfg(test)]
 mod simdisk;
+mod snapshot;
 
 pub use device::BlockDevice;
 pub use layout::VolumeAead;
+pub use snapshot::{Progress, CONTEXT_BLOCK_SIZE, CONTEXT_VOLUME_SIZE};
 
 use std::io;
 use std::path::Path;
@@ -213,6 +215,9 @@ pub struct Volume {
     aead: VolumeAead,
     /// Readers and writers hold it shared; checkpoints and header updates exclusive.
     gate: RwLock<()>,
+    /// Writers hold it shared; a snapshot or an export exclusive, so that it is of one point
+    /// in time while reads go on (`snapshot.rs`).
+    writers: RwLock<()>,
     stripes: Box<[Mutex<()>]>,
     journal: Mutex<Journal>,
     state: RwLock<KeyState>,
@@ -492,6 +497,7 @@ impl Volume {
             id: state.header.volume_id,
             aead,
             gate: RwLock::new(()),
+            writers: RwLock::new(()),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             journal: Mutex::new(journal),
             reserved: AtomicU64::new(state.header.seals_reserved),
@@ -754,6 +760,7 @@ impl Volume {
     }
 
     fn write_range(&self, offset: u64, len: u64, data: Option<&[u8]>) -> Result<()> {
+        let _writing = self.writers.read().unwrap_or_else(PoisonError::into_inner);
         let bs = u64::from(self.layout.block_size);
         let chunk = CHUNK_BLOCKS.min(u64::from(self.layout.slots));
         let mut done = 0u64;
@@ -1205,6 +1212,12 @@ impl Volume {
             progress(first, total);
         }
         Ok(report)
+    }
+
+    /// Holds every writer off until the guard is dropped (reads go on): a snapshot's point in
+    /// time.
+    pub(crate) fn hold_writers(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.writers.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Flushes and unlocks the volume.

@@ -1,9 +1,9 @@
 //! `kms-envelope`: envelope encryption under AWS KMS keys from the shell, and the seed's key
 //! provisioning (policy template and lint, key, alias).
 //!
-//! One module per command group: [`files`] (encrypt, decrypt, rewrap, inspect) and [`key`]; a
-//! new group (volume, tree) is a module beside them, a variant of [`Command`] and a line of
-//! [`main`]'s dispatch. Shared pieces: [`args`] (argument structs flattened into the commands),
+//! One module per command group: [`files`] (encrypt, decrypt, rewrap, inspect), [`key`],
+//! [`tree`] and [`volume`]; a new group is a module beside them, a variant of [`Command`] and a
+//! line of [`main`]'s dispatch. Shared pieces: [`args`] (argument structs flattened into the commands),
 //! [`keyrings`] (keyrings from those arguments), [`output`] (OUT, written then committed),
 //! [`exit`] (failures and exit codes) and [`term`] (text for the terminal).
 //!
@@ -19,6 +19,7 @@ mod keyrings;
 mod output;
 mod term;
 mod tree;
+mod volume;
 
 use std::process::ExitCode;
 
@@ -30,6 +31,7 @@ use files::encrypt::EncryptArgs;
 use files::rewrap::RewrapArgs;
 use key::KeyCommand;
 use term::{line_to_stderr, to_stderr};
+use volume::VolumeCommand;
 
 #[derive(Parser)]
 #[command(
@@ -77,6 +79,9 @@ enum Command {
     /// Key policies and KMS keys: the seed's commands.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Encrypted block volumes: create, serve over NBD, snapshot, import and export, key slots.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
 }
 
 fn main() -> ExitCode {
@@ -100,6 +105,7 @@ fn main() -> ExitCode {
         Command::Rewrap(a) => files::rewrap::rewrap(&cli.aws, a),
         Command::Inspect { input } => files::inspect::inspect(&input.path),
         Command::Key(k) => key::run(&cli.aws, k),
+        Command::Volume(v) => volume::run(&cli.aws, v),
     };
     match result {
         Ok(()) => exit::Code::Success.into(),

@@ -50,7 +50,11 @@ fn open_input(path: &Path) -> Result<(Box<dyn Read + Send>, Option<u64>), Failur
     Ok((Box::new(BufReader::with_capacity(1 << 20, f)), len))
 }
 
-fn progress(aws: &AwsArgs, len: Option<u64>, what: &str) -> Option<indicatif::ProgressBar> {
+pub(crate) fn progress(
+    aws: &AwsArgs,
+    len: Option<u64>,
+    what: &str,
+) -> Option<indicatif::ProgressBar> {
     let len = len?;
     if aws.quiet || len < 8 << 20 || !io::stderr().is_terminal() {
         return None;

@@ -1,0 +1,410 @@
+//! Snapshots as standard ESDK messages, and raw images in and out.
+//!
+//! [`Volume::snapshot`] streams the volume's content through the stream module's
+//! [`Encryptor`] (parallel frames, bounded memory), so any official ESDK decrypts it and
+//! `decrypt --range` reads any part of it; [`Volume::restore`] makes a new volume from such a
+//! message. [`Volume::import`] and [`Volume::export`] do the same with an unencrypted raw image.
+//!
+//! **Point in time.** Writers are held off for the whole of a snapshot or an export (the
+//! volume's snapshot lock, taken exclusively; reads go on): the message holds the volume as it
+//! was when the call began. A writer blocked meanwhile (an NBD client) waits, it is not refused.
+//!
+//! **New volume, new key.** `restore` and `import` create a volume with a fresh ID and a fresh
+//! volume key from the keyring given, whatever the snapshot was made from. The volume is built
+//! under a hidden temporary name beside `path` and linked into place only when complete and
+//! flushed, never over an existing path; on any failure it is removed, so a truncated or
+//! altered snapshot leaves no volume behind (a process killed meanwhile may leave the hidden
+//! `.kms-envelope-vol-*` file, which never has the final name).
+//!
+//! **Zero blocks.** An all-zero block of the input is not written: the new volume's blocks are
+//! authenticated zero markers from creation on, which, as NBD TRIM and WRITE_ZEROES do, shows
+//! to whoever reads the image which blocks are zero (`docs/VOLUME-FORMAT.md`).
+//!
+//! The volume key never enters a data-key cache: the keyring given to `restore` and `import`
+//! wraps the volume key itself and must not be a `CachingKeyring` (the CLI never wraps it in
+//! one). The snapshot's own data key is an ordinary message data key, which may be cached.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use zeroize::Zeroizing;
+
+use super::{Volume, VolumeOptions};
+use crate::{Decryptor, EncryptionContext, Encryptor, Error, Keyring, Result};
+
+/// Context key of a snapshot: the volume's size in bytes, in decimal.
+pub const CONTEXT_VOLUME_SIZE: &str = "kms-envelope:volume-size";
+/// Context key of a snapshot: the volume's block size in bytes, in decimal.
+pub const CONTEXT_BLOCK_SIZE: &str = "kms-envelope:block-size";
+
+/// Plaintext bytes moved per step: two such chunks are in memory at a time.
+const CHUNK: usize = 8 << 20;
+/// Bytes one worker reads or writes at a time within a chunk.
+const PIECE: usize = 256 << 10;
+
+/// How a caller follows long work: called with (bytes done, bytes in all).
+pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
+
+impl Volume {
+    /// Streams the volume's content to `out` as one ESDK message made by `encryptor`, with
+    /// the encryption context [`CONTEXT_VOLUME_SIZE`] and [`CONTEXT_BLOCK_SIZE`] added to the
+    /// encryptor's own; returns `out`. Writers wait until it returns (see the module docs).
+    ///
+    /// The encryptor's frame length must be a multiple of the block size (the default,
+    /// 64 KiB, is), so that `decrypt --range` of a block reads whole frames only.
+    ///
+    /// # Errors
+    /// A block that does not authenticate aborts the snapshot with its index; the message is
+    /// then left without its final frame, so no reader accepts it. Also a context that already
+    /// holds one of the two keys, a frame length that is not a multiple of the block size, a
+    /// keyring failure, or a failed write.
+    pub fn snapshot<W: Write>(
+        &self,
+        out: W,
+        encryptor: &Encryptor<'_>,
+        progress: Progress<'_>,
+    ) -> Result<W> {
+        let block_size = self.block_size();
+        if encryptor.frame_length == 0 || encryptor.frame_length % block_size != 0 {
+            return Err(Error::Misuse(format!(
+                "a snapshot's frame length ({}) must be a multiple of the volume's block size \
+                 ({block_size}): set Encryptor::frame_length to one (64 KiB or 1 MiB)",
+                encryptor.frame_length
+            )));
+        }
+        let mut enc = encryptor.clone();
+        enc.context = snapshot_context(&encryptor.context, self.size(), block_size)?;
+        let enc = enc.plaintext_len(self.size());
+        let _writers_held = self.hold_writers();
+        let mut writer = enc.writer(out)?;
+        self.read_all(&mut writer, progress)?;
+        writer.finish()
+    }
+
+    /// Writes the volume's content, unencrypted, to `out` (a raw disk image) and returns
+    /// `out`. Writers wait until it returns, as for [`Volume::snapshot`].
+    ///
+    /// # Errors
+    /// A block that does not authenticate, with its index (what was written before it stays
+    /// in `out`: write to a temporary file and keep it only on success), or a failed write.
+    pub fn export<W: Write>(&self, mut out: W, progress: Progress<'_>) -> Result<W> {
+        let _writers_held = self.hold_writers();
+        self.read_all(&mut out, progress)?;
+        out.flush()?;
+        Ok(out)
+    }
+
+    /// Creates a new volume at `path` (new ID, new volume key wrapped by `keyring`) holding
+    /// the plaintext of the snapshot `input`, which `decryptor` decrypts. The size and block
+    /// size come from the snapshot's context; `options` gives the rest (journal, AEAD), and
+    /// its block size is replaced by the snapshot's.
+    ///
+    /// A message without the volume context (an image encrypted with `encrypt`) is restored
+    /// with [`Volume::restore_sized`].
+    ///
+    /// # Errors
+    /// A snapshot that does not decrypt, is truncated or altered, lacks or has malformed
+    /// volume context, or whose plaintext length differs from the size its context declares;
+    /// an existing `path`; a keyring or I/O failure. Nothing is left at `path` on error.
+    pub fn restore<R: Read + Send>(
+        input: R,
+        decryptor: &Decryptor<'_>,
+        path: &Path,
+        keyring: &dyn Keyring,
+        options: VolumeOptions,
+        progress: Progress<'_>,
+    ) -> Result<Volume> {
+        Volume::restore_sized(input, decryptor, None, path, keyring, options, progress)
+    }
+
+    /// As [`Volume::restore`], with the volume size given by the caller when the message has
+    /// no [`CONTEXT_VOLUME_SIZE`] (then `options` gives the block size). When both are there
+    /// they must agree.
+    ///
+    /// # Errors
+    /// As [`Volume::restore`]; also a size that differs from the snapshot's.
+    pub fn restore_sized<R: Read + Send>(
+        input: R,
+        decryptor: &Decryptor<'_>,
+        size: Option<u64>,
+        path: &Path,
+        keyring: &dyn Keyring,
+        options: VolumeOptions,
+        progress: Progress<'_>,
+    ) -> Result<Volume> {
+        let mut reader = decryptor.reader(input)?;
+        let context = &reader.header().context;
+        let declared = context_number(context, CONTEXT_VOLUME_SIZE)?;
+        let size = match (declared, size) {
+            (Some(d), Some(s)) if d != s => {
+                return Err(Error::Misuse(format!(
+                    "the snapshot is of a {d}-byte volume, not of {s} bytes: leave the size out \
+                     to restore it at its own size"
+                )))
+            }
+            (Some(d), _) => d,
+            (None, Some(s)) => s,
+            (None, None) => {
+                return Err(Error::Misuse(format!(
+                    "the message has no {CONTEXT_VOLUME_SIZE} in its encryption context, so it \
+                     is not a volume snapshot: give the volume size explicitly (--size) to \
+                     restore it as a raw image"
+                )))
+            }
+        };
+        let options = match context_number(context, CONTEXT_BLOCK_SIZE)? {
+            Some(b) => options.block_size(u32::try_from(b).map_err(|_| {
+                Error::Misuse(format!(
+                    "the snapshot's {CONTEXT_BLOCK_SIZE} ({b}) is not a block size"
+                ))
+            })?),
+            None => options,
+        };
+        build_new(path, |staging| {
+            let volume = Volume::create(staging, size, keyring, options)?;
+            volume.fill_from(&mut reader, progress)?;
+            // The message must end exactly here, its final frame and signature verified.
+            let mut more = [0u8; 1];
+            if reader.read(&mut more)? != 0 {
+                return Err(Error::Misuse(format!(
+                    "the snapshot holds more than the {size} bytes its volume size says: it is \
+                     not a snapshot of this size"
+                )));
+            }
+            volume.flush()?;
+            Ok(volume)
+        })
+    }
+
+    /// Creates a new volume at `path` (new ID, new volume key wrapped by `keyring`) of `size`
+    /// bytes from the raw image `input`, which must hold exactly `size` bytes.
+    ///
+    /// # Errors
+    /// An input shorter or longer than `size`, a size the options refuse (not a multiple of the
+    /// block size), an existing `path`, a keyring or I/O failure. Nothing is left at `path`
+    /// on error.
+    pub fn import<R: Read + Send>(
+        mut input: R,
+        size: u64,
+        path: &Path,
+        keyring: &dyn Keyring,
+        options: VolumeOptions,
+        progress: Progress<'_>,
+    ) -> Result<Volume> {
+        build_new(path, |staging| {
+            let volume = Volume::create(staging, size, keyring, options)?;
+            volume.fill_from(&mut input, progress)?;
+            let mut more = [0u8; 1];
+            if read_full(&mut input, &mut more)? != 0 {
+                return Err(Error::Misuse(format!(
+                    "the image is longer than the {size} bytes asked for: give its size"
+                )));
+            }
+            volume.flush()?;
+            Ok(volume)
+        })
+    }
+
+    /// Reads the whole volume in order into `out`: the next chunk is read (its blocks opened
+    /// in parallel) on a thread of its own while the current one is written.
+    fn read_all(&self, out: &mut dyn Write, progress: Progress<'_>) -> Result<()> {
+        let size = self.size();
+        let chunks = size.div_ceil(CHUNK as u64);
+        std::thread::scope(|s| {
+            let (full_tx, full) = std::sync::mpsc::sync_channel::<Result<(Buf, usize)>>(1);
+            let (empty, empty_rx) = std::sync::mpsc::sync_channel::<Buf>(2);
+            for _ in 0..2 {
+                let _ = empty.send(Zeroizing::new(vec![0u8; CHUNK]));
+            }
+            s.spawn(move || {
+                for c in 0..chunks {
+                    let Ok(mut buf) = empty_rx.recv() else { return };
+                    let offset = c * CHUNK as u64;
+                    let n = (size - offset).min(CHUNK as u64) as usize;
+                    let read = self.read_parallel(&mut buf[..n], offset).map(|()| (buf, n));
+                    let failed = read.is_err();
+                    if full_tx.send(read).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            let mut done = 0u64;
+            for _ in 0..chunks {
+                let (buf, n) = full
+                    .recv()
+                    .map_err(|_| Error::Misuse("the volume reader stopped".into()))??;
+                out.write_all(&buf[..n])?;
+                done += n as u64;
+                progress(done, size);
+                let _ = empty.send(buf);
+            }
+            Ok(())
+        })
+    }
+
+    /// Fills `buf` from `offset`, pieces on the worker pool.
+    fn read_parallel(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        buf.par_chunks_mut(PIECE)
+            .enumerate()
+            .try_for_each(|(i, piece)| self.read_at(piece, offset + (i * PIECE) as u64))
+    }
+
+    /// Writes all of `input` (exactly the volume's size) into this new volume, skipping
+    /// all-zero blocks (already zero markers): the next chunk is read on a thread of its own
+    /// while the current one is sealed and written in parallel.
+    fn fill_from(&self, input: &mut (dyn Read + Send), progress: Progress<'_>) -> Result<()> {
+        let size = self.size();
+        let block = self.block_size() as usize;
+        let chunks = size.div_ceil(CHUNK as u64);
+        std::thread::scope(|s| {
+            let (full_tx, full) = std::sync::mpsc::sync_channel::<Result<(Buf, usize)>>(1);
+            let (empty, empty_rx) = std::sync::mpsc::sync_channel::<Buf>(2);
+            for _ in 0..2 {
+                let _ = empty.send(Zeroizing::new(vec![0u8; CHUNK]));
+            }
+            s.spawn(move || {
+                for c in 0..chunks {
+                    let Ok(mut buf) = empty_rx.recv() else { return };
+                    let n = (size - c * CHUNK as u64).min(CHUNK as u64) as usize;
+                    let read = match read_full(input, &mut buf[..n]) {
+                        Ok(got) if got == n => Ok((buf, n)),
+                        Ok(got) => Err(Error::Misuse(format!(
+                            "the input ends after {} bytes, before the volume's {size}: it is \
+                             truncated, or not of this size",
+                            c * CHUNK as u64 + got as u64
+                        ))),
+                        Err(e) => Err(e),
+                    };
+                    let failed = read.is_err();
+                    if full_tx.send(read).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            let mut done = 0u64;
+            for c in 0..chunks {
+                let (buf, n) = full
+                    .recv()
+                    .map_err(|_| Error::Misuse("the input reader stopped".into()))??;
+                let offset = c * CHUNK as u64;
+                buf[..n]
+                    .par_chunks(PIECE)
+                    .enumerate()
+                    .try_for_each(|(i, piece)| {
+                        write_nonzero_runs(self, piece, offset + (i * PIECE) as u64, block)
+                    })?;
+                done += n as u64;
+                progress(done, size);
+                let _ = empty.send(buf);
+            }
+            Ok(())
+        })
+    }
+}
+
+type Buf = Zeroizing<Vec<u8>>;
+
+/// Writes the runs of blocks of `piece` (at `offset`) that are not all zeros, one write each.
+fn write_nonzero_runs(volume: &Volume, piece: &[u8], offset: u64, block: usize) -> Result<()> {
+    let mut run: Option<usize> = None;
+    for (i, b) in piece.chunks(block).enumerate() {
+        let zero = b.iter().all(|&x| x == 0);
+        match (run, zero) {
+            (None, false) => run = Some(i),
+            (Some(start), true) => {
+                volume.write_at(
+                    &piece[start * block..i * block],
+                    offset + (start * block) as u64,
+                )?;
+                run = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(start) = run {
+        volume.write_at(&piece[start * block..], offset + (start * block) as u64)?;
+    }
+    Ok(())
+}
+
+/// The caller's context with the two volume pairs added; refuses a context that sets them.
+fn snapshot_context(
+    caller: &EncryptionContext,
+    size: u64,
+    block_size: u32,
+) -> Result<EncryptionContext> {
+    let mut context = caller.clone();
+    for key in [CONTEXT_VOLUME_SIZE, CONTEXT_BLOCK_SIZE] {
+        if context.contains_key(key) {
+            return Err(Error::Misuse(format!(
+                "the context key {key} is the snapshot's own: leave it out of the context"
+            )));
+        }
+    }
+    context.insert(CONTEXT_VOLUME_SIZE, size.to_string());
+    context.insert(CONTEXT_BLOCK_SIZE, block_size.to_string());
+    Ok(context)
+}
+
+/// A decimal number from a snapshot's context; `None` when the key is absent.
+fn context_number(context: &EncryptionContext, key: &str) -> Result<Option<u64>> {
+    let Some(v) = context.get(key) else {
+        return Ok(None);
+    };
+    // Digits only: `u64::from_str` would take a leading `+`, so two texts would mean one size.
+    if v.is_empty() || v.len() > 20 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::Misuse(format!(
+            "the snapshot's {key} is {:?}, not a number of bytes: the message is not a volume \
+             snapshot",
+            v.escape_debug().to_string()
+        )));
+    }
+    v.parse()
+        .map(Some)
+        .map_err(|_| Error::Misuse(format!("the snapshot's {key} is too large")))
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full(input: &mut (dyn Read + Send), buf: &mut [u8]) -> Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(got)
+}
+
+/// Builds a new volume under a hidden name beside `path` and links it into place once `build`
+/// has succeeded (never over an existing path); removes it on any failure.
+fn build_new(path: &Path, build: impl FnOnce(&Path) -> Result<Volume>) -> Result<Volume> {
+    if path.symlink_metadata().is_ok() {
+        return Err(Error::Io(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists: a new volume is never written over an existing path",
+                path.display()
+            ),
+        )));
+    }
+    let staging = staging_path(path)?;
+    let result = build(&staging).and_then(|volume| {
+        // A hard link fails if `path` appeared meanwhile: the existing file is kept.
+        std::fs::hard_link(&staging, path)?;
+        Ok(volume)
+    });
+    let _ = std::fs::remove_file(&staging);
+    result
+}
+
+/// A fresh hidden name in `path`'s directory.
+fn staging_path(path: &Path) -> Result<PathBuf> {
+    let mut random = [0u8; 8];
+    getrandom::fill(&mut random).map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+    let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(path.with_file_name(format!(".kms-envelope-vol-{name}")))
+}

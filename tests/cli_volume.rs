@@ -1,0 +1,443 @@
+//! `kms-envelope volume ...`: the real binary against moto's KMS. Every command once, exit
+//! codes, refusal of an existing output, images and snapshots round trip, a damaged block is
+//! found by `check`, a bad snapshot leaves no volume, and `serve` answers qemu-io then flushes
+//! and exits 0 on SIGTERM.
+#![cfg(all(feature = "cli", feature = "volume"))]
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::cli::{cli, std_cli_at, stderr};
+use support::{moto, new_key};
+
+/// A volume-sized sample: 1 MiB stripes of data, zeros, data, ... and a non-zero last block.
+fn image(len: usize) -> Vec<u8> {
+    let mut v: Vec<u8> = (0..len).map(|i| (i * 131 % 251) as u8 + 1).collect();
+    for (i, stripe) in v.chunks_mut(1 << 20).enumerate() {
+        if i % 2 == 1 {
+            stripe.fill(0);
+        }
+    }
+    let n = v.len();
+    v[n - 4096..].fill(0x77);
+    v
+}
+
+/// Runs `volume ARGS` and returns the output.
+fn volume(args: &[&str]) -> std::process::Output {
+    cli().arg("volume").args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> std::process::Output {
+    let out = volume(args);
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    out
+}
+
+fn code(out: &std::process::Output) -> i32 {
+    out.status.code().unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// No hidden staging file was left in `dir`.
+fn no_leftovers(dir: &Path) {
+    let left: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".kms-envelope"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn every_command_round_trips_and_refuses_what_it_must() {
+    let key = new_key();
+    let key2 = new_key();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (vol, disk, out, snap) = (
+        d.join("vol"),
+        d.join("disk.img"),
+        d.join("out.img"),
+        d.join("snap.kms"),
+    );
+    let data = image(4 << 20);
+    fs::write(&disk, &data).unwrap();
+
+    // create, info (JSON, no key), and refusal of an existing output without --force.
+    ok(&[
+        "create",
+        "-o",
+        s(&vol),
+        "--size",
+        "4M",
+        "--block-size",
+        "4096",
+        "--key",
+        &key,
+    ]);
+    let info: Value = serde_json::from_slice(&ok(&["info", "-i", s(&vol)]).stdout).unwrap();
+    assert_eq!(info["size"], 4 << 20, "{info}");
+    assert_eq!(info["block_size"], 4096, "{info}");
+    let again = volume(&["create", "-o", s(&vol), "--size", "4M", "--key", &key]);
+    assert_eq!(code(&again), 2, "{}", stderr(&again));
+    assert!(stderr(&again).contains("exists"), "{}", stderr(&again));
+    // A link at VOL is neither followed nor replaced, even with --force.
+    let link = d.join("link");
+    std::os::unix::fs::symlink(&disk, &link).unwrap();
+    let linked = volume(&[
+        "create",
+        "-o",
+        s(&link),
+        "--size",
+        "4M",
+        "--key",
+        &key,
+        "--force",
+    ]);
+    assert_eq!(code(&linked), 2, "{}", stderr(&linked));
+    assert_eq!(fs::read(&disk).unwrap(), data);
+
+    // import over it with --force, export, and the bytes come back.
+    ok(&[
+        "import",
+        "-i",
+        s(&disk),
+        "-o",
+        s(&vol),
+        "--key",
+        &key,
+        "--force",
+    ]);
+    ok(&["export", "-i", s(&vol), "-o", s(&out), "--key", &key]);
+    assert!(
+        fs::read(&out).unwrap() == data,
+        "export differs from import"
+    );
+    let refused = volume(&["export", "-i", s(&vol), "-o", s(&out), "--key", &key]);
+    assert_eq!(code(&refused), 2, "{}", stderr(&refused));
+
+    // A wrong key does not open it (KMS refuses: exit 3 or 1, never success).
+    let wrong = volume(&["check", "-i", s(&vol), "--key", &key2]);
+    assert!(!wrong.status.success());
+
+    // snapshot: an ESDK message that `decrypt` reads, whole and by range.
+    ok(&[
+        "snapshot",
+        "-i",
+        s(&vol),
+        "-o",
+        s(&snap),
+        "--key",
+        &key,
+        "-c",
+        "purpose=test",
+    ]);
+    let whole = d.join("whole");
+    let o = cli()
+        .args(["decrypt", "--key", &key, "-c", "purpose=test", "-c"])
+        .arg(format!("kms-envelope:volume-size={}", 4 << 20))
+        .args(["-i", s(&snap), "-o", s(&whole)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(fs::read(&whole).unwrap() == data);
+    let part = d.join("part");
+    let o = cli()
+        .args(["decrypt", "--key", &key, "--range", "1048000-2100000"])
+        .args(["-i", s(&snap), "-o", s(&part)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(fs::read(&part).unwrap() == data[1048000..2100000]);
+
+    // restore: a new volume (new ID) with the same content, readable by the second key only
+    // through its own slot once added.
+    let restored = d.join("restored");
+    ok(&[
+        "restore",
+        "-i",
+        s(&snap),
+        "-o",
+        s(&restored),
+        "--key",
+        &key,
+        "-c",
+        "purpose=test",
+    ]);
+    let info2: Value = serde_json::from_slice(&ok(&["info", "-i", s(&restored)]).stdout).unwrap();
+    assert_ne!(info["volume_id"], info2["volume_id"], "{info} {info2}");
+    let out2 = d.join("out2.img");
+    ok(&["export", "-i", s(&restored), "-o", s(&out2), "--key", &key]);
+    assert!(fs::read(&out2).unwrap() == data);
+
+    // add-key, then the second key opens it alone; remove-key of the first; rekey.
+    ok(&[
+        "add-key",
+        "-i",
+        s(&restored),
+        "--key",
+        &key,
+        "--add-key",
+        &key2,
+    ]);
+    ok(&["check", "-i", s(&restored), "--key", &key2]);
+    ok(&[
+        "remove-key",
+        "-i",
+        s(&restored),
+        "--key",
+        &key2,
+        "--remove-key",
+        &key,
+    ]);
+    assert!(!volume(&["check", "-i", s(&restored), "--key", &key])
+        .status
+        .success());
+    let last = volume(&[
+        "remove-key",
+        "-i",
+        s(&restored),
+        "--key",
+        &key2,
+        "--remove-key",
+        &key2,
+    ]);
+    assert!(!last.status.success(), "the last slot was removed");
+    ok(&["rekey", "-i", s(&restored), "--key", &key2]);
+    let checked = ok(&["check", "-i", s(&restored), "--key", &key2]);
+    let report: Value = serde_json::from_slice(&checked.stdout).unwrap();
+    assert_eq!(
+        report["bad_blocks"].as_array().unwrap().len(),
+        0,
+        "{report}"
+    );
+    fs::remove_file(&out2).unwrap();
+    ok(&["export", "-i", s(&restored), "-o", s(&out2), "--key", &key2]);
+    assert!(fs::read(&out2).unwrap() == data);
+    no_leftovers(d);
+}
+
+#[test]
+fn check_lists_a_damaged_block_and_exits_1() {
+    let key = new_key();
+    let tmp = tempfile::tempdir().unwrap();
+    let (vol, disk) = (tmp.path().join("vol"), tmp.path().join("disk.img"));
+    fs::write(&disk, image(2 << 20)).unwrap();
+    ok(&["import", "-i", s(&disk), "-o", s(&vol), "--key", &key]);
+    // The data area ends the image: its last bytes are the last block's ciphertext.
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&vol)
+        .unwrap();
+    let end = f.metadata().unwrap().len();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, end - 100).unwrap();
+    f.write_all_at(&[b[0] ^ 1], end - 100).unwrap();
+    drop(f);
+    let out = volume(&["check", "-i", s(&vol), "--key", &key]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let last = (2u64 << 20) / 4096 - 1;
+    assert_eq!(report["bad_blocks"], serde_json::json!([last]), "{report}");
+    assert!(stderr(&out).contains("1 of 512 blocks"), "{}", stderr(&out));
+    // A snapshot of it fails with that block's index and leaves no output.
+    let snap = tmp.path().join("snap");
+    let out = volume(&["snapshot", "-i", s(&vol), "-o", s(&snap), "--key", &key]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains(&last.to_string()), "{}", stderr(&out));
+    assert!(!snap.exists());
+}
+
+#[test]
+fn a_truncated_or_altered_snapshot_leaves_no_volume() {
+    let key = new_key();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (vol, disk, snap) = (d.join("vol"), d.join("disk.img"), d.join("snap"));
+    fs::write(&disk, image(2 << 20)).unwrap();
+    ok(&["import", "-i", s(&disk), "-o", s(&vol), "--key", &key]);
+    ok(&[
+        "snapshot",
+        "-i",
+        s(&vol),
+        "-o",
+        s(&snap),
+        "--key",
+        &key,
+        "--frame-length",
+        "65536",
+    ]);
+    let msg = fs::read(&snap).unwrap();
+    let bad = d.join("bad");
+    let restored = d.join("restored");
+    let mut flipped = msg.clone();
+    let at = msg.len() - 70_000;
+    flipped[at] ^= 0x10;
+    for (what, bytes) in [
+        ("truncated", &msg[..msg.len() - 40_000]),
+        ("altered", &flipped[..]),
+    ] {
+        fs::write(&bad, bytes).unwrap();
+        let out = volume(&["restore", "-i", s(&bad), "-o", s(&restored), "--key", &key]);
+        assert_eq!(code(&out), 1, "{what}: {}", stderr(&out));
+        assert!(!restored.exists(), "{what}: a volume was left");
+        no_leftovers(d);
+    }
+    // And a message that is not a snapshot needs --size.
+    let plain = d.join("plain.kms");
+    let o = cli()
+        .args(["encrypt", "--key", &key, "-i", s(&disk), "-o", s(&plain)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = volume(&[
+        "restore",
+        "-i",
+        s(&plain),
+        "-o",
+        s(&restored),
+        "--key",
+        &key,
+    ]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("--size"), "{}", stderr(&out));
+    ok(&[
+        "restore",
+        "-i",
+        s(&plain),
+        "-o",
+        s(&restored),
+        "--key",
+        &key,
+        "--size",
+        "2M",
+    ]);
+}
+
+/// qemu-io, or a skip note (an error under CI=true: CI never passes without it).
+fn qemu_io() -> Option<&'static str> {
+    let found = Command::new("qemu-io")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return Some("qemu-io");
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "qemu-io is missing and CI=true: install qemu-utils"
+    );
+    eprintln!("skipped: qemu-io is not installed (install qemu-utils to run the NBD tests)");
+    None
+}
+
+#[test]
+fn serve_refuses_tcp_that_is_not_asked_for_or_not_loopback() {
+    let key = new_key();
+    let tmp = tempfile::tempdir().unwrap();
+    let vol = tmp.path().join("vol");
+    ok(&["create", "-o", s(&vol), "--size", "1M", "--key", &key]);
+    let unasked = volume(&[
+        "serve",
+        "-i",
+        s(&vol),
+        "--listen",
+        "127.0.0.1:0",
+        "--key",
+        &key,
+    ]);
+    assert_eq!(code(&unasked), 2, "{}", stderr(&unasked));
+    assert!(
+        stderr(&unasked).contains("--insecure-tcp"),
+        "{}",
+        stderr(&unasked)
+    );
+    let wide = volume(&[
+        "serve",
+        "-i",
+        s(&vol),
+        "--listen",
+        "0.0.0.0:0",
+        "--insecure-tcp",
+        "--key",
+        &key,
+    ]);
+    assert_eq!(code(&wide), 2, "{}", stderr(&wide));
+    assert!(stderr(&wide).contains("loopback"), "{}", stderr(&wide));
+}
+
+#[test]
+fn serve_answers_qemu_io_and_flushes_on_sigterm() {
+    let Some(qemu_io) = qemu_io() else { return };
+    let key = new_key();
+    let tmp = tempfile::tempdir().unwrap();
+    let vol = tmp.path().join("vol");
+    ok(&["create", "-o", s(&vol), "--size", "4M", "--key", &key]);
+    // serve makes the directory, mode 0700 (the temporary directory may let others in).
+    let sock = tmp.path().join("run/nbd.sock");
+    let mut server = std_cli_at(&moto().endpoint())
+        .args([
+            "volume",
+            "serve",
+            "-i",
+            s(&vol),
+            "--socket",
+            s(&sock),
+            "--key",
+            &key,
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "no socket after 30 s");
+        if server.try_wait().unwrap().is_some() {
+            let mut said = String::new();
+            std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut said).unwrap();
+            panic!("serve exited early: {said}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A second server on the same volume is refused: the image is locked (exit 4).
+    let second = volume(&["serve", "-i", s(&vol), "--socket", s(&sock), "--key", &key]);
+    assert_eq!(code(&second), 4, "{}", stderr(&second));
+    assert!(stderr(&second).contains("locked"), "{}", stderr(&second));
+    let url = format!("nbd+unix:///?socket={}", s(&sock));
+    let io = Command::new(qemu_io)
+        .args(["-f", "raw", &url])
+        .args(["-c", "write -P 0xab 4096 4k", "-c", "read -P 0xab 4096 4k"])
+        .args(["-c", "write -P 0xcd 1M 8k", "-c", "read -P 0 2M 4k"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&io.stdout);
+    assert!(io.status.success() && !said.contains("fail"), "{said}");
+    // The writes were never flushed by the client: SIGTERM must flush them.
+    let pid = server.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = server.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "serve did not exit 0 on SIGTERM");
+    assert!(!sock.exists(), "the socket was left behind");
+    let out = tmp.path().join("out.img");
+    ok(&["export", "-i", s(&vol), "-o", s(&out), "--key", &key]);
+    let got = fs::read(&out).unwrap();
+    assert!(got[4096..8192].iter().all(|&b| b == 0xab));
+    assert!(got[1 << 20..(1 << 20) + 8192].iter().all(|&b| b == 0xcd));
+    assert!(got[..4096].iter().all(|&b| b == 0));
+}
