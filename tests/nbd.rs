@@ -38,6 +38,10 @@ struct FileDevice {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     calls: AtomicUsize,
+    /// A write at this offset panics (a device bug).
+    panic_at: Option<u64>,
+    /// This many flushes fail (EIO) before flushes succeed again, as fsync does on Linux.
+    failing_flushes: AtomicUsize,
 }
 
 const BLOCK: u64 = 4096;
@@ -63,6 +67,8 @@ impl FileDevice {
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
             calls: AtomicUsize::new(0),
+            panic_at: None,
+            failing_flushes: AtomicUsize::new(0),
         }
     }
 
@@ -118,6 +124,9 @@ impl BlockDevice for FileDevice {
     fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
         let _g = self.enter();
         self.check(offset, data.len() as u64, true)?;
+        if self.panic_at == Some(offset) {
+            panic!("device bug at offset {offset}");
+        }
         self.file.write_all_at(data, offset)?;
         self.events.lock().unwrap().push(Event::Write(offset));
         Ok(())
@@ -137,6 +146,11 @@ impl BlockDevice for FileDevice {
         Ok(())
     }
     fn flush(&self) -> io::Result<()> {
+        let failing = self.failing_flushes.load(Ordering::SeqCst);
+        if failing > 0 {
+            self.failing_flushes.store(failing - 1, Ordering::SeqCst);
+            return Err(io::Error::other("EIO from fsync"));
+        }
         self.file.sync_data()?;
         self.events.lock().unwrap().push(Event::Flush);
         Ok(())
@@ -994,4 +1008,81 @@ fn a_volume_round_trips_through_qemu_img_and_a_tampered_block_is_eio() {
         "{all}"
     );
     server.stop().unwrap();
+}
+
+/// The protocol: with NBD_FLAG_SEND_FUA negotiated the server MUST accept FUA on every command
+/// (old qemu sends FLUSH|FUA); it is meaningless on READ and FLUSH.
+#[test]
+fn fua_is_accepted_on_read_and_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Arc::new(FileDevice::create(&dir.path().join("disk"), 1 << 20));
+    let server = Server::unix(&socket_in(dir.path()), device.clone());
+    let mut s = server.raw();
+    greet(&mut s, 1);
+    go(&mut s);
+    send_request(&mut s, 0, 1, 1, 0, 4, b"data");
+    assert_eq!(read_reply(&mut s, 0), (0, 1));
+    send_request(&mut s, 1, 3, 2, 0, 0, &[]); // FLUSH | FUA
+    assert_eq!(read_reply(&mut s, 0), (0, 2));
+    assert_eq!(device.events().last(), Some(&Event::Flush));
+    send_request(&mut s, 1, 0, 3, 0, 4, &[]); // READ | FUA
+    let head = read_exact_n(&mut s, 16);
+    assert_eq!(be_u32(&head[4..8]), 0);
+    assert_eq!(read_exact_n(&mut s, 4), b"data");
+    send_request(&mut s, 0, 2, 4, 0, 0, &[]);
+    assert_closed(&mut s);
+    server.stop().unwrap();
+}
+
+/// A device call that panics still gets its reply (EIO), and the connection keeps serving.
+#[test]
+fn a_device_panic_is_answered_eio() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut device = FileDevice::create(&dir.path().join("disk"), 1 << 20);
+    device.panic_at = Some(8192);
+    let server = Server::unix(&socket_in(dir.path()), Arc::new(device));
+    let mut s = server.raw();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    greet(&mut s, 1);
+    go(&mut s);
+    send_request(&mut s, 0, 1, 77, 8192, 4, b"boom");
+    assert_eq!(read_reply(&mut s, 0), (5, 77));
+    send_request(&mut s, 0, 1, 78, 0, 4, b"good");
+    assert_eq!(read_reply(&mut s, 0), (0, 78));
+    send_request(&mut s, 0, 2, 79, 0, 0, &[]);
+    assert_closed(&mut s);
+    server.stop().unwrap();
+}
+
+/// The flush after a client disconnects without FLUSH fails (and, like fsync, the next one
+/// succeeds): serve() must still report it rather than return Ok.
+#[test]
+fn a_failed_flush_after_a_disconnect_is_reported_by_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = FileDevice::create(&dir.path().join("disk"), 1 << 20);
+    device.failing_flushes.store(1, Ordering::SeqCst);
+    let device = Arc::new(device);
+    let server = Server::unix(&socket_in(dir.path()), device.clone());
+    let mut s = server.raw();
+    greet(&mut s, 1);
+    go(&mut s);
+    send_request(&mut s, 0, 1, 1, 0, 4096, &[9; 4096]);
+    assert_eq!(read_reply(&mut s, 0), (0, 1));
+    send_request(&mut s, 0, 2, 2, 0, 0, &[]); // DISCONNECT, no FLUSH
+    assert_closed(&mut s);
+    // The connection's flush has run (and failed) once its task is done: wait for it.
+    let t = Instant::now();
+    while device.failing_flushes.load(Ordering::SeqCst) > 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no flush after the disconnect"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    match server.stop() {
+        Err(NbdError::Flush(e)) => assert!(e.to_string().contains("EIO"), "{e}"),
+        other => panic!("a failed flush of client writes was not reported: {other:?}"),
+    }
+    assert_eq!(device.events().last(), Some(&Event::Flush)); // the final flush still ran
 }

@@ -193,7 +193,8 @@ pub enum NbdError {
         /// The address asked for.
         addr: SocketAddr,
     },
-    /// The device could not be flushed at shutdown: writes may not be durable.
+    /// A flush of the device failed while serving (for a client's FLUSH or FUA, or after a
+    /// client left) or at shutdown: writes may not be durable. The first failure is kept.
     Flush(io::Error),
     /// Creating, binding or accepting on the socket failed.
     Io(io::Error),
@@ -226,8 +227,8 @@ impl fmt::Display for NbdError {
             ),
             NbdError::Flush(e) => write!(
                 f,
-                "flushing the device at shutdown failed ({e}): the last writes may not be \
-                 durable; check the volume"
+                "flushing the device failed while serving or at shutdown ({e}): writes a \
+                 client was told were done may not be durable; check the volume"
             ),
             NbdError::Io(e) => write!(f, "NBD server: {e}"),
         }
@@ -257,7 +258,7 @@ impl From<io::Error> for NbdError {
 ///
 /// # Errors
 /// [`NbdError::SocketDirectoryInsecure`], [`NbdError::SocketExists`], binding errors, and a
-/// failed final flush ([`NbdError::Flush`]).
+/// failed flush ([`NbdError::Flush`]).
 pub async fn serve_unix(
     path: &Path,
     device: Arc<dyn BlockDevice>,
@@ -273,7 +274,7 @@ pub async fn serve_unix(
 ///
 /// # Errors
 /// [`NbdError::TcpNotAllowed`] without `insecure_tcp`, [`NbdError::NotLoopback`], binding
-/// errors, and a failed final flush ([`NbdError::Flush`]).
+/// errors, and a failed flush ([`NbdError::Flush`]).
 pub async fn serve_tcp(
     addr: SocketAddr,
     insecure_tcp: bool,
@@ -396,7 +397,8 @@ impl NbdListener {
     /// and the device is flushed.
     ///
     /// # Errors
-    /// [`NbdError::Flush`] when the final flush fails.
+    /// [`NbdError::Flush`] when any flush of the device failed while serving (the first
+    /// failure; each is also reported on stderr when it happens) or the final flush fails.
     pub async fn serve(
         self,
         device: Arc<dyn BlockDevice>,
@@ -407,6 +409,7 @@ impl NbdListener {
         let slot = Arc::new(Semaphore::new(1));
         let waiting = Arc::new(Semaphore::new(MAX_WAITING));
         let mut connections = tokio::task::JoinSet::new();
+        let latch = Arc::new(FlushLatch::default());
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -427,6 +430,7 @@ impl NbdListener {
                 continue; // too many clients queued already: close this one unanswered
             };
             let (slot, device, mut stop) = (slot.clone(), device.clone(), stop_rx.clone());
+            let latch = latch.clone();
             connections.spawn(async move {
                 let slot = tokio::select! {
                     _ = stop.wait_for(|stop| *stop) => return,
@@ -435,7 +439,9 @@ impl NbdListener {
                 match slot {
                     Ok(Ok(slot)) => {
                         drop(waiting);
-                        let _ = serve_connection(stream, device, stop).await;
+                        // Protocol errors only end this client's connection; flush failures
+                        // are in `latch`, for serve's result.
+                        let _ = serve_connection(stream, device, stop, latch).await;
                         drop(slot);
                     }
                     _ => {
@@ -452,9 +458,12 @@ impl NbdListener {
         drop(self);
         let _ = stop_tx.send(true);
         while connections.join_next().await.is_some() {}
-        run_blocking(move || device.flush())
-            .await
-            .map_err(NbdError::Flush)
+        let latch2 = latch.clone();
+        let last = run_blocking(move || latch2.flush(&*device, "at shutdown")).await;
+        match (latch.take(), last) {
+            (Some(first), _) => Err(NbdError::Flush(first)),
+            (None, last) => last.map_err(NbdError::Flush),
+        }
     }
 }
 
@@ -510,6 +519,34 @@ fn check_socket_dir(dir: &Path) -> Result<(), NbdError> {
         )));
     }
     Ok(())
+}
+
+/// The first failed flush of a server's device: a client that saw it (or none, after a
+/// disconnect) may be gone, so [`NbdListener::serve`] returns it at the end.
+#[derive(Default)]
+struct FlushLatch(std::sync::Mutex<Option<io::Error>>);
+
+impl FlushLatch {
+    /// Flushes `device`; a failure is reported on stderr at once and kept.
+    fn flush(&self, device: &dyn BlockDevice, when: &str) -> io::Result<()> {
+        device.flush().inspect_err(|e| {
+            eprintln!(
+                "kms-envelope: NBD: flushing the device {when} failed: {e}; writes may not be \
+                 durable"
+            );
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get_or_insert_with(|| io::Error::new(e.kind(), e.to_string()));
+        })
+    }
+
+    fn take(&self) -> Option<io::Error> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
 }
 
 /// Runs a device call on tokio's blocking pool.
@@ -745,6 +782,7 @@ async fn serve_connection(
     stream: Stream,
     device: Arc<dyn BlockDevice>,
     mut stop: watch::Receiver<bool>,
+    latch: Arc<FlushLatch>,
 ) -> io::Result<()> {
     let (rd, wr) = split(stream);
     let mut rd = BufReader::with_capacity(256 << 10, rd);
@@ -771,7 +809,7 @@ async fn serve_connection(
     let result = tokio::select! {
         biased;
         _ = stop.wait_for(|stop| *stop) => Ok(()),
-        r = read_requests(&mut rd, &device, &tx, &count, &bytes) => r,
+        r = read_requests(&mut rd, &device, &latch, &tx, &count, &bytes) => r,
     };
     // The writer ends once every request task has sent its reply and dropped its sender. At
     // shutdown, a client that stops reading its replies cannot hold the server forever.
@@ -794,7 +832,7 @@ async fn serve_connection(
         .await
         .map_err(io::Error::other)?;
     let device2 = device.clone();
-    let flushed = run_blocking(move || device2.flush()).await;
+    let flushed = run_blocking(move || latch.flush(&*device2, "after a client left")).await;
     result.and(written).and(flushed)
 }
 
@@ -803,6 +841,7 @@ async fn serve_connection(
 async fn read_requests<R: AsyncRead + Unpin>(
     rd: &mut R,
     device: &Arc<dyn BlockDevice>,
+    latch: &Arc<FlushLatch>,
     tx: &mpsc::UnboundedSender<Reply>,
     count: &Arc<Semaphore>,
     bytes: &Arc<Semaphore>,
@@ -858,7 +897,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
             payload,
         };
         let tx = tx.clone();
-        let device = device.clone();
+        let (device, latch) = (device.clone(), latch.clone());
         let permits = (count_permit, bytes_permit);
         match request.check(size) {
             Err(error) => {
@@ -872,9 +911,15 @@ async fn read_requests<R: AsyncRead + Unpin>(
             Ok(()) => {
                 // The device may block (disk I/O, AEAD): never on the runtime's threads.
                 tokio::task::spawn_blocking(move || {
-                    let (error, data) = match request.execute(&*device) {
-                        Ok(data) => (0, data),
-                        Err(e) => (errno(&e), Vec::new()),
+                    // A panicking device call must still be answered, or the client waits for
+                    // that cookie forever; the panic hook has already reported it.
+                    let executed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        request.execute(&*device, &latch)
+                    }));
+                    let (error, data) = match executed {
+                        Ok(Ok(data)) => (0, data),
+                        Ok(Err(e)) => (errno(&e), Vec::new()),
+                        Err(_) => (NBD_EIO, Vec::new()),
                     };
                     let _ = tx.send(Reply {
                         cookie,
@@ -902,8 +947,9 @@ impl Request {
     /// reply with, if any.
     fn check(&self, size: u64) -> Result<(), u32> {
         let allowed_flags = match self.command {
-            NBD_CMD_READ | NBD_CMD_FLUSH => 0,
-            NBD_CMD_WRITE | NBD_CMD_TRIM => NBD_CMD_FLAG_FUA,
+            // The protocol: FUA MUST be accepted on every command (old qemu sends FLUSH|FUA);
+            // READ ignores it and FLUSH flushes anyway.
+            NBD_CMD_READ | NBD_CMD_FLUSH | NBD_CMD_WRITE | NBD_CMD_TRIM => NBD_CMD_FLAG_FUA,
             NBD_CMD_WRITE_ZEROES => NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE,
             // CACHE, BLOCK_STATUS (needs structured replies), RESIZE and unknown commands.
             _ => return Err(NBD_EINVAL),
@@ -932,7 +978,7 @@ impl Request {
     }
 
     /// Runs a checked request on the device; the data to send back (READ only).
-    fn execute(self, device: &dyn BlockDevice) -> io::Result<Vec<u8>> {
+    fn execute(self, device: &dyn BlockDevice, latch: &FlushLatch) -> io::Result<Vec<u8>> {
         let len = u64::from(self.length);
         match self.command {
             NBD_CMD_READ => {
@@ -948,12 +994,12 @@ impl Request {
             _ => {
                 // NBD_CMD_FLUSH: every write answered before it returned from the device
                 // before this request was read, so the device's flush covers it.
-                device.flush()?;
+                latch.flush(device, "for a client's FLUSH")?;
                 return Ok(Vec::new());
             }
         }
         if self.flags & NBD_CMD_FLAG_FUA != 0 {
-            device.flush()?;
+            latch.flush(device, "for a client's FUA write")?;
         }
         Ok(Vec::new())
     }
