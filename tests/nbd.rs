@@ -1086,3 +1086,98 @@ fn a_failed_flush_after_a_disconnect_is_reported_by_serve() {
     }
     assert_eq!(device.events().last(), Some(&Event::Flush)); // the final flush still ran
 }
+
+/// Outside a tokio runtime, binding is a typed error (not a panic) and leaves nothing behind.
+#[test]
+fn binding_outside_a_runtime_is_an_error_and_leaves_no_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = socket_in(dir.path());
+    let r = std::panic::catch_unwind(|| NbdListener::bind_unix(&socket).map(|_| ()));
+    let err = r
+        .expect("bind_unix panicked outside a runtime")
+        .unwrap_err();
+    assert!(matches!(err, NbdError::NoRuntime), "{err}");
+    assert!(err.to_string().contains("tokio runtime"), "{err}");
+    assert!(
+        std::fs::symlink_metadata(&socket).is_err(),
+        "socket left behind"
+    );
+    let r = std::panic::catch_unwind(|| {
+        NbdListener::bind_tcp("127.0.0.1:0".parse().unwrap(), true).map(|_| ())
+    });
+    let err = r.expect("bind_tcp panicked outside a runtime").unwrap_err();
+    assert!(matches!(err, NbdError::NoRuntime), "{err}");
+    // A runtime without I/O: the same error, and the socket file is removed again.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let _enter = rt.enter();
+    let r = std::panic::catch_unwind(|| NbdListener::bind_unix(&socket).map(|_| ()));
+    let err = r.expect("bind_unix panicked without I/O").unwrap_err();
+    assert!(matches!(err, NbdError::NoRuntime), "{err}");
+    assert!(
+        std::fs::symlink_metadata(&socket).is_err(),
+        "socket left behind"
+    );
+}
+
+/// The socket directory is checked and bound through one open descriptor: someone who can
+/// rename entries in its parent and swaps our 0700 directory for an open one (atomically,
+/// with RENAME_EXCHANGE) between the check and bind() never gets the socket into theirs.
+#[test]
+fn a_swapped_socket_directory_never_receives_the_socket() {
+    let base = tempfile::tempdir().unwrap();
+    let parent = base.path().join("shared");
+    std::fs::create_dir(&parent).unwrap();
+    let good = parent.join("run");
+    let evil = parent.join("evil");
+    std::fs::create_dir(&good).unwrap();
+    std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::create_dir(&evil).unwrap();
+    std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (g, e, st) = (good.clone(), evil.clone(), stop.clone());
+    let swapper = std::thread::spawn(move || {
+        while !st.load(Ordering::Relaxed) {
+            let _ = rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &g,
+                rustix::fs::CWD,
+                &e,
+                rustix::fs::RenameFlags::EXCHANGE,
+            );
+        }
+    });
+    let rt = runtime();
+    let _enter = rt.enter();
+    let sock = good.join("nbd.sock");
+    let t = Instant::now();
+    let (mut tries, mut landed) = (0, 0);
+    while t.elapsed() < Duration::from_secs(3) && landed == 0 {
+        tries += 1;
+        let listener = NbdListener::bind_unix(&sock);
+        // Whichever name it has now, the open (0777) directory must not hold the socket.
+        // (Looked at through one descriptor each, as the names keep changing.)
+        for d in [&good, &evil] {
+            let Ok(fd) = rustix::fs::open(d, rustix::fs::OFlags::DIRECTORY, 0.into()) else {
+                continue;
+            };
+            let open = rustix::fs::fstat(&fd).unwrap().st_mode & 0o777 == 0o777;
+            let flags = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
+            if open && rustix::fs::statat(&fd, "nbd.sock", flags).is_ok() {
+                landed += 1;
+            }
+        }
+        drop(listener);
+        for d in [&good, &evil] {
+            let _ = std::fs::remove_file(d.join("nbd.sock"));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    swapper.join().unwrap();
+    assert_eq!(
+        landed, 0,
+        "socket bound inside the open directory ({tries} tries)"
+    );
+    assert!(tries > 50, "too few tries to mean anything: {tries}");
+}

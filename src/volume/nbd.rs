@@ -23,15 +23,19 @@
 //! ```
 //! Then, for example: `qemu-img convert -n -O raw disk.img 'nbd+unix:///?socket=/run/user/1000/vol/nbd.sock'`.
 
+use std::ffi::OsString;
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -193,6 +197,9 @@ pub enum NbdError {
         /// The address asked for.
         addr: SocketAddr,
     },
+    /// A listener was created outside a tokio runtime (with I/O enabled), where it cannot
+    /// work.
+    NoRuntime,
     /// A flush of the device failed while serving (for a client's FLUSH or FUA, or after a
     /// client left) or at shutdown: writes may not be durable. The first failure is kept.
     Flush(io::Error),
@@ -229,6 +236,11 @@ impl fmt::Display for NbdError {
                 f,
                 "flushing the device failed while serving or at shutdown ({e}): writes a \
                  client was told were done may not be durable; check the volume"
+            ),
+            NbdError::NoRuntime => write!(
+                f,
+                "an NBD listener must be created inside a tokio runtime with I/O enabled (from \
+                 an async task or Runtime::block_on)"
             ),
             NbdError::Io(e) => write!(f, "NBD server: {e}"),
         }
@@ -300,10 +312,12 @@ enum Listener {
     Tcp(TcpListener),
 }
 
-/// The socket file we created; removed on drop if the path still names that very file.
+/// The socket file we created, named relative to its checked directory; removed on drop if
+/// that name still is that very file.
 #[derive(Debug)]
 struct SocketFile {
-    path: PathBuf,
+    dir: OwnedFd,
+    name: OsString,
     dev: u64,
     ino: u64,
 }
@@ -311,48 +325,108 @@ struct SocketFile {
 impl Drop for SocketFile {
     fn drop(&mut self) {
         // Never unlink something that replaced our socket at the path.
-        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            if meta.dev() == self.dev && meta.ino() == self.ino {
-                let _ = std::fs::remove_file(&self.path);
+        if let Ok(stat) = rustix::fs::statat(&self.dir, &self.name, AtFlags::SYMLINK_NOFOLLOW) {
+            if stat.st_dev == self.dev && stat.st_ino == self.ino {
+                let _ = rustix::fs::unlinkat(&self.dir, &self.name, AtFlags::empty());
             }
         }
     }
 }
 
+/// Serializes our umask changes: two overlapping set-and-restore pairs could leave the
+/// narrowed umask in place for good.
+static UMASK_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A typed error instead of tokio's panic when there is no runtime to register sockets with.
+fn require_runtime() -> Result<(), NbdError> {
+    tokio::runtime::Handle::try_current()
+        .map(drop)
+        .map_err(|_| NbdError::NoRuntime)
+}
+
+/// Registers a socket with tokio; a runtime without I/O enabled makes tokio panic, which
+/// becomes [`NbdError::NoRuntime`] (tokio offers no way to ask first).
+fn in_runtime<T>(register: impl FnOnce() -> io::Result<T>) -> Result<T, NbdError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(register))
+        .map_err(|_| NbdError::NoRuntime)?
+        .map_err(NbdError::Io)
+}
+
 impl NbdListener {
     /// Creates the Unix socket `path` (mode 0600) in a directory only we can enter.
     ///
-    /// Must be called inside a tokio runtime.
+    /// Must be called inside a tokio runtime with I/O enabled ([`NbdError::NoRuntime`] if not).
     ///
     /// # Errors
     /// [`NbdError::SocketDirectoryInsecure`] when the directory is not ours or lets group or
     /// others in, [`NbdError::SocketExists`] when anything is at `path`, or the I/O error.
     pub fn bind_unix(path: &Path) -> Result<NbdListener, NbdError> {
+        require_runtime()?;
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        check_socket_dir(&dir)?;
-        if std::fs::symlink_metadata(path).is_ok() {
-            return Err(NbdError::SocketExists {
-                path: path.to_path_buf(),
-            });
+        let name = path.file_name().ok_or_else(|| {
+            NbdError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: the socket path must end in a file name",
+                    path.display()
+                ),
+            ))
+        })?;
+        let dir_fd = open_socket_dir(&dir)?;
+        let exists = || NbdError::SocketExists {
+            path: path.to_path_buf(),
+        };
+        if rustix::fs::statat(&dir_fd, name, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+            return Err(exists());
         }
-        let listener = UnixListener::bind(path).map_err(|e| match e.kind() {
-            io::ErrorKind::AddrInUse | io::ErrorKind::AlreadyExists => NbdError::SocketExists {
-                path: path.to_path_buf(),
-            },
+        // Bound through the descriptor that was checked, so renaming directories around after
+        // the check cannot move the socket into another one.
+        let via = Path::new("/proc/self/fd")
+            .join(dir_fd.as_raw_fd().to_string())
+            .join(name);
+        let bound = {
+            let _lock = UMASK_LOCK
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // bind() creates the file with mode 0777 & !umask: make that at most 0700 (0600
+            // below) from the first instant. Only narrows; restored at once.
+            let old = rustix::process::umask(Mode::from_raw_mode(0o077));
+            let bound = std::os::unix::net::UnixListener::bind(&via);
+            rustix::process::umask(old);
+            bound
+        };
+        let listener = bound.map_err(|e| match e.kind() {
+            io::ErrorKind::AddrInUse | io::ErrorKind::AlreadyExists => exists(),
+            io::ErrorKind::NotFound => NbdError::Io(io::Error::new(
+                e.kind(),
+                format!(
+                    "binding the socket through {}: {e} (is /proc mounted?)",
+                    via.display()
+                ),
+            )),
             _ => NbdError::Io(e),
         })?;
-        let meta = std::fs::symlink_metadata(path)?;
+        let stat = rustix::fs::statat(&dir_fd, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(io::Error::from)?;
+        // From here on, dropping `file` (an error, or a panic below) removes the socket.
         let file = SocketFile {
-            path: path.to_path_buf(),
-            dev: meta.dev(),
-            ino: meta.ino(),
+            dir: dir_fd,
+            name: name.to_os_string(),
+            dev: stat.st_dev,
+            ino: stat.st_ino,
         };
-        // bind() applied the umask; the directory already keeps others out, this is the second
-        // fence the issue asks for.
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        rustix::fs::chmodat(
+            &file.dir,
+            name,
+            Mode::from_raw_mode(0o600),
+            AtFlags::empty(),
+        )
+        .map_err(io::Error::from)?;
+        listener.set_nonblocking(true)?;
+        let listener = in_runtime(|| UnixListener::from_std(listener))?;
         Ok(NbdListener {
             inner: Listener::Unix(listener, file),
         })
@@ -360,12 +434,13 @@ impl NbdListener {
 
     /// Binds the loopback TCP address `addr` (port 0 picks a free port).
     ///
-    /// Must be called inside a tokio runtime.
+    /// Must be called inside a tokio runtime with I/O enabled ([`NbdError::NoRuntime`] if not).
     ///
     /// # Errors
     /// [`NbdError::TcpNotAllowed`] without `insecure_tcp`, [`NbdError::NotLoopback`] for any
     /// address but 127.0.0.0/8 and ::1, or the bind error.
     pub fn bind_tcp(addr: SocketAddr, insecure_tcp: bool) -> Result<NbdListener, NbdError> {
+        require_runtime()?;
         if !addr.ip().is_loopback() {
             return Err(NbdError::NotLoopback { addr });
         }
@@ -375,7 +450,7 @@ impl NbdListener {
         let std_listener = std::net::TcpListener::bind(addr)?;
         std_listener.set_nonblocking(true)?;
         Ok(NbdListener {
-            inner: Listener::Tcp(TcpListener::from_std(std_listener)?),
+            inner: Listener::Tcp(in_runtime(|| TcpListener::from_std(std_listener))?),
         })
     }
 
@@ -485,40 +560,51 @@ async fn accept(listener: &Listener) -> io::Result<Stream> {
     }
 }
 
-/// Checks that `dir` exists as a directory of ours that nobody else can enter, creating it
-/// with mode 0700 when it is missing.
-fn check_socket_dir(dir: &Path) -> Result<(), NbdError> {
+/// Opens `dir` (never through a symbolic link) and checks through that descriptor that it is
+/// a directory of ours that nobody else can enter; creates it with mode 0700 when missing.
+fn open_socket_dir(dir: &Path) -> Result<OwnedFd, NbdError> {
     let insecure = |reason: String| NbdError::SocketDirectoryInsecure {
         dir: dir.to_path_buf(),
         reason,
     };
-    let meta = match std::fs::symlink_metadata(dir) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            std::fs::DirBuilder::new().mode(0o700).create(dir)?;
-            std::fs::symlink_metadata(dir)?
-        }
-        Err(e) => return Err(NbdError::Io(e)),
+    let open = || {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        rustix::fs::open(dir, flags, Mode::empty())
     };
-    if !meta.file_type().is_dir() {
-        return Err(insecure(
-            "it is not a directory (a symbolic link is not followed)".into(),
-        ));
-    }
+    let opened = match open() {
+        Err(Errno::NOENT) => {
+            match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(NbdError::Io(e)),
+                _ => {}
+            }
+            open()
+        }
+        opened => opened,
+    };
+    let fd = match opened {
+        Ok(fd) => fd,
+        Err(Errno::NOTDIR | Errno::LOOP) => {
+            return Err(insecure(
+                "it is not a directory (a symbolic link is not followed)".into(),
+            ))
+        }
+        Err(e) => return Err(NbdError::Io(e.into())),
+    };
+    let stat = rustix::fs::fstat(&fd).map_err(io::Error::from)?;
     let uid = rustix::process::geteuid().as_raw();
-    if meta.uid() != uid {
+    if stat.st_uid != uid {
         return Err(insecure(format!(
             "it belongs to uid {}, not to us (uid {uid})",
-            meta.uid()
+            stat.st_uid
         )));
     }
-    let mode = meta.mode() & 0o7777;
+    let mode = stat.st_mode & 0o7777;
     if mode & 0o077 != 0 {
         return Err(insecure(format!(
             "its mode is {mode:04o}: group or others have access (chmod 700 it)"
         )));
     }
-    Ok(())
+    Ok(fd)
 }
 
 /// The first failed flush of a server's device: a client that saw it (or none, after a
