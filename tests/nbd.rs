@@ -1181,3 +1181,55 @@ fn a_swapped_socket_directory_never_receives_the_socket() {
     );
     assert!(tries > 50, "too few tries to mean anything: {tries}");
 }
+
+/// Silent clients that queue for the slot are refused within a few seconds, so they cannot
+/// keep every waiting place from the next client for long.
+#[test]
+fn silent_waiting_clients_are_dropped_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Arc::new(FileDevice::create(&dir.path().join("disk"), 1 << 20));
+    let server = Server::unix(&socket_in(dir.path()), device);
+    let mut first = server.raw();
+    greet(&mut first, 1);
+    go(&mut first);
+    // Four clients that never speak take every waiting place.
+    let silent: Vec<UnixStream> = (0..4).map(|_| server.raw()).collect();
+    std::thread::sleep(Duration::from_millis(8500));
+    let mut next = server.raw();
+    let mut hello = [0u8; 18];
+    let got = next.read(&mut hello);
+    assert_eq!(
+        got.ok(),
+        Some(18),
+        "a client that came after them got no greeting"
+    );
+    assert_eq!(&hello[..8], b"NBDMAGIC");
+    drop(silent);
+    send_request(&mut first, 0, 2, 1, 0, 0, &[]);
+    assert_closed(&mut first);
+    server.stop().unwrap();
+}
+
+/// A client that stops in the middle of a WRITE payload loses the slot after the payload
+/// timeout (30 s), and the next client is served.
+#[test]
+fn a_stalled_write_payload_does_not_hold_the_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Arc::new(FileDevice::create(&dir.path().join("disk"), 1 << 20));
+    let server = Server::unix(&socket_in(dir.path()), device);
+    let mut s = server.raw();
+    s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+    greet(&mut s, 1);
+    go(&mut s);
+    send_request(&mut s, 0, 1, 1, 0, 4096, &[1; 100]); // the payload never completes
+    let t = Instant::now();
+    assert_closed(&mut s);
+    assert!(t.elapsed() < Duration::from_secs(38), "{:?}", t.elapsed());
+    std::thread::sleep(Duration::from_millis(200));
+    let mut other = server.raw();
+    greet(&mut other, 1);
+    go(&mut other);
+    send_request(&mut other, 0, 2, 2, 0, 0, &[]);
+    assert_closed(&mut other);
+    server.stop().unwrap();
+}

@@ -158,6 +158,12 @@ const MAX_OPTION_LEN: u32 = 16 << 10;
 /// A client must finish its handshake within this time, so that a stalled one cannot hold the
 /// single client slot.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Once a WRITE's header has arrived, its payload must follow within this time, so that a
+/// client stalled mid-request cannot hold the single client slot.
+const PAYLOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// A refused client must have taken its refusal within this time: a silent one would keep a
+/// waiting place from the next client.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// At shutdown, how long the replies of requests already read may take to reach a client that
 /// does not read them.
 const SHUTDOWN_REPLY_WAIT: Duration = Duration::from_secs(10);
@@ -495,6 +501,16 @@ impl NbdListener {
             while connections.try_join_next().is_some() {}
             let stream = match accepted {
                 Ok(stream) => stream,
+                // A client that reset its connection before it was accepted: nothing to wait
+                // for, and waiting would let a reset flood delay real clients.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    continue
+                }
                 Err(_) => {
                     // EMFILE and the like: do not spin; the client that caused it is gone.
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -522,7 +538,7 @@ impl NbdListener {
                     _ => {
                         tokio::select! {
                             _ = stop.wait_for(|stop| *stop) => {}
-                            _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, refuse(stream)) => {}
+                            _ = tokio::time::timeout(REFUSAL_TIMEOUT, refuse(stream)) => {}
                         }
                     }
                 }
@@ -973,7 +989,14 @@ async fn read_requests<R: AsyncRead + Unpin>(
         let mut payload = Vec::new();
         if command == NBD_CMD_WRITE {
             payload = vec![0u8; length as usize];
-            rd.read_exact(&mut payload).await?;
+            tokio::time::timeout(PAYLOAD_TIMEOUT, rd.read_exact(&mut payload))
+                .await
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "WRITE payload did not arrive in time",
+                    )
+                })??;
         }
         let request = Request {
             command,
