@@ -474,3 +474,55 @@ fn only_tree_runs_raise_the_open_file_limit_and_only_as_needed() {
     assert!(tree.wait().unwrap().success());
     assert_eq!(soft, Some(594), "a tree run of two jobs");
 }
+
+/// Second review of the tree fixes, F1 and F2: a file reached only through a link to a
+/// directory whose walk skipped a cycle is written (exit 0); a link over the link cap fails
+/// the run (exit 1) with what to do.
+#[test]
+fn links_skipped_on_one_path_are_followed_on_another_and_the_link_cap_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s1 = tmp.path().join("s1");
+    write(&s1.join("A/f"), b"f");
+    fs::create_dir(s1.join("A/P")).unwrap();
+    symlink(s1.join("A"), s1.join("A/P/c")).unwrap();
+    symlink(s1.join("A/P"), s1.join("q")).unwrap();
+    let o1 = tmp.path().join("o1");
+    let (s1_s, o1_s) = (s1.to_str().unwrap(), o1.to_str().unwrap());
+    let args = [
+        "-i",
+        s1_s,
+        "-o",
+        o1_s,
+        "--follow-symlinks",
+        "--include",
+        "q/**",
+    ];
+    let (ok, err) = raw_encrypt(tmp.path(), "-Sn 1024", &args);
+    assert!(ok, "{err}");
+    assert!(o1.join("q/c/f.kms").is_file(), "{err}");
+
+    write(&tmp.path().join("ext/file"), b"data");
+    let s2 = tmp.path().join("s2");
+    fs::create_dir(&s2).unwrap();
+    for i in 1..=5 {
+        symlink(tmp.path().join("ext"), s2.join(format!("l{i}"))).unwrap();
+    }
+    let o2 = tmp.path().join("o2");
+    let (s2_s, o2_s) = (s2.to_str().unwrap(), o2.to_str().unwrap());
+    let args = [
+        "-i",
+        s2_s,
+        "-o",
+        o2_s,
+        "--follow-symlinks",
+        "--include",
+        "l5/**",
+    ];
+    let (ok, err) = raw_encrypt(tmp.path(), "-Sn 1024", &args);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("l5: a link to a directory already entered"),
+        "{err}"
+    );
+    assert!(err.contains("1 failed"), "{err}");
+}

@@ -707,3 +707,48 @@ fn a_resumed_run_finishes_the_directories_an_earlier_run_made() {
     assert_eq!(mode(&dst.join("kept")), 0o750, "made by the earlier run");
     assert_eq!(mode(&dst.join("remade")), 0o700, "not the directory made");
 }
+
+/// Second review of the tree fixes, F1: a link skipped on one path (here a cycle) leaves its
+/// parent not walked whole, so a later link to that parent is followed and the files the
+/// include selects through it are written.
+#[test]
+fn a_link_skipped_as_a_cycle_does_not_mark_its_parent_walked_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("s1");
+    fs::create_dir_all(src.join("A/P")).unwrap();
+    fs::write(src.join("A/f"), b"f").unwrap();
+    std::os::unix::fs::symlink(src.join("A"), src.join("A/P/c")).unwrap();
+    std::os::unix::fs::symlink(src.join("A/P"), src.join("q")).unwrap();
+    let o = TreeOptions::new().follow_symlinks(true).include("q/**");
+    let dst = tmp.path().join("o1");
+    let r = encrypt(&src, &dst, &o).unwrap();
+    assert_eq!(status(&r, "q/c/f"), FileStatus::Done);
+    assert!(dst.join("q/c/f.kms").is_file());
+}
+
+/// Second review of the tree fixes, F2: a link not entered because of the link cap may drop
+/// files no earlier path took: it fails (not a skip), saying which link, why and what to do.
+#[test]
+fn a_link_over_the_link_cap_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ext = tmp.path().join("ext");
+    fs::create_dir(&ext).unwrap();
+    fs::write(ext.join("file"), b"data").unwrap();
+    let src = tmp.path().join("s2");
+    fs::create_dir(&src).unwrap();
+    for i in 1..=5 {
+        std::os::unix::fs::symlink(&ext, src.join(format!("l{i}"))).unwrap();
+    }
+    let o = TreeOptions::new().follow_symlinks(true).include("l5/**");
+    let k = keyring();
+    let dst = tmp.path().join("o2");
+    let (summary, r) = collect(|f| encrypt_tree(&Encryptor::new(&k), &src, &dst, &o, f)).unwrap();
+    assert_eq!(summary.failed, 1, "{summary:?}");
+    let report = r.lock().unwrap()[Path::new("l5")].clone();
+    assert_eq!(report.status, FileStatus::Failed);
+    let note = report.note.unwrap();
+    assert!(
+        note.contains("4 times") && note.contains("narrower links"),
+        "{note}"
+    );
+}

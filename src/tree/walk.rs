@@ -67,6 +67,18 @@ pub(super) struct Frame {
     pub(super) filtered: bool,
 }
 
+/// What [`Run::descend`] did with a subdirectory.
+pub(super) enum Descent {
+    /// Opened: walk it.
+    Entered(Arc<DirPair>, DirId),
+    /// Not entered, and no path to it would give more (walked whole before, or the
+    /// destination itself): its parent can still be walked whole.
+    NothingMore,
+    /// Not entered on this path (a cycle, the link cap, the depth limit, an error): its
+    /// parent is not walked whole, so a link to the parent on another path is followed.
+    LeftOut,
+}
+
 pub(super) struct Job {
     pub(super) dir: Arc<DirPair>,
     pub(super) name: OsString,
@@ -157,11 +169,22 @@ impl Run<'_> {
             match t {
                 FileType::Directory => {
                     let seen = (&ancestors[..], &mut entered);
-                    if let Some((child, id)) = self.descend(&dir, name, follow, seen) {
-                        if let Some(frame) = self.frame(child, id) {
-                            stack.push(frame);
-                            ancestors.push(id);
-                        }
+                    let walked = match self.descend(&dir, name, follow, seen) {
+                        Descent::Entered(child, id) => match self.frame(child, id) {
+                            Some(frame) => {
+                                stack.push(frame);
+                                ancestors.push(id);
+                                true
+                            }
+                            None => false,
+                        },
+                        Descent::NothingMore => true,
+                        Descent::LeftOut => false,
+                    };
+                    if !walked {
+                        // Not walked on this path (a cycle, the link cap, the depth limit, an
+                        // error): another path to the parent may still reach what it holds.
+                        stack.last_mut().expect("not empty").filtered = true;
                     }
                 }
                 FileType::RegularFile | FileType::Unknown => {
@@ -195,7 +218,7 @@ impl Run<'_> {
         name: OsString,
         follow: bool,
         (ancestors, entered): (&[DirId], &mut HashMap<DirId, Seen>),
-    ) -> Option<(Arc<DirPair>, DirId)> {
+    ) -> Descent {
         let rel = join_rel(&parent.rel, &name);
         if parent.rel.len() >= MAX_DEPTH {
             self.note(
@@ -203,7 +226,7 @@ impl Run<'_> {
                 FileStatus::Failed,
                 format!("it is more than {MAX_DEPTH} levels deep: not entered"),
             );
-            return None;
+            return Descent::LeftOut;
         }
         let (fd, st) = match fs::open_dir(parent.src.as_fd(), &name, follow) {
             Ok(x) => x,
@@ -215,7 +238,7 @@ impl Run<'_> {
                     e => format!("cannot open the directory: {}", fs::errno_text(e)),
                 };
                 self.note(rel, FileStatus::Failed, why);
-                return None;
+                return Descent::LeftOut;
             }
         };
         let id = fs::dir_id(&fd, &st);
@@ -225,7 +248,7 @@ impl Run<'_> {
                 FileStatus::Skipped,
                 "a link back to a directory above it (a cycle): not entered".into(),
             );
-            return None;
+            return Descent::LeftOut;
         }
         if follow {
             let seen = entered.entry(id).or_default();
@@ -237,19 +260,22 @@ impl Run<'_> {
                      again"
                         .into(),
                 );
-                return None;
+                return Descent::NothingMore;
             }
             if seen.by_link >= LINK_ENTRIES {
+                // Failed, not skipped: files beneath it that no earlier path took are missing.
                 self.note(
                     rel,
-                    FileStatus::Skipped,
+                    FileStatus::Failed,
                     format!(
                         "a link to a directory already entered {LINK_ENTRIES} times through \
-                         links, each time with files left out by include/exclude: not entered \
-                         again; name it as a source of its own if its files are wanted here"
+                         links, each time with something left out (include/exclude, a cycle, \
+                         a limit): not entered again, so files beneath it may be missing from \
+                         this path; use narrower links (or include/exclude patterns), or run \
+                         without following symbolic links"
                     ),
                 );
-                return None;
+                return Descent::LeftOut;
             }
             seen.by_link += 1;
         }
@@ -259,7 +285,7 @@ impl Run<'_> {
                 FileStatus::Skipped,
                 "the destination tree itself: not entered".into(),
             );
-            return None;
+            return Descent::NothingMore;
         }
         let mut index = 0;
         let dst = parent.dst.as_ref().map(|d| match d {
@@ -285,7 +311,7 @@ impl Run<'_> {
             index,
             rel: comps,
         });
-        Some((child, id))
+        Descent::Entered(child, id)
     }
 
     /// Whether the destination directory at `rel` (`id`) is ours to finish: made by this run
