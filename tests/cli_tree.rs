@@ -5,7 +5,7 @@
 mod support;
 
 use std::fs;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
 use std::process::Stdio;
 
 use serde_json::Value;
@@ -525,4 +525,54 @@ fn links_skipped_on_one_path_are_followed_on_another_and_the_link_cap_fails() {
         "{err}"
     );
     assert!(err.contains("1 failed"), "{err}");
+}
+
+/// Second review of the tree fixes, F6: the raw key file is read once, for both the keyring
+/// and the resume label's fingerprint: a key given through a FIFO (as `<(cat key)` gives it)
+/// works, where a second read would wait for a writer that never comes.
+#[test]
+fn a_raw_key_through_a_fifo_is_read_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    write(&src.join("a"), b"one");
+    let fifo = tmp.path().join("key.fifo");
+    mkfifo(&fifo);
+    let writer = {
+        let fifo = fifo.clone();
+        // Opening for writing waits for the reader; one key, then end of file.
+        std::thread::spawn(move || fs::write(&fifo, [7u8; 32]).unwrap())
+    };
+    let dst = tmp.path().join("dst");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kms-envelope"))
+        .args(["encrypt", "-r", "--raw-aes-key"])
+        .arg(format!("tree:key:{}", fifo.display()))
+        .arg("-i")
+        .arg(&src)
+        .arg("-o")
+        .arg(&dst)
+        .env("AWS_REGION", "us-east-1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            // Unblock the writer if the CLI never read the key (non-blocking: no wait for it).
+            let _ = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                .open(&fifo);
+            panic!("still running after 30 s: the key file was read a second time");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    writer.join().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dst.join("a.kms").is_file());
 }

@@ -21,7 +21,6 @@ use crate::exit::{failure, io_error, io_failure, usage, Code, Failure};
 use crate::files::decrypt::DecryptArgs;
 use crate::files::encrypt::{encryptor, EncryptArgs};
 use crate::files::inspect::hex;
-use crate::keyrings::raw_key_fingerprints;
 use crate::term::line_to_stderr;
 
 /// The tree flags shared by `encrypt` and `decrypt`.
@@ -395,6 +394,7 @@ pub(crate) fn encrypt(
     aws: &AwsArgs,
     a: &EncryptArgs,
     keyring: Arc<dyn Keyring>,
+    raw_fingerprints: &[String],
     context: EncryptionContext,
 ) -> Result<(), Failure> {
     let (input, out) = (&a.common.input.path, &a.common.out);
@@ -424,8 +424,7 @@ pub(crate) fn encrypt(
     };
     let label = format!(
         "keys={:?} raw={:?} cache={cache}",
-        keys.keys,
-        raw_key_fingerprints(keys)?
+        keys.keys, raw_fingerprints
     );
     let opts = t.options(out.force, out.no_fsync, label);
     let sink = Sink::new(aws, t, out.force, [input.as_path(), out.output.as_path()])?;
@@ -440,6 +439,7 @@ pub(crate) fn decrypt(
     aws: &AwsArgs,
     a: &DecryptArgs,
     keyring: Arc<dyn Keyring>,
+    raw_fingerprints: &[String],
     context: EncryptionContext,
 ) -> Result<(), Failure> {
     let (input, out) = (&a.common.input.path, &a.common.out);
@@ -459,7 +459,7 @@ pub(crate) fn decrypt(
     let label = format!(
         "keys={:?} raw={:?} discovery={} any={} accounts={:?} partition={}",
         keys.keys,
-        raw_key_fingerprints(keys)?,
+        raw_fingerprints,
         a.discovery,
         a.discovery_any_account,
         a.accounts.accounts,
