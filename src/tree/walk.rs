@@ -44,15 +44,16 @@ pub(super) struct DstDir {
 pub(super) use super::fs::DirId;
 
 /// How many times one directory may be entered through followed links while each walk of it
-/// has left something out (include/exclude): it is entered again since another path may take
-/// what this one left, but boundedly, so a graph of links stays linear in its size.
+/// has left something out: it is entered again since another path may take what this one
+/// left, but boundedly. Real directories beneath are walked on each entry, so a directory at
+/// depth d is walked at most 1 + 4·d times: that factor of the tree's size, not exponential.
 const LINK_ENTRIES: u32 = 4;
 
 /// What the walk knows of a directory it entered through a followed link, or walked whole.
 #[derive(Default)]
 pub(super) struct Seen {
-    /// Walked to the end with nothing left out by include/exclude: another path through a
-    /// link would give nothing more.
+    /// Walked to the end with nothing left out (by include/exclude, or a subdirectory not
+    /// entered on that path): another path through a link would give nothing more.
     complete: bool,
     /// Times entered through a followed link.
     by_link: u32,
