@@ -576,3 +576,23 @@ fn a_raw_key_through_a_fifo_is_read_once() {
     assert!(status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(dst.join("a.kms").is_file());
 }
+
+/// Second review of the tree fixes, F8: a note about the tree's root names it ".", not an
+/// empty path.
+#[test]
+fn a_note_about_the_root_names_it_dot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    write(&src.join("a"), b"one");
+    let open = tmp.path().join("open");
+    fs::create_dir(&open).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    let dst = open.join("dst");
+    let (src_s, dst_s) = (src.to_str().unwrap(), dst.to_str().unwrap());
+    let (ok, err) = raw_encrypt(tmp.path(), "-Sn 1024", &["-i", src_s, "-o", dst_s]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("note: .: skipped, the destination root"),
+        "{err}"
+    );
+}

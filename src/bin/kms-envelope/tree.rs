@@ -218,7 +218,11 @@ impl Sink {
                     .get_or_insert(e);
             }
         }
-        let shown = r.relative.to_string_lossy();
+        // The root's own notes have an empty relative path.
+        let shown = match r.relative.as_os_str().is_empty() {
+            true => ".".into(),
+            false => r.relative.to_string_lossy(),
+        };
         match (r.status, &r.note) {
             (FileStatus::Planned, _) if self.dry_run => line_to_stderr(&format!(
                 "would write {}",
