@@ -5,7 +5,7 @@
 mod support;
 
 use std::fs;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
 use std::process::Stdio;
 
 use serde_json::Value;
@@ -473,4 +473,126 @@ fn only_tree_runs_raise_the_open_file_limit_and_only_as_needed() {
     let soft = watch(&mut tree, &|n| n != 256);
     assert!(tree.wait().unwrap().success());
     assert_eq!(soft, Some(594), "a tree run of two jobs");
+}
+
+/// Second review of the tree fixes, F1 and F2: a file reached only through a link to a
+/// directory whose walk skipped a cycle is written (exit 0); a link over the link cap fails
+/// the run (exit 1) with what to do.
+#[test]
+fn links_skipped_on_one_path_are_followed_on_another_and_the_link_cap_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s1 = tmp.path().join("s1");
+    write(&s1.join("A/f"), b"f");
+    fs::create_dir(s1.join("A/P")).unwrap();
+    symlink(s1.join("A"), s1.join("A/P/c")).unwrap();
+    symlink(s1.join("A/P"), s1.join("q")).unwrap();
+    let o1 = tmp.path().join("o1");
+    let (s1_s, o1_s) = (s1.to_str().unwrap(), o1.to_str().unwrap());
+    let args = [
+        "-i",
+        s1_s,
+        "-o",
+        o1_s,
+        "--follow-symlinks",
+        "--include",
+        "q/**",
+    ];
+    let (ok, err) = raw_encrypt(tmp.path(), "-Sn 1024", &args);
+    assert!(ok, "{err}");
+    assert!(o1.join("q/c/f.kms").is_file(), "{err}");
+
+    write(&tmp.path().join("ext/file"), b"data");
+    let s2 = tmp.path().join("s2");
+    fs::create_dir(&s2).unwrap();
+    for i in 1..=5 {
+        symlink(tmp.path().join("ext"), s2.join(format!("l{i}"))).unwrap();
+    }
+    let o2 = tmp.path().join("o2");
+    let (s2_s, o2_s) = (s2.to_str().unwrap(), o2.to_str().unwrap());
+    let args = [
+        "-i",
+        s2_s,
+        "-o",
+        o2_s,
+        "--follow-symlinks",
+        "--include",
+        "l5/**",
+    ];
+    let (ok, err) = raw_encrypt(tmp.path(), "-Sn 1024", &args);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("l5: a link to a directory already entered"),
+        "{err}"
+    );
+    assert!(err.contains("1 failed"), "{err}");
+}
+
+/// Second review of the tree fixes, F6: the raw key file is read once, for both the keyring
+/// and the resume label's fingerprint: a key given through a FIFO (as `<(cat key)` gives it)
+/// works, where a second read would wait for a writer that never comes.
+#[test]
+fn a_raw_key_through_a_fifo_is_read_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    write(&src.join("a"), b"one");
+    let fifo = tmp.path().join("key.fifo");
+    mkfifo(&fifo);
+    let writer = {
+        let fifo = fifo.clone();
+        // Opening for writing waits for the reader; one key, then end of file.
+        std::thread::spawn(move || fs::write(&fifo, [7u8; 32]).unwrap())
+    };
+    let dst = tmp.path().join("dst");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kms-envelope"))
+        .args(["encrypt", "-r", "--raw-aes-key"])
+        .arg(format!("tree:key:{}", fifo.display()))
+        .arg("-i")
+        .arg(&src)
+        .arg("-o")
+        .arg(&dst)
+        .env("AWS_REGION", "us-east-1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            // Unblock the writer if the CLI never read the key (non-blocking: no wait for it).
+            let _ = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                .open(&fifo);
+            panic!("still running after 30 s: the key file was read a second time");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    writer.join().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dst.join("a.kms").is_file());
+}
+
+/// Second review of the tree fixes, F8: a note about the tree's root names it ".", not an
+/// empty path.
+#[test]
+fn a_note_about_the_root_names_it_dot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    write(&src.join("a"), b"one");
+    let open = tmp.path().join("open");
+    fs::create_dir(&open).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    let dst = open.join("dst");
+    let (src_s, dst_s) = (src.to_str().unwrap(), dst.to_str().unwrap());
+    let (ok, err) = raw_encrypt(tmp.path(), "-Sn 1024", &["-i", src_s, "-o", dst_s]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("note: .: skipped, the destination root"),
+        "{err}"
+    );
 }

@@ -696,7 +696,8 @@ fn a_resumed_run_finishes_the_directories_an_earlier_run_made() {
     let o = TreeOptions::new().resume(true);
     let r = encrypt(&src, &dst, &o).unwrap();
     assert_eq!(status(&r, "kept/f"), FileStatus::Done);
-    // As a run killed before its end leaves them.
+    // As a run killed before its end leaves them: 0700, and no mark that they were finished.
+    unfinish(&dst);
     fs::set_permissions(dst.join("kept"), fs::Permissions::from_mode(0o700)).unwrap();
     fs::remove_dir_all(dst.join("remade")).unwrap();
     fs::create_dir(dst.join("remade")).unwrap();
@@ -706,4 +707,136 @@ fn a_resumed_run_finishes_the_directories_an_earlier_run_made() {
     assert_eq!(status(&r, "remade/f"), FileStatus::Done);
     assert_eq!(mode(&dst.join("kept")), 0o750, "made by the earlier run");
     assert_eq!(mode(&dst.join("remade")), 0o700, "not the directory made");
+}
+
+/// Second review of the tree fixes, F1: a link skipped on one path (here a cycle) leaves its
+/// parent not walked whole, so a later link to that parent is followed and the files the
+/// include selects through it are written.
+#[test]
+fn a_link_skipped_as_a_cycle_does_not_mark_its_parent_walked_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("s1");
+    fs::create_dir_all(src.join("A/P")).unwrap();
+    fs::write(src.join("A/f"), b"f").unwrap();
+    std::os::unix::fs::symlink(src.join("A"), src.join("A/P/c")).unwrap();
+    std::os::unix::fs::symlink(src.join("A/P"), src.join("q")).unwrap();
+    let o = TreeOptions::new().follow_symlinks(true).include("q/**");
+    let dst = tmp.path().join("o1");
+    let r = encrypt(&src, &dst, &o).unwrap();
+    assert_eq!(status(&r, "q/c/f"), FileStatus::Done);
+    assert!(dst.join("q/c/f.kms").is_file());
+}
+
+/// Second review of the tree fixes, F2: a link not entered because of the link cap may drop
+/// files no earlier path took: it fails (not a skip), saying which link, why and what to do.
+#[test]
+fn a_link_over_the_link_cap_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ext = tmp.path().join("ext");
+    fs::create_dir(&ext).unwrap();
+    fs::write(ext.join("file"), b"data").unwrap();
+    let src = tmp.path().join("s2");
+    fs::create_dir(&src).unwrap();
+    for i in 1..=5 {
+        std::os::unix::fs::symlink(&ext, src.join(format!("l{i}"))).unwrap();
+    }
+    let o = TreeOptions::new().follow_symlinks(true).include("l5/**");
+    let k = keyring();
+    let dst = tmp.path().join("o2");
+    let (summary, r) = collect(|f| encrypt_tree(&Encryptor::new(&k), &src, &dst, &o, f)).unwrap();
+    assert_eq!(summary.failed, 1, "{summary:?}");
+    let report = r.lock().unwrap()[Path::new("l5")].clone();
+    assert_eq!(report.status, FileStatus::Failed);
+    let note = report.note.unwrap();
+    assert!(
+        note.contains("4 times") && note.contains("narrower links"),
+        "{note}"
+    );
+}
+
+/// Takes out of the default manifest in `dst` the marks that a run finished its directories,
+/// as a run killed before its end leaves it.
+fn unfinish(dst: &Path) {
+    let manifest = dst.join(".kms-envelope-manifest");
+    let text = fs::read_to_string(&manifest).unwrap();
+    let kept: String = text
+        .lines()
+        .filter(|l| !l.contains("dirs_finished"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(kept.len(), text.len(), "no mark in {text}");
+    fs::write(&manifest, kept).unwrap();
+}
+
+/// Second review of the tree fixes, F3: a resume after a complete run leaves alone the modes
+/// of the directories that run made and finished: the user's later chmod stays.
+#[test]
+fn a_resume_after_a_complete_run_keeps_later_changes_to_directory_modes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("hidden")).unwrap();
+    fs::write(src.join("hidden/f"), b"data").unwrap();
+    fs::set_permissions(src.join("hidden"), fs::Permissions::from_mode(0o755)).unwrap();
+    let dst = tmp.path().join("dst");
+    let o = TreeOptions::new().resume(true);
+    encrypt(&src, &dst, &o).unwrap();
+    assert_eq!(mode(&dst.join("hidden")), 0o755);
+    fs::set_permissions(dst.join("hidden"), fs::Permissions::from_mode(0o700)).unwrap();
+    let r = encrypt(&src, &dst, &o).unwrap();
+    assert_eq!(status(&r, "hidden/f"), FileStatus::AlreadyDone);
+    assert_eq!(
+        mode(&dst.join("hidden")),
+        0o700,
+        "the user's chmod after the run"
+    );
+}
+
+/// Second review of the tree fixes, F4: a destination root made in a parent others can rename
+/// entries in is not recorded as made, so a later resume (the parent closed since) does not
+/// give it the source's mode either: what was filled may not be the directory made.
+#[test]
+fn a_root_made_in_an_open_parent_is_not_finished_by_a_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o750)).unwrap();
+    let parent = tmp.path().join("open");
+    fs::create_dir(&parent).unwrap();
+    fs::set_permissions(&parent, fs::Permissions::from_mode(0o777)).unwrap();
+    let dst = parent.join("out");
+    let o = TreeOptions::new().resume(true);
+    encrypt(&src, &dst, &o).unwrap();
+    assert_eq!(mode(&dst), 0o700);
+    // As a run killed before its end, then resumed once the parent is closed.
+    unfinish(&dst);
+    fs::set_permissions(&parent, fs::Permissions::from_mode(0o755)).unwrap();
+    let r = encrypt(&src, &dst, &o).unwrap();
+    assert_eq!(status(&r, "f"), FileStatus::AlreadyDone);
+    assert_eq!(mode(&dst), 0o700, "not recorded as made");
+}
+
+/// Second review of the tree fixes, F5: a manifest whose last line was cut short by a crash
+/// gets a newline before a resumed run appends: that run's first line stays whole.
+#[test]
+fn a_resume_after_a_cut_line_keeps_its_own_first_line_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a"), b"a").unwrap();
+    let dst = tmp.path().join("dst");
+    let o = TreeOptions::new().resume(true);
+    encrypt(&src, &dst, &o).unwrap();
+    let manifest = dst.join(".kms-envelope-manifest");
+    let cut = r#"{"path":"cut sho"#;
+    let mut f = fs::OpenOptions::new().append(true).open(&manifest).unwrap();
+    std::io::Write::write_all(&mut f, cut.as_bytes()).unwrap();
+    drop(f);
+    fs::write(src.join("b"), b"b").unwrap();
+    let r = encrypt(&src, &dst, &o).unwrap();
+    assert_eq!(status(&r, "b"), FileStatus::Done);
+    let text = fs::read_to_string(&manifest).unwrap();
+    assert!(text.lines().any(|l| l == cut), "{text}");
+    let r = encrypt(&src, &dst, &o).unwrap();
+    assert_eq!(status(&r, "b"), FileStatus::AlreadyDone, "{text}");
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufRead, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -55,15 +56,23 @@ fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
 
-/// A line of the manifest: a finished file, or a destination directory a run made.
+/// A line of the manifest: a finished file, a destination directory a run made, or the mark
+/// that a run gave the directories it made their modes and times.
 enum Line {
     File(Vec<u8>, Record),
     Dir(Vec<u8>, DirId),
+    DirsFinished,
 }
+
+/// The key of the [`Line::DirsFinished`] mark.
+const DIRS_FINISHED: &str = "dirs_finished";
 
 fn parse_line(line: &str) -> Option<Line> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     let n = |k: &str| v.get(k)?.as_u64();
+    if v.get(DIRS_FINISHED).is_some() {
+        return Some(Line::DirsFinished);
+    }
     if let Some(dir) = v.get("dir") {
         let born = v.get("born")?.as_array()?;
         let id = (
@@ -156,8 +165,16 @@ impl Manifest {
                     Some(Line::Dir(path, id)) => {
                         made_dirs.insert(path, id);
                     }
+                    // Finished since: their modes may have been changed by hand after.
+                    Some(Line::DirsFinished) => made_dirs.clear(),
                     None => {}
                 }
+            }
+            // A last line cut short by a crash would swallow this run's first line.
+            let len = file.metadata()?.len();
+            let mut last = [0u8];
+            if len > 0 && file.read_at(&mut last, len - 1)? == 1 && last[0] != b'\n' {
+                (&file).write_all(b"\n")?;
             }
             file
         } else {
@@ -222,13 +239,24 @@ impl Manifest {
     /// (a deep tree's paths would pile up), and not synced: a lost line only leaves that
     /// directory 0700 after a crash, and a line that outlives its directory matches nothing.
     pub(crate) fn add_dir(&self, path: &[u8], id: DirId) -> io::Result<()> {
-        let mut line = serde_json::json!({
+        let line = serde_json::json!({
             "dir": b64().encode(path),
             "dev": id.0,
             "ino": id.1,
             "born": [id.2, id.3],
         })
         .to_string();
+        self.write_now(line)
+    }
+
+    /// Records that this run gave the directories it made (or finished for an earlier run)
+    /// their modes and times: a later resume leaves them alone, as the user may have changed
+    /// them since. Written at once, like [`Manifest::add_dir`].
+    pub(crate) fn dirs_finished(&self) -> io::Result<()> {
+        self.write_now(serde_json::json!({ DIRS_FINISHED: true }).to_string())
+    }
+
+    fn write_now(&self, mut line: String) -> io::Result<()> {
         line.push('\n');
         let mut state = self.state.lock().expect("manifest lock");
         state.file.write_all(line.as_bytes())

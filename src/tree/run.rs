@@ -310,7 +310,19 @@ pub(super) fn run(
     };
     if let (Some(id), Some(fd), Some(how)) = (dst_root_id, &dst_root_fd, root_made) {
         let st = rustix::fs::fstat(fd).map_err(std::io::Error::from)?;
-        let ours = run.made_dir(Path::new(""), how.made, fs::dir_id(fd, &st));
+        let this = fs::dir_id(fd, &st);
+        // Recorded as made only where no one else can rename entries in its parent: else a
+        // later resume would finish a directory that may not be the one made.
+        let ours = match how.parent_closed {
+            true => run.made_dir(Path::new(""), how.made, this),
+            false => {
+                how.made
+                    || run
+                        .manifest
+                        .as_ref()
+                        .is_some_and(|m| m.made_before(b"", this))
+            }
+        };
         let finish = (ours && how.parent_closed)
             .then(|| (run.dir_mode(&src_st), fs::carried_times(&src_st)));
         if ours && !how.parent_closed {
@@ -342,6 +354,11 @@ pub(super) fn run(
     });
     if let Some(fd) = &dst_root_fd {
         run.finish_dirs(fd);
+        // Only after a whole walk: a run stopped early did not reach (so did not finish)
+        // every directory an earlier run made.
+        if let (Some(m), false) = (&run.manifest, run.stop.load(Ordering::SeqCst)) {
+            m.dirs_finished()?;
+        }
         if opts.durability == Durability::SyncFs {
             fs::syncfs(fd)?;
         }

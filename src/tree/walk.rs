@@ -44,15 +44,16 @@ pub(super) struct DstDir {
 pub(super) use super::fs::DirId;
 
 /// How many times one directory may be entered through followed links while each walk of it
-/// has left something out (include/exclude): it is entered again since another path may take
-/// what this one left, but boundedly, so a graph of links stays linear in its size.
+/// has left something out: it is entered again since another path may take what this one
+/// left, but boundedly. Real directories beneath are walked on each entry, so a directory at
+/// depth d is walked at most 1 + 4·d times: that factor of the tree's size, not exponential.
 const LINK_ENTRIES: u32 = 4;
 
 /// What the walk knows of a directory it entered through a followed link, or walked whole.
 #[derive(Default)]
 pub(super) struct Seen {
-    /// Walked to the end with nothing left out by include/exclude: another path through a
-    /// link would give nothing more.
+    /// Walked to the end with nothing left out (by include/exclude, or a subdirectory not
+    /// entered on that path): another path through a link would give nothing more.
     complete: bool,
     /// Times entered through a followed link.
     by_link: u32,
@@ -65,6 +66,18 @@ pub(super) struct Frame {
     pub(super) id: DirId,
     /// Whether include/exclude left out something beneath it on this path.
     pub(super) filtered: bool,
+}
+
+/// What [`Run::descend`] did with a subdirectory.
+pub(super) enum Descent {
+    /// Opened: walk it.
+    Entered(Arc<DirPair>, DirId),
+    /// Not entered, and no path to it would give more (walked whole before, or the
+    /// destination itself): its parent can still be walked whole.
+    NothingMore,
+    /// Not entered on this path (a cycle, the link cap, the depth limit, an error): its
+    /// parent is not walked whole, so a link to the parent on another path is followed.
+    LeftOut,
 }
 
 pub(super) struct Job {
@@ -157,11 +170,22 @@ impl Run<'_> {
             match t {
                 FileType::Directory => {
                     let seen = (&ancestors[..], &mut entered);
-                    if let Some((child, id)) = self.descend(&dir, name, follow, seen) {
-                        if let Some(frame) = self.frame(child, id) {
-                            stack.push(frame);
-                            ancestors.push(id);
-                        }
+                    let walked = match self.descend(&dir, name, follow, seen) {
+                        Descent::Entered(child, id) => match self.frame(child, id) {
+                            Some(frame) => {
+                                stack.push(frame);
+                                ancestors.push(id);
+                                true
+                            }
+                            None => false,
+                        },
+                        Descent::NothingMore => true,
+                        Descent::LeftOut => false,
+                    };
+                    if !walked {
+                        // Not walked on this path (a cycle, the link cap, the depth limit, an
+                        // error): another path to the parent may still reach what it holds.
+                        stack.last_mut().expect("not empty").filtered = true;
                     }
                 }
                 FileType::RegularFile | FileType::Unknown => {
@@ -195,7 +219,7 @@ impl Run<'_> {
         name: OsString,
         follow: bool,
         (ancestors, entered): (&[DirId], &mut HashMap<DirId, Seen>),
-    ) -> Option<(Arc<DirPair>, DirId)> {
+    ) -> Descent {
         let rel = join_rel(&parent.rel, &name);
         if parent.rel.len() >= MAX_DEPTH {
             self.note(
@@ -203,7 +227,7 @@ impl Run<'_> {
                 FileStatus::Failed,
                 format!("it is more than {MAX_DEPTH} levels deep: not entered"),
             );
-            return None;
+            return Descent::LeftOut;
         }
         let (fd, st) = match fs::open_dir(parent.src.as_fd(), &name, follow) {
             Ok(x) => x,
@@ -215,7 +239,7 @@ impl Run<'_> {
                     e => format!("cannot open the directory: {}", fs::errno_text(e)),
                 };
                 self.note(rel, FileStatus::Failed, why);
-                return None;
+                return Descent::LeftOut;
             }
         };
         let id = fs::dir_id(&fd, &st);
@@ -225,7 +249,7 @@ impl Run<'_> {
                 FileStatus::Skipped,
                 "a link back to a directory above it (a cycle): not entered".into(),
             );
-            return None;
+            return Descent::LeftOut;
         }
         if follow {
             let seen = entered.entry(id).or_default();
@@ -237,19 +261,22 @@ impl Run<'_> {
                      again"
                         .into(),
                 );
-                return None;
+                return Descent::NothingMore;
             }
             if seen.by_link >= LINK_ENTRIES {
+                // Failed, not skipped: files beneath it that no earlier path took are missing.
                 self.note(
                     rel,
-                    FileStatus::Skipped,
+                    FileStatus::Failed,
                     format!(
                         "a link to a directory already entered {LINK_ENTRIES} times through \
-                         links, each time with files left out by include/exclude: not entered \
-                         again; name it as a source of its own if its files are wanted here"
+                         links, each time with something left out (include/exclude, a cycle, \
+                         a limit): not entered again, so files beneath it may be missing from \
+                         this path; use narrower links (or include/exclude patterns), or run \
+                         without following symbolic links"
                     ),
                 );
-                return None;
+                return Descent::LeftOut;
             }
             seen.by_link += 1;
         }
@@ -259,7 +286,7 @@ impl Run<'_> {
                 FileStatus::Skipped,
                 "the destination tree itself: not entered".into(),
             );
-            return None;
+            return Descent::NothingMore;
         }
         let mut index = 0;
         let dst = parent.dst.as_ref().map(|d| match d {
@@ -285,7 +312,7 @@ impl Run<'_> {
             index,
             rel: comps,
         });
-        Some((child, id))
+        Descent::Entered(child, id)
     }
 
     /// Whether the destination directory at `rel` (`id`) is ours to finish: made by this run

@@ -32,28 +32,21 @@ fn read_raw_key(spec: &str) -> Result<(&str, &str, zeroize::Zeroizing<Vec<u8>>),
     Ok((ns, name, key))
 }
 
-fn raw_aes_keyring(spec: &str) -> Result<RawAesKeyring, Failure> {
-    let (ns, name, key) = read_raw_key(spec)?;
-    RawAesKeyring::new(ns, name, &key).map_err(|e| usage(format!("--raw-aes-key {ns}:{name}: {e}")))
-}
-
-/// `NAMESPACE:NAME:FINGERPRINT` of each raw AES key, for a resume label: the key file's path
-/// says nothing of the key in it, and the stored wrapped keys show only namespace and name.
-/// The fingerprint is 16 bytes of HMAC-SHA-256 under the key of a fixed string, which tells
-/// keys apart without revealing anything of them.
-pub fn raw_key_fingerprints(keys: &KeyArgs) -> Result<Vec<String>, Failure> {
+/// The keyring of a raw AES key argument and its `NAMESPACE:NAME:FINGERPRINT`, for a resume
+/// label: the key file's path says nothing of the key in it, and the stored wrapped keys show
+/// only namespace and name. Both come from one read of the file (a FIFO or a file replaced in
+/// between would give the label another key). The fingerprint is 16 bytes of HMAC-SHA-256
+/// under the key of a fixed string, which tells keys apart without revealing anything of them.
+fn raw_aes_keyring(spec: &str) -> Result<(RawAesKeyring, String), Failure> {
     use aws_lc_rs::hmac;
-    keys.raw_aes_keys
-        .iter()
-        .map(|spec| {
-            let (ns, name, key) = read_raw_key(spec)?;
-            let tag = hmac::sign(
-                &hmac::Key::new(hmac::HMAC_SHA256, &key),
-                b"kms-envelope resume label: raw AES key fingerprint v1",
-            );
-            Ok(format!("{ns}:{name}:{}", hex(&tag.as_ref()[..16])))
-        })
-        .collect()
+    let (ns, name, key) = read_raw_key(spec)?;
+    let ring = RawAesKeyring::new(ns, name, &key)
+        .map_err(|e| usage(format!("--raw-aes-key {ns}:{name}: {e}")))?;
+    let tag = hmac::sign(
+        &hmac::Key::new(hmac::HMAC_SHA256, &key),
+        b"kms-envelope resume label: raw AES key fingerprint v1",
+    );
+    Ok((ring, format!("{ns}:{name}:{}", hex(&tag.as_ref()[..16]))))
 }
 
 /// What the KMS keys of a keyring do.
@@ -72,6 +65,16 @@ pub fn build_keyring(
     keys: &KeyArgs,
     mode: KmsMode,
 ) -> Result<Arc<dyn Keyring>, Failure> {
+    build_keyring_fingerprinted(aws, keys, mode).map(|(ring, _)| ring)
+}
+
+/// [`build_keyring`], with the fingerprint of each raw AES key (see [`raw_aes_keyring`]).
+pub fn build_keyring_fingerprinted(
+    aws: &AwsArgs,
+    keys: &KeyArgs,
+    mode: KmsMode,
+) -> Result<(Arc<dyn Keyring>, Vec<String>), Failure> {
+    let mut fingerprints = Vec::new();
     let mut rings: Vec<Arc<dyn Keyring>> = Vec::new();
     let discovery = matches!(mode, KmsMode::Discovery(_));
     if !keys.keys.is_empty() || discovery {
@@ -106,16 +109,19 @@ pub fn build_keyring(
         rings.push(Arc::new(b.build().map_err(|e| failure("KMS keyring", e))?));
     }
     for spec in &keys.raw_aes_keys {
-        rings.push(Arc::new(raw_aes_keyring(spec)?));
+        let (ring, fingerprint) = raw_aes_keyring(spec)?;
+        rings.push(Arc::new(ring));
+        fingerprints.push(fingerprint);
     }
-    match rings.len() {
-        0 => Err(usage("name a key: --key KEY (KMS), --raw-aes-key NAMESPACE:NAME:FILE, or --discovery --account ID to decrypt")),
-        1 => Ok(rings.pop().expect("one")),
+    let ring: Arc<dyn Keyring> = match rings.len() {
+        0 => return Err(usage("name a key: --key KEY (KMS), --raw-aes-key NAMESPACE:NAME:FILE, or --discovery --account ID to decrypt")),
+        1 => rings.pop().expect("one"),
         _ => {
             let generator = rings.remove(0);
-            Ok(Arc::new(MultiKeyring::new(Some(generator), rings).map_err(|e| failure("keyring", e))?))
+            Arc::new(MultiKeyring::new(Some(generator), rings).map_err(|e| failure("keyring", e))?)
         }
-    }
+    };
+    Ok((ring, fingerprints))
 }
 
 /// `NAMESPACE:NAME` of a `NAMESPACE:NAME:FILE` raw key argument.

@@ -21,7 +21,6 @@ use crate::exit::{failure, io_error, io_failure, usage, Code, Failure};
 use crate::files::decrypt::DecryptArgs;
 use crate::files::encrypt::{encryptor, EncryptArgs};
 use crate::files::inspect::hex;
-use crate::keyrings::raw_key_fingerprints;
 use crate::term::line_to_stderr;
 
 /// The tree flags shared by `encrypt` and `decrypt`.
@@ -219,7 +218,11 @@ impl Sink {
                     .get_or_insert(e);
             }
         }
-        let shown = r.relative.to_string_lossy();
+        // The root's own notes have an empty relative path.
+        let shown = match r.relative.as_os_str().is_empty() {
+            true => ".".into(),
+            false => r.relative.to_string_lossy(),
+        };
         match (r.status, &r.note) {
             (FileStatus::Planned, _) if self.dry_run => line_to_stderr(&format!(
                 "would write {}",
@@ -395,6 +398,7 @@ pub(crate) fn encrypt(
     aws: &AwsArgs,
     a: &EncryptArgs,
     keyring: Arc<dyn Keyring>,
+    raw_fingerprints: &[String],
     context: EncryptionContext,
 ) -> Result<(), Failure> {
     let (input, out) = (&a.common.input.path, &a.common.out);
@@ -424,8 +428,7 @@ pub(crate) fn encrypt(
     };
     let label = format!(
         "keys={:?} raw={:?} cache={cache}",
-        keys.keys,
-        raw_key_fingerprints(keys)?
+        keys.keys, raw_fingerprints
     );
     let opts = t.options(out.force, out.no_fsync, label);
     let sink = Sink::new(aws, t, out.force, [input.as_path(), out.output.as_path()])?;
@@ -440,6 +443,7 @@ pub(crate) fn decrypt(
     aws: &AwsArgs,
     a: &DecryptArgs,
     keyring: Arc<dyn Keyring>,
+    raw_fingerprints: &[String],
     context: EncryptionContext,
 ) -> Result<(), Failure> {
     let (input, out) = (&a.common.input.path, &a.common.out);
@@ -459,7 +463,7 @@ pub(crate) fn decrypt(
     let label = format!(
         "keys={:?} raw={:?} discovery={} any={} accounts={:?} partition={}",
         keys.keys,
-        raw_key_fingerprints(keys)?,
+        raw_fingerprints,
         a.discovery,
         a.discovery_any_account,
         a.accounts.accounts,

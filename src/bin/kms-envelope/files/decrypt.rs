@@ -14,7 +14,7 @@ use super::deliver::deliver;
 use super::{commit, open_input, progress, pump, write_failure};
 use crate::args::{parse_range, parse_size_arg, AccountArgs, AwsArgs, FileArgs, LegacyArgs};
 use crate::exit::{failure, io_failure, shown, usage, Failure};
-use crate::keyrings::{build_keyring, KmsMode};
+use crate::keyrings::{build_keyring_fingerprinted, KmsMode};
 use crate::term::warn;
 use crate::tree::TreeArgs;
 
@@ -84,10 +84,10 @@ pub fn decrypt(aws: &AwsArgs, a: &DecryptArgs) -> Result<(), Failure> {
     } else {
         KmsMode::Decrypt
     };
-    let keyring = build_keyring(aws, &a.common.keys, mode)?;
+    let (keyring, raw_fingerprints) = build_keyring_fingerprinted(aws, &a.common.keys, mode)?;
     let context = a.common.context.parse()?;
     if a.tree.recursive {
-        return crate::tree::decrypt(aws, a, keyring, context);
+        return crate::tree::decrypt(aws, a, keyring, &raw_fingerprints, context);
     }
     // A signed message's frames come out of the library as they authenticate; the CLI holds
     // them back itself until the signature verifies: in the unnamed output file (linked only

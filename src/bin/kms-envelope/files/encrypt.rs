@@ -8,7 +8,7 @@ use kms_envelope::{AlgorithmSuite, EncryptionContext, Encryptor, Keyring};
 use super::{commit, open_input, progress, pump, write_failure};
 use crate::args::{parse_suite, AwsArgs, FileArgs};
 use crate::exit::{failure, io_failure, shown, Failure};
-use crate::keyrings::{build_keyring, KmsMode};
+use crate::keyrings::{build_keyring_fingerprinted, KmsMode};
 use crate::tree::TreeArgs;
 
 #[derive(Args)]
@@ -45,10 +45,11 @@ pub fn encryptor<'k>(
 }
 
 pub fn encrypt(aws: &AwsArgs, a: &EncryptArgs) -> Result<(), Failure> {
-    let keyring = build_keyring(aws, &a.common.keys, KmsMode::Encrypt)?;
+    let (keyring, raw_fingerprints) =
+        build_keyring_fingerprinted(aws, &a.common.keys, KmsMode::Encrypt)?;
     let context = a.common.context.parse()?;
     if a.tree.recursive {
-        return crate::tree::encrypt(aws, a, keyring, context);
+        return crate::tree::encrypt(aws, a, keyring, &raw_fingerprints, context);
     }
     let (mut input, len) = open_input(&a.common.input.path)?;
     let mut out = a.common.out.open(&a.common.input.path)?;
