@@ -33,6 +33,8 @@
 //! a [`CachingKeyring`](crate::keyring::CachingKeyring) over it.
 
 #[cfg(test)]
+mod attack_tests;
+#[cfg(test)]
 mod crash_tests;
 mod device;
 mod disk;
@@ -411,8 +413,6 @@ impl Volume {
             keys: vec![key],
             current_copy: 1,
         };
-        // Both copies, so that either alone opens the volume.
-        write_header(&*disk, &mut state)?;
         write_header(&*disk, &mut state)?;
         Ok(Volume::assemble(
             disk,
@@ -439,6 +439,11 @@ impl Volume {
             return Err(vol(parse_err.expect("two copies tried")));
         }
         copies.sort_by_key(|(_, h, _, _)| std::cmp::Reverse(h.seq));
+        // Both copies always hold the same header except while an update is in flight, so
+        // an older copy is only tried when the newer one is damaged (a torn write) or every
+        // key it names refused the keyring: never after a keyring or KMS failure, which would
+        // open a header that may predate acknowledged writes (and a rekey).
+        let mut fallback = parse_err.is_some();
         let mut first_err = None;
         for (copy, header, body, mac) in copies {
             match unlock(&*disk, keyring, header, &body, &mac) {
@@ -448,15 +453,26 @@ impl Volume {
                         keys: keys.1,
                         current_copy: copy,
                     };
-                    return Volume::recover_and_assemble(disk, state);
+                    return Volume::recover_and_assemble(disk, state, fallback);
                 }
-                Err(e) => first_err = first_err.or(Some(e)),
+                Err((e, _refused @ false)) => return Err(e),
+                Err((e, _)) => {
+                    first_err = first_err.or(Some(e));
+                    fallback = true;
+                }
             }
         }
         Err(first_err.expect("one copy tried"))
     }
 
-    fn recover_and_assemble(disk: Arc<dyn Disk>, state: KeyState) -> Result<Volume> {
+    /// Runs recovery and builds the volume; after a `fallback` to an older header copy the
+    /// seal count starts a whole step above its reservation: the lost copy may have reserved
+    /// (and a session used) one more step.
+    fn recover_and_assemble(
+        disk: Arc<dyn Disk>,
+        state: KeyState,
+        fallback: bool,
+    ) -> Result<Volume> {
         let layout = state.header.layout().map_err(vol)?;
         let recovered = journal::recover(
             &*disk,
@@ -466,13 +482,18 @@ impl Volume {
             &state.header.volume_id,
         )?;
         let reserved = state.header.seals_reserved;
+        let seals = if fallback {
+            reserved + RESERVE_STEP
+        } else {
+            reserved
+        };
         let slots = layout.slots;
         Ok(Volume::assemble(
             disk,
             layout,
             state,
             // Every reserved seal may have been made before a crash.
-            reserved,
+            seals,
             Journal::new(recovered.next_epoch, slots),
         ))
     }
@@ -937,39 +958,34 @@ impl Volume {
     }
 
     /// Runs `change` on the header under the exclusive gate, after a checkpoint, then writes
-    /// the header (the copy not holding the current one) and syncs.
+    /// both header copies (each synced). A change that fails, or leaves a header that cannot
+    /// be encoded (over 64 KiB, too many slots), is undone before any I/O and does not fail
+    /// the volume.
     fn update_header<T>(
         &self,
-        change: impl FnOnce(&mut KeyState, &Volume) -> Result<T>,
-    ) -> Result<T> {
-        self.update_header_copies(1, change)
-    }
-
-    /// [`Volume::update_header`] writing `copies` copies in turn: 2 when what the change drops
-    /// (a key slot, an old generation) must not stay in the older copy, which open falls back
-    /// to when the newer one does not open, or when blocks are about to depend on the change
-    /// (a new write generation).
-    fn update_header_copies<T>(
-        &self,
-        copies: usize,
         change: impl FnOnce(&mut KeyState, &Volume) -> Result<T>,
     ) -> Result<T> {
         let _g = self.gate.write().unwrap_or_else(PoisonError::into_inner);
         self.check_failed()?;
         let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
         self.checkpoint_locked(&st)?;
-        let saved = st.header.clone();
-        let out = match change(&mut st, self) {
+        let saved = (
+            st.header.clone(),
+            st.keys.len(),
+            self.seals.load(Ordering::Acquire),
+        );
+        let out = change(&mut st, self).and_then(|out| check_header_fits(&st.header).map(|_| out));
+        let out = match out {
             Ok(out) => out,
             Err(e) => {
-                st.header = saved;
+                st.header = saved.0;
+                st.keys.truncate(saved.1);
+                self.seals.store(saved.2, Ordering::Release);
                 return Err(e);
             }
         };
-        for _ in 0..copies {
-            let r = write_header(&*self.disk, &mut st);
-            self.or_fail(r)?;
-        }
+        let r = write_header(&*self.disk, &mut st);
+        self.or_fail(r)?;
         self.reserved
             .store(st.header.seals_reserved, Ordering::Release);
         Ok(out)
@@ -1016,7 +1032,7 @@ impl Volume {
     /// [`VolumeError::NoSuchKeySlot`] when it unwraps none; [`VolumeError::LastKeySlot`] when
     /// a generation would be left without a slot.
     pub fn remove_key(&self, keyring: &dyn Keyring) -> Result<usize> {
-        self.update_header_copies(2, |st, v| {
+        self.update_header(|st, v| {
             let mut removed = 0;
             let mut kept_all = Vec::new();
             for g in &st.header.gens {
@@ -1076,9 +1092,7 @@ impl Volume {
             .rekey_from_gen
             != 0;
         if !resuming {
-            // Both copies: blocks are about to be sealed under the new generation, and a key
-            // that cannot open it must not fall back to a pre-rekey copy and overwrite this one.
-            self.update_header_copies(2, |st, v| {
+            self.update_header(|st, v| {
                 let new_gen = st.header.write_gen + 1;
                 if new_gen > layout::MAX_GEN {
                     return Err(Error::Misuse(
@@ -1132,8 +1146,8 @@ impl Volume {
                 })?;
             }
         }
-        // Every block is under the new generation: drop the old one, from both copies.
-        self.update_header_copies(2, |st, _| {
+        // Every block is under the new generation: drop the old one.
+        self.update_header(|st, _| {
             let old = st.header.rekey_from_gen;
             st.header.gens.retain(|g| g.gen != old);
             st.keys.retain(|k| k.gen != old);
@@ -1279,30 +1293,35 @@ fn check_header_fits(h: &Header) -> Result<()> {
     h.encode_body().map(|_| ()).map_err(vol)
 }
 
-/// Writes the header to the copy not holding the current one, with the next sequence number,
-/// and syncs.
+/// Writes the header to both copies, the one not holding the current header first, each
+/// with the next sequence number and synced: the two differ only while this runs, so an open
+/// that falls back to the older copy (the newer one torn) never finds an older header there.
 fn write_header(disk: &dyn Disk, st: &mut KeyState) -> Result<()> {
-    st.header.seq += 1;
-    let mut bytes = st.header.encode_body().map_err(vol)?;
-    let mac = st.write_key().header_mac(&bytes);
-    bytes.extend_from_slice(&mac);
-    let copy = 1 - st.current_copy;
-    disk.write_at(&bytes, HEADER_OFFSETS[copy])?;
-    disk.sync()?;
-    st.current_copy = copy;
+    for _ in 0..2 {
+        st.header.seq += 1;
+        let mut bytes = st.header.encode_body().map_err(vol)?;
+        let mac = st.write_key().header_mac(&bytes);
+        bytes.extend_from_slice(&mac);
+        let copy = 1 - st.current_copy;
+        disk.write_at(&bytes, HEADER_OFFSETS[copy])?;
+        disk.sync()?;
+        st.current_copy = copy;
+    }
     Ok(())
 }
 
 /// Unwraps the keys a header copy names and checks its MAC: the write generation's key must
-/// verify it; during a rekey the other generation is unwrapped too.
+/// verify it; during a rekey the other generation is unwrapped too. On failure, whether it
+/// is a verdict on this copy (it does not parse, its MAC fails, or every slot refused the
+/// keyring), the only failures after which an older copy may be tried.
 fn unlock(
     disk: &dyn Disk,
     keyring: &dyn Keyring,
     header: Header,
     body: &[u8],
     mac: &[u8; layout::MAC_LEN],
-) -> Result<(Header, Vec<GenKey>)> {
-    let layout = header.layout().map_err(vol)?;
+) -> Result<(Header, Vec<GenKey>), (Error, bool)> {
+    let layout = header.layout().map_err(|e| (vol(e), true))?;
     let id = header.volume_id;
     let write = header
         .gens
@@ -1310,7 +1329,7 @@ fn unlock(
         .find(|g| g.gen == header.write_gen)
         .expect("checked by decode");
     let mut write_key = None;
-    keys::unwrap(
+    keys::unwrap_verdict(
         keyring,
         &id,
         write.gen,
@@ -1324,15 +1343,17 @@ fn unlock(
         },
     )?;
     let mut keys = vec![write_key.expect("accepted")];
+    // The MAC verified: this copy is authentic, and no failure below is a reason to try another.
+    let fail = |e: Error| (e, false);
     for g in header.gens.iter().filter(|g| g.gen != header.write_gen) {
         // Authenticated by the header's MAC: any key the slot unwraps is the generation's.
-        let k = keys::unwrap(keyring, &id, g.gen, &g.slots, |_| true)?;
-        keys.push(GenKey::derive(header.aead, &id, g.gen, k)?);
+        let k = keys::unwrap(keyring, &id, g.gen, &g.slots, |_| true).map_err(fail)?;
+        keys.push(GenKey::derive(header.aead, &id, g.gen, k).map_err(fail)?);
     }
-    if disk.len()? < layout.file_len {
-        return Err(vol(VolumeError::Malformed(
+    if disk.len().map_err(|e| fail(e.into()))? < layout.file_len {
+        return Err(fail(vol(VolumeError::Malformed(
             "the image is shorter than its layout: it was truncated".into(),
-        )));
+        ))));
     }
     Ok((header, keys))
 }
@@ -1406,13 +1427,13 @@ pub(crate) mod tests {
                 writes_left: AtomicUsize::new(usize::MAX),
             })
         }
-        fn fail_after(&self, writes: usize) {
+        pub(crate) fn fail_after(&self, writes: usize) {
             self.writes_left.store(writes, Ordering::SeqCst);
         }
-        fn heal(&self) {
+        pub(crate) fn heal(&self) {
             self.writes_left.store(usize::MAX, Ordering::SeqCst);
         }
-        fn poke(&self, offset: u64, data: &[u8]) {
+        pub(crate) fn poke(&self, offset: u64, data: &[u8]) {
             let mut b = lock(&self.bytes);
             b[offset as usize..offset as usize + data.len()].copy_from_slice(data);
         }
