@@ -1302,6 +1302,9 @@ fn write_header(disk: &dyn Disk, st: &mut KeyState) -> Result<()> {
         let mut bytes = st.header.encode_body().map_err(vol)?;
         let mac = st.write_key().header_mac(&bytes);
         bytes.extend_from_slice(&mac);
+        // The whole region: a longer header's tail (a removed slot, a dropped generation's
+        // slots) must not stay behind in its slack.
+        bytes.resize(HEADER_MAX, 0);
         let copy = 1 - st.current_copy;
         disk.write_at(&bytes, HEADER_OFFSETS[copy])?;
         disk.sync()?;
