@@ -1225,9 +1225,25 @@ impl Volume {
     /// # Errors
     /// When the final flush fails: then not every write may have survived.
     pub fn close(self) -> Result<()> {
-        let r = self.flush();
+        let r = self.finish();
         self.closed.store(true, Ordering::Release);
         r
+    }
+
+    /// The final flush, then the header's reservation cut back to the seals made: otherwise
+    /// every session that writes would burn a whole [`RESERVE_STEP`] of the generation's
+    /// budget (2^32 seals for AES-GCM: some 4096 sessions).
+    fn finish(&self) -> Result<()> {
+        self.flush()?;
+        let made = self.seals.load(Ordering::Acquire);
+        if made == self.reserved.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.update_header(|st, v| {
+            // Under the exclusive gate no seal is in flight: the count is exact.
+            st.header.seals_reserved = v.seals.load(Ordering::Acquire);
+            Ok(())
+        })
     }
 
     /// Drops the volume without flushing, as a crash would (tests).
@@ -1240,7 +1256,7 @@ impl Volume {
 impl Drop for Volume {
     fn drop(&mut self) {
         if !self.closed.load(Ordering::Acquire) && !self.failed.load(Ordering::Acquire) {
-            let _ = self.flush();
+            let _ = self.finish();
         }
     }
 }
