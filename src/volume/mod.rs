@@ -1093,6 +1093,10 @@ impl Volume {
             != 0;
         if !resuming {
             self.update_header(|st, v| {
+                // Checked again under the gate: another rekey may have started since.
+                if st.header.rekey_from_gen != 0 {
+                    return Err(vol(VolumeError::RekeyInProgress));
+                }
                 let new_gen = st.header.write_gen + 1;
                 if new_gen > layout::MAX_GEN {
                     return Err(Error::Misuse(
