@@ -308,6 +308,10 @@ impl Volume {
     /// Opens the volume at `path` with any keyring that unwraps one of its key slots, locking
     /// the image; runs journal recovery before anything is served.
     ///
+    /// **Give it strict keys, never a KMS discovery keyring**: the header is authenticated by
+    /// the key it wraps, so a discovery keyring would open a volume substituted by whoever
+    /// controls any KMS key it may call (see `docs/THREAT-MODEL.md`, Volumes).
+    ///
     /// # Errors
     /// [`VolumeError::Locked`] if another process has it open; [`Error::NoUsableDataKey`] if
     /// the keyring opens no slot; [`VolumeError::HeaderInvalid`] or
