@@ -169,10 +169,13 @@ impl Layout {
         })
     }
 
-    /// The default journal slots for a volume: clamp(size / 64, 1 MiB, 64 MiB) of journal, or
+    /// The default journal slots for a volume: clamp(size / 16, 4 MiB, 64 MiB) of journal (never
+    /// more than the volume itself), or
     /// `journal_bytes` if given, in blocks, at least [`MIN_SLOTS`].
     pub(crate) fn default_slots(size: u64, block_size: u32, journal_bytes: Option<u64>) -> u32 {
-        let bytes = journal_bytes.unwrap_or((size / 64).clamp(1 << 20, 64 << 20));
+        // Large: every checkpoint costs three fdatasyncs, so fewer of them is most of the speed
+        // of sustained writes; the price is image space and up to this much RAM (the mirror).
+        let bytes = journal_bytes.unwrap_or((size / 16).clamp(4 << 20, 64 << 20).min(size));
         let bytes = bytes.min(MAX_JOURNAL_BYTES);
         let slots = bytes / u64::from(block_size.max(1));
         (slots as u32).max(MIN_SLOTS)
@@ -565,7 +568,8 @@ mod tests {
         assert!(Layout::new(4096, 256, 64).is_err());
         assert!(Layout::new(4096, 4096, 8).is_err());
         assert!(Layout::new(u64::MAX / 2 * 2, 65536, 16).is_err());
-        assert_eq!(Layout::default_slots(1 << 30, 4096, None), 4096);
+        assert_eq!(Layout::default_slots(1 << 30, 4096, None), 16384);
+        assert_eq!(Layout::default_slots(16 << 20, 4096, None), 1024);
         assert_eq!(Layout::default_slots(1 << 20, 4096, None), 256);
         assert_eq!(Layout::default_slots(1 << 20, 65536, Some(4096)), MIN_SLOTS);
     }

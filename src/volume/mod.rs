@@ -101,8 +101,9 @@ impl VolumeOptions {
         self
     }
 
-    /// Journal capacity in bytes (default: size / 64, clamped to 1 MiB .. 64 MiB; at least 16
-    /// blocks). A larger journal checkpoints less often and keeps more in memory.
+    /// Journal capacity in bytes (default: size / 16, clamped to 4 MiB .. 64 MiB and to the
+    /// size; at least 16 blocks). A larger journal checkpoints less often (each checkpoint
+    /// costs three fdatasyncs) and keeps up to this much sealed data in memory while open.
     pub fn journal_bytes(mut self, bytes: u64) -> Self {
         self.journal_bytes = Some(bytes);
         self
