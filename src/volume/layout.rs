@@ -237,18 +237,24 @@ impl Entry {
     }
 }
 
-/// A journal slot record: `index u64 | entry[32] | epoch u64`.
+/// A journal slot record: `index u64 | entry[32] | epoch u64`; the index's top bit flags a
+/// "data home" record, whose sealed data is at the block's home, not in the slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Record {
     pub(crate) index: u64,
     pub(crate) entry: Entry,
     pub(crate) epoch: u64,
+    pub(crate) home: bool,
 }
+
+/// The index bit of a "data home" record (indices are far below it).
+const RECORD_HOME: u64 = 1 << 63;
 
 impl Record {
     pub(crate) fn encode(&self) -> [u8; RECORD_LEN] {
         let mut out = [0u8; RECORD_LEN];
-        out[..8].copy_from_slice(&self.index.to_be_bytes());
+        let flag = if self.home { RECORD_HOME } else { 0 };
+        out[..8].copy_from_slice(&(self.index | flag).to_be_bytes());
         out[8..40].copy_from_slice(&self.entry.encode());
         out[40..].copy_from_slice(&self.epoch.to_be_bytes());
         out
@@ -257,10 +263,12 @@ impl Record {
     pub(crate) fn decode(b: &[u8; RECORD_LEN]) -> Record {
         let mut entry = [0u8; ENTRY_LEN];
         entry.copy_from_slice(&b[8..40]);
+        let index = u64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
         Record {
-            index: u64::from_be_bytes(b[..8].try_into().expect("8 bytes")),
+            index: index & !RECORD_HOME,
             entry: Entry::decode(&entry),
             epoch: u64::from_be_bytes(b[40..].try_into().expect("8 bytes")),
+            home: index & RECORD_HOME != 0,
         }
     }
 }
@@ -586,11 +594,15 @@ mod tests {
         assert!(e.is_valid());
         assert!(!Entry::decode(&[0; ENTRY_LEN]).is_valid());
         let r = Record {
-            index: u64::MAX - 3,
+            index: (1 << 62) - 3,
             entry: e,
             epoch: 99,
+            home: false,
         };
         assert_eq!(Record::decode(&r.encode()), r);
+        let h = Record { home: true, ..r };
+        assert_eq!(Record::decode(&h.encode()), h);
+        assert_ne!(h.encode(), r.encode());
         let s = Superblock {
             epoch: 5,
             count: 12,

@@ -47,6 +47,7 @@ mod simdisk;
 pub use device::BlockDevice;
 pub use layout::VolumeAead;
 
+use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -73,6 +74,10 @@ const CHUNK_BLOCKS: u64 = 256;
 const PARALLEL_BYTES: usize = 64 * 1024;
 /// Rekey: blocks re-sealed between checkpoints that record the cursor in the header.
 const REKEY_CURSOR_EVERY: u64 = 16 * CHUNK_BLOCKS;
+/// Metadata pages (4 KiB of entries, 128 blocks at 32 B) kept in memory for reads: 16 MiB, the
+/// entries of 2 GiB of 4 KiB blocks. Emptied at every checkpoint, which is when entries change.
+const META_PAGE: u64 = 4096;
+const META_PAGES_MAX: usize = 4096;
 /// Most bad block indices a [`CheckReport`] lists (it counts them all).
 const CHECK_LIST_MAX: usize = 100_000;
 
@@ -217,6 +222,9 @@ pub struct Volume {
     gate: RwLock<()>,
     stripes: Box<[Mutex<()>]>,
     journal: Mutex<Journal>,
+    /// Metadata pages read from disk, by page number: a read then needs one `pread` (its data).
+    /// Coherent because entries change on disk only in a checkpoint, which empties it.
+    meta_cache: Mutex<HashMap<u64, Arc<[u8]>>>,
     state: RwLock<KeyState>,
     /// Seals made under the write generation, counted before they are made.
     seals: AtomicU64,
@@ -519,6 +527,7 @@ impl Volume {
             gate: RwLock::new(()),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             journal: Mutex::new(journal),
+            meta_cache: Mutex::new(HashMap::new()),
             reserved: AtomicU64::new(state.header.seals_reserved),
             state: RwLock::new(state),
             seals: AtomicU64::new(seals),
@@ -666,9 +675,9 @@ impl Volume {
         let home: Vec<usize> = (0..n).filter(|&k| pending[k].is_none()).collect();
         if let (Some(&lo), Some(&hi)) = (home.first(), home.last()) {
             let span = lo..hi + 1;
-            self.disk.read_at(
+            self.read_entries(
+                first + lo as u64,
                 &mut entries[span.start * ENTRY_LEN..span.end * ENTRY_LEN],
-                self.layout.entry_offset(first + lo as u64),
             )?;
             let data_lo = home
                 .iter()
@@ -757,6 +766,39 @@ impl Volume {
         }
     }
 
+    /// Reads the home entries of blocks `first..` into `out`, through the page cache. The
+    /// caller holds the gate shared (no checkpoint runs) and the blocks' stripes.
+    fn read_entries(&self, first: u64, out: &mut [u8]) -> Result<()> {
+        let meta_len = self.layout.blocks * ENTRY_LEN as u64;
+        let start = first * ENTRY_LEN as u64;
+        let mut done = 0usize;
+        while done < out.len() {
+            let at = start + done as u64;
+            let page = at / META_PAGE;
+            let cached = lock(&self.meta_cache).get(&page).cloned();
+            let bytes = match cached {
+                Some(b) => b,
+                None => {
+                    let off = page * META_PAGE;
+                    let mut b = vec![0u8; META_PAGE.min(meta_len - off) as usize];
+                    self.disk.read_at(&mut b, self.layout.meta_offset + off)?;
+                    let b: Arc<[u8]> = b.into();
+                    let mut c = lock(&self.meta_cache);
+                    if c.len() >= META_PAGES_MAX {
+                        c.clear();
+                    }
+                    c.insert(page, b.clone());
+                    b
+                }
+            };
+            let in_page = (at - page * META_PAGE) as usize;
+            let n = (bytes.len() - in_page).min(out.len() - done);
+            out[done..done + n].copy_from_slice(&bytes[in_page..in_page + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
     /// Writes `data` at `offset`: whole blocks are sealed afresh, partial ones are
     /// read-modify-written under the block's lock. Durable after [`Volume::flush`].
     ///
@@ -816,8 +858,12 @@ impl Volume {
         let head = pos % bs != 0;
         let tail = (pos + len) % bs != 0;
         let whole = !head && !tail;
-        if data.is_none() && whole {
-            let blocks = vec![Block::Zero; n as usize];
+        if whole {
+            // Whole blocks: sealed from the caller's buffer, no copy.
+            let blocks: Vec<Block<'_>> = match data {
+                None => vec![Block::Zero; n as usize],
+                Some(d) => d.chunks(bs as usize).map(Block::Data).collect(),
+            };
             return self.commit(&st, first, &blocks);
         }
         let mut plain = Zeroizing::new(vec![0u8; (n * bs) as usize]);
@@ -910,10 +956,15 @@ impl Volume {
             .into_iter()
             .map(|j| (j.index, j.entry.expect("sealed"), j.plain.is_some()))
             .collect();
+        // "Data home": a block whose home entry on disk is a zero marker has no committed data
+        // at home (the last committed epoch, applied, left that marker), so its sealed data goes
+        // straight home now and the journal keeps only its entry. Until a commit names it, the
+        // marker says zeros, its old content (docs/VOLUME-FORMAT.md, "Data home").
+        let home = self.write_home(first, blocks.len(), &done, &sealed)?;
         let sealed: Arc<[u8]> = sealed.into();
-        // Contiguous slots, data blocks first. Nothing is written yet: the checkpoint writes the
-        // epoch's slots from memory (an epoch not committed is never recovered, so writing them
-        // earlier would make no write survive a crash that does not survive now).
+        // Contiguous slots, data blocks first. Nothing else is written yet: the checkpoint
+        // writes the epoch's slots from memory (an epoch not committed is never recovered, so
+        // writing them earlier would make no write survive a crash that does not survive now).
         let (mut data_slot, mut zero_slot) = (slot, slot + data_count as u32);
         let mut data_at = 0;
         let mut pendings = Vec::with_capacity(count);
@@ -925,6 +976,7 @@ impl Volume {
                     slot: data_slot - 1,
                     entry,
                     sealed: Some((sealed.clone(), data_at - bs)),
+                    home: home[(index - first) as usize],
                 }
             } else {
                 zero_slot += 1;
@@ -932,6 +984,7 @@ impl Volume {
                     slot: zero_slot - 1,
                     entry,
                     sealed: None,
+                    home: false,
                 }
             };
             pendings.push((index, p));
@@ -941,6 +994,56 @@ impl Volume {
             j.publish(index, p);
         }
         Ok(())
+    }
+
+    /// Writes the sealed data of the data blocks among `done` (from index `first`, `n` blocks)
+    /// whose home entry is a zero marker to their home, in one `pwrite` per contiguous run;
+    /// says which, by offset from `first`. A failed write fails the volume: a pending "data
+    /// home" version of the block may have been overwritten in part.
+    fn write_home(
+        &self,
+        first: u64,
+        n: usize,
+        done: &[(u64, Entry, bool)],
+        sealed: &[u8],
+    ) -> Result<Vec<bool>, Retry> {
+        let bs = self.layout.block_size as usize;
+        let mut home = vec![false; n];
+        if sealed.is_empty() {
+            return Ok(home);
+        }
+        let mut entries = vec![0u8; n * ENTRY_LEN];
+        self.read_entries(first, &mut entries)?;
+        // (index offset, position in `sealed`) of each data block going home, in order.
+        let mut go = Vec::new();
+        let mut at = 0;
+        for &(index, _, is_data) in done {
+            if !is_data {
+                continue;
+            }
+            let k = (index - first) as usize;
+            if entry_at(&entries, k).kind != KIND_DATA {
+                home[k] = true;
+                go.push((k, at));
+            }
+            at += bs;
+        }
+        let mut i = 0;
+        while i < go.len() {
+            let mut j = i + 1;
+            while j < go.len() && go[j].0 == go[j - 1].0 + 1 && go[j].1 == go[j - 1].1 + bs {
+                j += 1;
+            }
+            let (k, from) = go[i];
+            let to = go[j - 1].1 + bs;
+            let r = self.disk.write_at(
+                &sealed[from..to],
+                self.layout.data_block_offset(first + k as u64),
+            );
+            self.or_fail(r.map_err(Error::from))?;
+            i = j;
+        }
+        Ok(home)
     }
 
     /// Makes every write answered before this call durable (a checkpoint: three fdatasyncs
@@ -958,6 +1061,9 @@ impl Volume {
     /// A checkpoint; the caller holds the gate exclusively.
     fn checkpoint_locked(&self, st: &KeyState) -> Result<()> {
         let mut j = lock(&self.journal);
+        if !j.is_empty() {
+            lock(&self.meta_cache).clear();
+        }
         let r = journal::checkpoint(&mut j, &*self.disk, &self.layout, st.write_key(), &self.id);
         self.or_fail(r)
     }
@@ -1540,6 +1646,15 @@ pub(crate) mod tests {
     fn a_committed_epoch_not_yet_applied_is_applied_at_open_latest_version_only() {
         let disk = MemDisk::new();
         let v = small(&disk);
+        // Written once before, so that these writes go through journal slots (not data home).
+        v.write_at(&[9; 2 * 4096], 5 * 4096).unwrap();
+        v.flush().unwrap();
+        let before = disk.peek(
+            Layout::new(64 * 4096, 4096, 64)
+                .unwrap()
+                .data_block_offset(5),
+            4096,
+        );
         v.write_at(&[1; 4096], 5 * 4096).unwrap();
         v.write_at(&[2; 4096], 5 * 4096).unwrap();
         v.write_at(&[3; 4096], 6 * 4096).unwrap();
@@ -1557,7 +1672,7 @@ pub(crate) mod tests {
                 4096,
             )
         };
-        assert_eq!(home(5), vec![0; 4096], "nothing applied yet");
+        assert_eq!(home(5), before, "nothing applied yet");
         let v = reopen(&disk);
         assert_eq!(block(&v, 5).unwrap(), vec![2; 4096], "latest version only");
         assert_eq!(block(&v, 6).unwrap(), vec![3; 4096]);
@@ -1568,6 +1683,59 @@ pub(crate) mod tests {
         assert_eq!((r.applied, r.skipped), (2, 0));
         let v = reopen(&disk);
         assert_eq!(block(&v, 5).unwrap(), vec![2; 4096]);
+    }
+
+    #[test]
+    fn a_first_write_goes_home_at_once_and_is_old_or_new_at_every_checkpoint_step() {
+        let l = Layout::new(64 * 4096, 4096, 64).unwrap();
+        // Checkpoint writes allowed before the cut: the records, the superblock (the commit),
+        // then the entries' apply.
+        for allowed in 0..3 {
+            let disk = MemDisk::new();
+            let v = small(&disk);
+            let marker = disk.peek(l.entry_offset(5), ENTRY_LEN);
+            v.write_at(&[7; 2 * 4096], 5 * 4096).unwrap();
+            // The sealed data is home already, its entry still the marker; no slot data.
+            assert_ne!(disk.peek(l.data_block_offset(5), 4096), vec![0; 4096]);
+            assert_eq!(disk.peek(l.entry_offset(5), ENTRY_LEN), marker);
+            assert_eq!(
+                block(&v, 5).unwrap(),
+                vec![7; 4096],
+                "reads see the pending version"
+            );
+            // A second write in the same epoch takes the same path.
+            v.write_at(&[8; 4096], 5 * 4096).unwrap();
+            disk.fail_after(allowed);
+            assert!(v.flush().is_err());
+            v.abandon();
+            assert_eq!(
+                disk.peek(l.slot_data_offset(0), 3 * 4096),
+                vec![0; 3 * 4096],
+                "the journal holds no copy of first writes"
+            );
+            let v = reopen(&disk);
+            let (b5, b6) = (block(&v, 5).unwrap(), block(&v, 6).unwrap());
+            if allowed < 2 {
+                // Not committed: the old content (zeros).
+                assert_eq!((b5[0], b6[0]), (0, 0));
+            } else {
+                // Committed: the newest versions, from their home data.
+                assert_eq!((b5, b6), (vec![8; 4096], vec![7; 4096]));
+            }
+            assert_eq!(v.check(&|_, _| {}).unwrap().bad_count, 0);
+            // A trimmed block is a marker again: the next write goes home, the old data stays
+            // unread until that write is committed.
+            v.write_zeroes(5 * 4096, 4096).unwrap();
+            v.flush().unwrap();
+            v.write_at(&[3; 4096], 5 * 4096).unwrap();
+            v.abandon();
+            let v = reopen(&disk);
+            assert_eq!(block(&v, 5).unwrap(), vec![0; 4096]);
+            v.write_at(&[4; 4096], 5 * 4096).unwrap();
+            v.close().unwrap();
+            let v = reopen(&disk);
+            assert_eq!(block(&v, 5).unwrap(), vec![4; 4096]);
+        }
     }
 
     #[test]
@@ -1591,6 +1759,9 @@ pub(crate) mod tests {
     fn a_reused_slot_that_does_not_open_is_skipped_and_a_digest_mismatch_skips_all() {
         let disk = MemDisk::new();
         let v = small(&disk);
+        // Blocks 0..5 written once, so that the writes below go through journal slots.
+        v.write_at(&[9; 5 * 4096], 0).unwrap();
+        v.flush().unwrap();
         v.write_at(&[1; 4096], 0).unwrap();
         v.write_at(&[1; 4096], 4096).unwrap();
         v.flush().unwrap();
@@ -1611,7 +1782,7 @@ pub(crate) mod tests {
             vec![1; 4096],
             "never rolled to garbage"
         );
-        assert_eq!(block(&v, 2).unwrap(), vec![0; 4096]);
+        assert_eq!(block(&v, 2).unwrap(), vec![9; 4096]);
         // Now a record of the last committed epoch is overwritten too: the digest no longer
         // matches, and nothing is re-applied.
         v.write_at(&[4; 4096], 4 * 4096).unwrap();
@@ -1624,7 +1795,7 @@ pub(crate) mod tests {
         assert_eq!((r.applied, r.skipped), (0, 0));
         let v = reopen(&disk);
         assert_eq!(block(&v, 0).unwrap(), vec![1; 4096]);
-        assert_eq!(block(&v, 3).unwrap(), vec![0; 4096], "never flushed");
+        assert_eq!(block(&v, 3).unwrap(), vec![9; 4096], "never flushed");
         assert_eq!(block(&v, 4).unwrap(), vec![4; 4096]);
     }
 
