@@ -27,6 +27,9 @@ pub(crate) struct Pending {
     pub(crate) entry: Entry,
     /// The sealed chunk this block's bytes are in, and where.
     pub(crate) sealed: Option<(Arc<[u8]>, usize)>,
+    /// The sealed data was written to the block's home at write time (its home entry was a
+    /// zero marker): the checkpoint writes no slot data for it, only the entry.
+    pub(crate) home: bool,
 }
 
 impl Pending {
@@ -75,6 +78,7 @@ impl Journal {
             index,
             entry: pending.entry,
             epoch: self.epoch,
+            home: pending.home,
         };
         self.records[pending.slot as usize] = record.encode();
         self.map.insert(index, pending);
@@ -108,7 +112,7 @@ pub(crate) fn checkpoint(
     let mut by_slot: Vec<&Pending> = journal
         .map
         .values()
-        .filter(|p| p.sealed.is_some())
+        .filter(|p| p.sealed.is_some() && !p.home)
         .collect();
     by_slot.sort_unstable_by_key(|p| p.slot);
     let mut run: Vec<u8> = Vec::new();
@@ -149,10 +153,11 @@ pub(crate) fn checkpoint(
         layout.superblock_offset((journal.epoch % 2) as usize),
     )?;
     disk.sync()?;
+    // A "data home" block's data is home already: only its entry is written.
     let mut latest: Vec<(u64, Entry, &[u8])> = journal
         .map
         .iter()
-        .map(|(&i, p)| (i, p.entry, p.sealed(bs)))
+        .map(|(&i, p)| (i, p.entry, if p.home { &[][..] } else { p.sealed(bs) }))
         .collect();
     latest.sort_unstable_by_key(|(i, _, _)| *i);
     apply(disk, layout, &latest)?;
@@ -163,12 +168,16 @@ pub(crate) fn checkpoint(
     Ok(())
 }
 
-/// Writes blocks home, sorted by index: data runs and entry runs coalesced into few writes.
+/// Writes blocks home, sorted by index: data runs and entry runs coalesced into few writes. A
+/// data block given no bytes has its data home already (a "data home" record).
 fn apply(disk: &dyn Disk, layout: &Layout, blocks: &[(u64, Entry, &[u8])]) -> Result<(), Error> {
     let bs = layout.block_size as usize;
     let mut run: Vec<u8> = Vec::new();
     let mut run_start = 0u64;
-    for (i, entry, sealed) in blocks.iter().filter(|(_, e, _)| e.kind == KIND_DATA) {
+    for (i, entry, sealed) in blocks
+        .iter()
+        .filter(|(_, e, d)| e.kind == KIND_DATA && !d.is_empty())
+    {
         let contiguous = !run.is_empty() && run_start + (run.len() / bs) as u64 == *i;
         if !contiguous || run.len() + bs > APPLY_RUN {
             if !run.is_empty() {
@@ -253,26 +262,33 @@ pub(crate) fn recover(
     if <[u8; 32]>::from(Sha256::digest(&records)) != sb.digest {
         return Ok(out);
     }
-    let mut latest: HashMap<u64, (u32, Entry)> = HashMap::new();
+    let mut latest: HashMap<u64, (u32, Entry, bool)> = HashMap::new();
     for (slot, raw) in records.chunks_exact(RECORD_LEN).enumerate() {
         let r = Record::decode(raw.try_into().expect("48-byte chunks"));
         if r.epoch == sb.epoch && r.index < layout.blocks {
-            latest.insert(r.index, (slot as u32, r.entry));
+            latest.insert(r.index, (slot as u32, r.entry, r.home));
         }
     }
-    let mut order: Vec<(u64, (u32, Entry))> = latest.into_iter().collect();
+    let mut order: Vec<(u64, (u32, Entry, bool))> = latest.into_iter().collect();
     order.sort_unstable_by_key(|(i, _)| *i);
     let bs = layout.block_size as usize;
     let mut sealed = vec![0u8; bs];
     let mut plain = Zeroizing::new(vec![0u8; bs]);
     let mut good: Vec<(u64, Entry, Vec<u8>)> = Vec::new();
-    for (index, (slot, entry)) in order {
+    for (index, (slot, entry, home)) in order {
         let Some(key) = keys.iter().find(|k| k.gen == entry.gen) else {
             out.skipped += 1;
             continue;
         };
+        // A "data home" record's data is at the block's home (written and synced before the
+        // commit); it opens there unless a later write replaced it (then skipped, like a slot).
         if entry.kind == KIND_DATA {
-            disk.read_at(&mut sealed, layout.slot_data_offset(slot))?;
+            let at = if home {
+                layout.data_block_offset(index)
+            } else {
+                layout.slot_data_offset(slot)
+            };
+            disk.read_at(&mut sealed, at)?;
         }
         let body = if entry.kind == KIND_DATA {
             &sealed[..]
@@ -287,7 +303,8 @@ pub(crate) fn recover(
             body,
             &mut plain,
         ) {
-            good.push((index, entry, body.to_vec()));
+            let data = if home { Vec::new() } else { body.to_vec() };
+            good.push((index, entry, data));
         } else {
             out.skipped += 1;
         }

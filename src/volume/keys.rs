@@ -13,7 +13,7 @@ use crate::crypto::kdf::hkdf_sha256;
 use crate::crypto::{random_bytes, AeadKey};
 use crate::format::{AlgorithmSuite, EncryptedDataKey, EncryptionContext};
 use crate::materials::{DataKey, DecryptionMaterials, EncryptionMaterials};
-use crate::{Error, Keyring, VolumeError};
+use crate::{Error, ErrorKind, Keyring, VolumeError};
 
 /// The suite whose key length the volume key has (32 bytes); it never seals anything itself.
 const SLOT_SUITE: AlgorithmSuite = AlgorithmSuite::Aes256GcmHkdfSha512CommitKey;
@@ -261,10 +261,25 @@ pub(crate) fn unwrap(
     volume_id: &[u8; 32],
     gen: u32,
     slots: &[EncryptedDataKey],
-    mut accept: impl FnMut(&DataKey) -> bool,
+    accept: impl FnMut(&DataKey) -> bool,
 ) -> Result<DataKey, Error> {
+    unwrap_verdict(keyring, volume_id, gen, slots, accept).map_err(|(e, _)| e)
+}
+
+/// [`unwrap`], saying with an error whether it is a refusal: every slot was declined by the
+/// keyring (no key matched, or KMS said the key does not open it) or unwrapped a key `accept`
+/// refused. Anything else (throttling, the network, access denied, a keyring fault) may go
+/// away on a retry and says nothing about the slots.
+pub(crate) fn unwrap_verdict(
+    keyring: &dyn Keyring,
+    volume_id: &[u8; 32],
+    gen: u32,
+    slots: &[EncryptedDataKey],
+    mut accept: impl FnMut(&DataKey) -> bool,
+) -> Result<DataKey, (Error, bool)> {
     let mut attempts = Vec::new();
     let mut refused = false;
+    let mut declined_only = true;
     for slot in slots {
         let mut m = DecryptionMaterials::new(SLOT_SUITE, slot_context(volume_id, gen));
         match pollster::block_on(keyring.on_decrypt(&mut m, std::slice::from_ref(slot))) {
@@ -272,14 +287,33 @@ pub(crate) fn unwrap(
                 Some(key) if accept(&key) => return Ok(key),
                 _ => refused = true,
             },
-            Err(Error::NoUsableDataKey(inner)) => attempts.extend(inner),
-            Err(e) => attempts.push(e),
+            Err(e) => {
+                declined_only &= match &e {
+                    Error::NoUsableDataKey(_) => e.kind() == ErrorKind::NoKey,
+                    Error::DecryptionFailed => true,
+                    e => kms_declined(e),
+                };
+                match e {
+                    Error::NoUsableDataKey(inner) => attempts.extend(inner),
+                    e => attempts.push(e),
+                }
+            }
         }
     }
     if refused {
-        return Err(Error::Volume(VolumeError::HeaderInvalid));
+        return Err((Error::Volume(VolumeError::HeaderInvalid), declined_only));
     }
-    Err(Error::NoUsableDataKey(attempts))
+    Err((Error::NoUsableDataKey(attempts), declined_only))
+}
+
+/// KMS answered that this key does not open the slot: a verdict, like a raw key's refusal.
+fn kms_declined(e: &Error) -> bool {
+    #[cfg(feature = "kms")]
+    if let Error::Kms(k) = e {
+        return k.kind == crate::keyring::KmsErrorKind::InvalidCiphertext;
+    }
+    let _ = e;
+    false
 }
 
 /// A fresh random volume ID.

@@ -169,10 +169,13 @@ impl Layout {
         })
     }
 
-    /// The default journal slots for a volume: clamp(size / 64, 1 MiB, 64 MiB) of journal, or
+    /// The default journal slots for a volume: clamp(size / 16, 4 MiB, 64 MiB) of journal (never
+    /// more than the volume itself), or
     /// `journal_bytes` if given, in blocks, at least [`MIN_SLOTS`].
     pub(crate) fn default_slots(size: u64, block_size: u32, journal_bytes: Option<u64>) -> u32 {
-        let bytes = journal_bytes.unwrap_or((size / 64).clamp(1 << 20, 64 << 20));
+        // Large: every checkpoint costs three fdatasyncs, so fewer of them is most of the speed
+        // of sustained writes; the price is image space and up to this much RAM (the mirror).
+        let bytes = journal_bytes.unwrap_or((size / 16).clamp(4 << 20, 64 << 20).min(size));
         let bytes = bytes.min(MAX_JOURNAL_BYTES);
         let slots = bytes / u64::from(block_size.max(1));
         (slots as u32).max(MIN_SLOTS)
@@ -234,18 +237,24 @@ impl Entry {
     }
 }
 
-/// A journal slot record: `index u64 | entry[32] | epoch u64`.
+/// A journal slot record: `index u64 | entry[32] | epoch u64`; the index's top bit flags a
+/// "data home" record, whose sealed data is at the block's home, not in the slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Record {
     pub(crate) index: u64,
     pub(crate) entry: Entry,
     pub(crate) epoch: u64,
+    pub(crate) home: bool,
 }
+
+/// The index bit of a "data home" record (indices are far below it).
+const RECORD_HOME: u64 = 1 << 63;
 
 impl Record {
     pub(crate) fn encode(&self) -> [u8; RECORD_LEN] {
         let mut out = [0u8; RECORD_LEN];
-        out[..8].copy_from_slice(&self.index.to_be_bytes());
+        let flag = if self.home { RECORD_HOME } else { 0 };
+        out[..8].copy_from_slice(&(self.index | flag).to_be_bytes());
         out[8..40].copy_from_slice(&self.entry.encode());
         out[40..].copy_from_slice(&self.epoch.to_be_bytes());
         out
@@ -254,10 +263,12 @@ impl Record {
     pub(crate) fn decode(b: &[u8; RECORD_LEN]) -> Record {
         let mut entry = [0u8; ENTRY_LEN];
         entry.copy_from_slice(&b[8..40]);
+        let index = u64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
         Record {
-            index: u64::from_be_bytes(b[..8].try_into().expect("8 bytes")),
+            index: index & !RECORD_HOME,
             entry: Entry::decode(&entry),
             epoch: u64::from_be_bytes(b[40..].try_into().expect("8 bytes")),
+            home: index & RECORD_HOME != 0,
         }
     }
 }
@@ -565,7 +576,8 @@ mod tests {
         assert!(Layout::new(4096, 256, 64).is_err());
         assert!(Layout::new(4096, 4096, 8).is_err());
         assert!(Layout::new(u64::MAX / 2 * 2, 65536, 16).is_err());
-        assert_eq!(Layout::default_slots(1 << 30, 4096, None), 4096);
+        assert_eq!(Layout::default_slots(1 << 30, 4096, None), 16384);
+        assert_eq!(Layout::default_slots(16 << 20, 4096, None), 1024);
         assert_eq!(Layout::default_slots(1 << 20, 4096, None), 256);
         assert_eq!(Layout::default_slots(1 << 20, 65536, Some(4096)), MIN_SLOTS);
     }
@@ -582,11 +594,15 @@ mod tests {
         assert!(e.is_valid());
         assert!(!Entry::decode(&[0; ENTRY_LEN]).is_valid());
         let r = Record {
-            index: u64::MAX - 3,
+            index: (1 << 62) - 3,
             entry: e,
             epoch: 99,
+            home: false,
         };
         assert_eq!(Record::decode(&r.encode()), r);
+        let h = Record { home: true, ..r };
+        assert_eq!(Record::decode(&h.encode()), h);
+        assert_ne!(h.encode(), r.encode());
         let s = Superblock {
             epoch: 5,
             count: 12,

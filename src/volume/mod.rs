@@ -33,6 +33,8 @@
 //! a [`CachingKeyring`](crate::keyring::CachingKeyring) over it.
 
 #[cfg(test)]
+mod attack_tests;
+#[cfg(test)]
 mod crash_tests;
 mod device;
 mod disk;
@@ -48,6 +50,7 @@ pub use device::BlockDevice;
 pub use layout::VolumeAead;
 pub use snapshot::{Progress, CONTEXT_BLOCK_SIZE, CONTEXT_VOLUME_SIZE};
 
+use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -74,6 +77,10 @@ const CHUNK_BLOCKS: u64 = 256;
 const PARALLEL_BYTES: usize = 64 * 1024;
 /// Rekey: blocks re-sealed between checkpoints that record the cursor in the header.
 const REKEY_CURSOR_EVERY: u64 = 16 * CHUNK_BLOCKS;
+/// Metadata pages (4 KiB of entries, 128 blocks at 32 B) kept in memory for reads: 16 MiB, the
+/// entries of 2 GiB of 4 KiB blocks. Emptied at every checkpoint, which is when entries change.
+const META_PAGE: u64 = 4096;
+const META_PAGES_MAX: usize = 4096;
 /// Most bad block indices a [`CheckReport`] lists (it counts them all).
 const CHECK_LIST_MAX: usize = 100_000;
 
@@ -102,8 +109,9 @@ impl VolumeOptions {
         self
     }
 
-    /// Journal capacity in bytes (default: size / 64, clamped to 1 MiB .. 64 MiB; at least 16
-    /// blocks). A larger journal checkpoints less often and keeps more in memory.
+    /// Journal capacity in bytes (default: size / 16, clamped to 4 MiB .. 64 MiB and to the
+    /// size; at least 16 blocks). A larger journal checkpoints less often (each checkpoint
+    /// costs three fdatasyncs) and keeps up to this much sealed data in memory while open.
     pub fn journal_bytes(mut self, bytes: u64) -> Self {
         self.journal_bytes = Some(bytes);
         self
@@ -220,6 +228,9 @@ pub struct Volume {
     writers: RwLock<()>,
     stripes: Box<[Mutex<()>]>,
     journal: Mutex<Journal>,
+    /// Metadata pages read from disk, by page number: a read then needs one `pread` (its data).
+    /// Coherent because entries change on disk only in a checkpoint, which empties it.
+    meta_cache: Mutex<HashMap<u64, Arc<[u8]>>>,
     state: RwLock<KeyState>,
     /// Seals made under the write generation, counted before they are made.
     seals: AtomicU64,
@@ -311,6 +322,10 @@ impl Volume {
 
     /// Opens the volume at `path` with any keyring that unwraps one of its key slots, locking
     /// the image; runs journal recovery before anything is served.
+    ///
+    /// **Give it strict keys, never a KMS discovery keyring**: the header is authenticated by
+    /// the key it wraps, so a discovery keyring would open a volume substituted by whoever
+    /// controls any KMS key it may call (see `docs/THREAT-MODEL.md`, Volumes).
     ///
     /// # Errors
     /// [`VolumeError::Locked`] if another process has it open; [`Error::NoUsableDataKey`] if
@@ -417,8 +432,6 @@ impl Volume {
             keys: vec![key],
             current_copy: 1,
         };
-        // Both copies, so that either alone opens the volume.
-        write_header(&*disk, &mut state)?;
         write_header(&*disk, &mut state)?;
         Ok(Volume::assemble(
             disk,
@@ -445,6 +458,11 @@ impl Volume {
             return Err(vol(parse_err.expect("two copies tried")));
         }
         copies.sort_by_key(|(_, h, _, _)| std::cmp::Reverse(h.seq));
+        // Both copies always hold the same header except while an update is in flight, so
+        // an older copy is only tried when the newer one is damaged (a torn write) or every
+        // key it names refused the keyring: never after a keyring or KMS failure, which would
+        // open a header that may predate acknowledged writes (and a rekey).
+        let mut fallback = parse_err.is_some();
         let mut first_err = None;
         for (copy, header, body, mac) in copies {
             match unlock(&*disk, keyring, header, &body, &mac) {
@@ -454,15 +472,26 @@ impl Volume {
                         keys: keys.1,
                         current_copy: copy,
                     };
-                    return Volume::recover_and_assemble(disk, state);
+                    return Volume::recover_and_assemble(disk, state, fallback);
                 }
-                Err(e) => first_err = first_err.or(Some(e)),
+                Err((e, _refused @ false)) => return Err(e),
+                Err((e, _)) => {
+                    first_err = first_err.or(Some(e));
+                    fallback = true;
+                }
             }
         }
         Err(first_err.expect("one copy tried"))
     }
 
-    fn recover_and_assemble(disk: Arc<dyn Disk>, state: KeyState) -> Result<Volume> {
+    /// Runs recovery and builds the volume; after a `fallback` to an older header copy the
+    /// seal count starts a whole step above its reservation: the lost copy may have reserved
+    /// (and a session used) one more step.
+    fn recover_and_assemble(
+        disk: Arc<dyn Disk>,
+        state: KeyState,
+        fallback: bool,
+    ) -> Result<Volume> {
         let layout = state.header.layout().map_err(vol)?;
         let recovered = journal::recover(
             &*disk,
@@ -472,13 +501,18 @@ impl Volume {
             &state.header.volume_id,
         )?;
         let reserved = state.header.seals_reserved;
+        let seals = if fallback {
+            reserved + RESERVE_STEP
+        } else {
+            reserved
+        };
         let slots = layout.slots;
         Ok(Volume::assemble(
             disk,
             layout,
             state,
             // Every reserved seal may have been made before a crash.
-            reserved,
+            seals,
             Journal::new(recovered.next_epoch, slots),
         ))
     }
@@ -500,6 +534,7 @@ impl Volume {
             writers: RwLock::new(()),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             journal: Mutex::new(journal),
+            meta_cache: Mutex::new(HashMap::new()),
             reserved: AtomicU64::new(state.header.seals_reserved),
             state: RwLock::new(state),
             seals: AtomicU64::new(seals),
@@ -647,9 +682,9 @@ impl Volume {
         let home: Vec<usize> = (0..n).filter(|&k| pending[k].is_none()).collect();
         if let (Some(&lo), Some(&hi)) = (home.first(), home.last()) {
             let span = lo..hi + 1;
-            self.disk.read_at(
+            self.read_entries(
+                first + lo as u64,
                 &mut entries[span.start * ENTRY_LEN..span.end * ENTRY_LEN],
-                self.layout.entry_offset(first + lo as u64),
             )?;
             let data_lo = home
                 .iter()
@@ -738,6 +773,39 @@ impl Volume {
         }
     }
 
+    /// Reads the home entries of blocks `first..` into `out`, through the page cache. The
+    /// caller holds the gate shared (no checkpoint runs) and the blocks' stripes.
+    fn read_entries(&self, first: u64, out: &mut [u8]) -> Result<()> {
+        let meta_len = self.layout.blocks * ENTRY_LEN as u64;
+        let start = first * ENTRY_LEN as u64;
+        let mut done = 0usize;
+        while done < out.len() {
+            let at = start + done as u64;
+            let page = at / META_PAGE;
+            let cached = lock(&self.meta_cache).get(&page).cloned();
+            let bytes = match cached {
+                Some(b) => b,
+                None => {
+                    let off = page * META_PAGE;
+                    let mut b = vec![0u8; META_PAGE.min(meta_len - off) as usize];
+                    self.disk.read_at(&mut b, self.layout.meta_offset + off)?;
+                    let b: Arc<[u8]> = b.into();
+                    let mut c = lock(&self.meta_cache);
+                    if c.len() >= META_PAGES_MAX {
+                        c.clear();
+                    }
+                    c.insert(page, b.clone());
+                    b
+                }
+            };
+            let in_page = (at - page * META_PAGE) as usize;
+            let n = (bytes.len() - in_page).min(out.len() - done);
+            out[done..done + n].copy_from_slice(&bytes[in_page..in_page + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
     /// Writes `data` at `offset`: whole blocks are sealed afresh, partial ones are
     /// read-modify-written under the block's lock. Durable after [`Volume::flush`].
     ///
@@ -798,8 +866,12 @@ impl Volume {
         let head = pos % bs != 0;
         let tail = (pos + len) % bs != 0;
         let whole = !head && !tail;
-        if data.is_none() && whole {
-            let blocks = vec![Block::Zero; n as usize];
+        if whole {
+            // Whole blocks: sealed from the caller's buffer, no copy.
+            let blocks: Vec<Block<'_>> = match data {
+                None => vec![Block::Zero; n as usize],
+                Some(d) => d.chunks(bs as usize).map(Block::Data).collect(),
+            };
             return self.commit(&st, first, &blocks);
         }
         let mut plain = Zeroizing::new(vec![0u8; (n * bs) as usize]);
@@ -892,10 +964,15 @@ impl Volume {
             .into_iter()
             .map(|j| (j.index, j.entry.expect("sealed"), j.plain.is_some()))
             .collect();
+        // "Data home": a block whose home entry on disk is a zero marker has no committed data
+        // at home (the last committed epoch, applied, left that marker), so its sealed data goes
+        // straight home now and the journal keeps only its entry. Until a commit names it, the
+        // marker says zeros, its old content (docs/VOLUME-FORMAT.md, "Data home").
+        let home = self.write_home(first, blocks.len(), &done, &sealed)?;
         let sealed: Arc<[u8]> = sealed.into();
-        // Contiguous slots, data blocks first. Nothing is written yet: the checkpoint writes the
-        // epoch's slots from memory (an epoch not committed is never recovered, so writing them
-        // earlier would make no write survive a crash that does not survive now).
+        // Contiguous slots, data blocks first. Nothing else is written yet: the checkpoint
+        // writes the epoch's slots from memory (an epoch not committed is never recovered, so
+        // writing them earlier would make no write survive a crash that does not survive now).
         let (mut data_slot, mut zero_slot) = (slot, slot + data_count as u32);
         let mut data_at = 0;
         let mut pendings = Vec::with_capacity(count);
@@ -907,6 +984,7 @@ impl Volume {
                     slot: data_slot - 1,
                     entry,
                     sealed: Some((sealed.clone(), data_at - bs)),
+                    home: home[(index - first) as usize],
                 }
             } else {
                 zero_slot += 1;
@@ -914,6 +992,7 @@ impl Volume {
                     slot: zero_slot - 1,
                     entry,
                     sealed: None,
+                    home: false,
                 }
             };
             pendings.push((index, p));
@@ -923,6 +1002,56 @@ impl Volume {
             j.publish(index, p);
         }
         Ok(())
+    }
+
+    /// Writes the sealed data of the data blocks among `done` (from index `first`, `n` blocks)
+    /// whose home entry is a zero marker to their home, in one `pwrite` per contiguous run;
+    /// says which, by offset from `first`. A failed write fails the volume: a pending "data
+    /// home" version of the block may have been overwritten in part.
+    fn write_home(
+        &self,
+        first: u64,
+        n: usize,
+        done: &[(u64, Entry, bool)],
+        sealed: &[u8],
+    ) -> Result<Vec<bool>, Retry> {
+        let bs = self.layout.block_size as usize;
+        let mut home = vec![false; n];
+        if sealed.is_empty() {
+            return Ok(home);
+        }
+        let mut entries = vec![0u8; n * ENTRY_LEN];
+        self.read_entries(first, &mut entries)?;
+        // (index offset, position in `sealed`) of each data block going home, in order.
+        let mut go = Vec::new();
+        let mut at = 0;
+        for &(index, _, is_data) in done {
+            if !is_data {
+                continue;
+            }
+            let k = (index - first) as usize;
+            if entry_at(&entries, k).kind != KIND_DATA {
+                home[k] = true;
+                go.push((k, at));
+            }
+            at += bs;
+        }
+        let mut i = 0;
+        while i < go.len() {
+            let mut j = i + 1;
+            while j < go.len() && go[j].0 == go[j - 1].0 + 1 && go[j].1 == go[j - 1].1 + bs {
+                j += 1;
+            }
+            let (k, from) = go[i];
+            let to = go[j - 1].1 + bs;
+            let r = self.disk.write_at(
+                &sealed[from..to],
+                self.layout.data_block_offset(first + k as u64),
+            );
+            self.or_fail(r.map_err(Error::from))?;
+            i = j;
+        }
+        Ok(home)
     }
 
     /// Makes every write answered before this call durable (a checkpoint: three fdatasyncs
@@ -940,44 +1069,42 @@ impl Volume {
     /// A checkpoint; the caller holds the gate exclusively.
     fn checkpoint_locked(&self, st: &KeyState) -> Result<()> {
         let mut j = lock(&self.journal);
+        if !j.is_empty() {
+            lock(&self.meta_cache).clear();
+        }
         let r = journal::checkpoint(&mut j, &*self.disk, &self.layout, st.write_key(), &self.id);
         self.or_fail(r)
     }
 
     /// Runs `change` on the header under the exclusive gate, after a checkpoint, then writes
-    /// the header (the copy not holding the current one) and syncs.
+    /// both header copies (each synced). A change that fails, or leaves a header that cannot
+    /// be encoded (over 64 KiB, too many slots), is undone before any I/O and does not fail
+    /// the volume.
     fn update_header<T>(
         &self,
-        change: impl FnOnce(&mut KeyState, &Volume) -> Result<T>,
-    ) -> Result<T> {
-        self.update_header_copies(1, change)
-    }
-
-    /// [`Volume::update_header`] writing `copies` copies in turn: 2 when what the change drops
-    /// (a key slot, an old generation) must not stay in the older copy, which open falls back
-    /// to when the newer one does not open, or when blocks are about to depend on the change
-    /// (a new write generation).
-    fn update_header_copies<T>(
-        &self,
-        copies: usize,
         change: impl FnOnce(&mut KeyState, &Volume) -> Result<T>,
     ) -> Result<T> {
         let _g = self.gate.write().unwrap_or_else(PoisonError::into_inner);
         self.check_failed()?;
         let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
         self.checkpoint_locked(&st)?;
-        let saved = st.header.clone();
-        let out = match change(&mut st, self) {
+        let saved = (
+            st.header.clone(),
+            st.keys.len(),
+            self.seals.load(Ordering::Acquire),
+        );
+        let out = change(&mut st, self).and_then(|out| check_header_fits(&st.header).map(|_| out));
+        let out = match out {
             Ok(out) => out,
             Err(e) => {
-                st.header = saved;
+                st.header = saved.0;
+                st.keys.truncate(saved.1);
+                self.seals.store(saved.2, Ordering::Release);
                 return Err(e);
             }
         };
-        for _ in 0..copies {
-            let r = write_header(&*self.disk, &mut st);
-            self.or_fail(r)?;
-        }
+        let r = write_header(&*self.disk, &mut st);
+        self.or_fail(r)?;
         self.reserved
             .store(st.header.seals_reserved, Ordering::Release);
         Ok(out)
@@ -1024,7 +1151,7 @@ impl Volume {
     /// [`VolumeError::NoSuchKeySlot`] when it unwraps none; [`VolumeError::LastKeySlot`] when
     /// a generation would be left without a slot.
     pub fn remove_key(&self, keyring: &dyn Keyring) -> Result<usize> {
-        self.update_header_copies(2, |st, v| {
+        self.update_header(|st, v| {
             let mut removed = 0;
             let mut kept_all = Vec::new();
             for g in &st.header.gens {
@@ -1084,9 +1211,11 @@ impl Volume {
             .rekey_from_gen
             != 0;
         if !resuming {
-            // Both copies: blocks are about to be sealed under the new generation, and a key
-            // that cannot open it must not fall back to a pre-rekey copy and overwrite this one.
-            self.update_header_copies(2, |st, v| {
+            self.update_header(|st, v| {
+                // Checked again under the gate: another rekey may have started since.
+                if st.header.rekey_from_gen != 0 {
+                    return Err(vol(VolumeError::RekeyInProgress));
+                }
                 let new_gen = st.header.write_gen + 1;
                 if new_gen > layout::MAX_GEN {
                     return Err(Error::Misuse(
@@ -1140,8 +1269,8 @@ impl Volume {
                 })?;
             }
         }
-        // Every block is under the new generation: drop the old one, from both copies.
-        self.update_header_copies(2, |st, _| {
+        // Every block is under the new generation: drop the old one.
+        self.update_header(|st, _| {
             let old = st.header.rekey_from_gen;
             st.header.gens.retain(|g| g.gen != old);
             st.keys.retain(|k| k.gen != old);
@@ -1225,9 +1354,25 @@ impl Volume {
     /// # Errors
     /// When the final flush fails: then not every write may have survived.
     pub fn close(self) -> Result<()> {
-        let r = self.flush();
+        let r = self.finish();
         self.closed.store(true, Ordering::Release);
         r
+    }
+
+    /// The final flush, then the header's reservation cut back to the seals made: otherwise
+    /// every session that writes would burn a whole [`RESERVE_STEP`] of the generation's
+    /// budget (2^32 seals for AES-GCM: some 4096 sessions).
+    fn finish(&self) -> Result<()> {
+        self.flush()?;
+        let made = self.seals.load(Ordering::Acquire);
+        if made == self.reserved.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.update_header(|st, v| {
+            // Under the exclusive gate no seal is in flight: the count is exact.
+            st.header.seals_reserved = v.seals.load(Ordering::Acquire);
+            Ok(())
+        })
     }
 
     /// Drops the volume without flushing, as a crash would (tests).
@@ -1240,7 +1385,7 @@ impl Volume {
 impl Drop for Volume {
     fn drop(&mut self) {
         if !self.closed.load(Ordering::Acquire) && !self.failed.load(Ordering::Acquire) {
-            let _ = self.flush();
+            let _ = self.finish();
         }
     }
 }
@@ -1293,30 +1438,38 @@ fn check_header_fits(h: &Header) -> Result<()> {
     h.encode_body().map(|_| ()).map_err(vol)
 }
 
-/// Writes the header to the copy not holding the current one, with the next sequence number,
-/// and syncs.
+/// Writes the header to both copies, the one not holding the current header first, each
+/// with the next sequence number and synced: the two differ only while this runs, so an open
+/// that falls back to the older copy (the newer one torn) never finds an older header there.
 fn write_header(disk: &dyn Disk, st: &mut KeyState) -> Result<()> {
-    st.header.seq += 1;
-    let mut bytes = st.header.encode_body().map_err(vol)?;
-    let mac = st.write_key().header_mac(&bytes);
-    bytes.extend_from_slice(&mac);
-    let copy = 1 - st.current_copy;
-    disk.write_at(&bytes, HEADER_OFFSETS[copy])?;
-    disk.sync()?;
-    st.current_copy = copy;
+    for _ in 0..2 {
+        st.header.seq += 1;
+        let mut bytes = st.header.encode_body().map_err(vol)?;
+        let mac = st.write_key().header_mac(&bytes);
+        bytes.extend_from_slice(&mac);
+        // The whole region: a longer header's tail (a removed slot, a dropped generation's
+        // slots) must not stay behind in its slack.
+        bytes.resize(HEADER_MAX, 0);
+        let copy = 1 - st.current_copy;
+        disk.write_at(&bytes, HEADER_OFFSETS[copy])?;
+        disk.sync()?;
+        st.current_copy = copy;
+    }
     Ok(())
 }
 
 /// Unwraps the keys a header copy names and checks its MAC: the write generation's key must
-/// verify it; during a rekey the other generation is unwrapped too.
+/// verify it; during a rekey the other generation is unwrapped too. On failure, whether it
+/// is a verdict on this copy (it does not parse, its MAC fails, or every slot refused the
+/// keyring), the only failures after which an older copy may be tried.
 fn unlock(
     disk: &dyn Disk,
     keyring: &dyn Keyring,
     header: Header,
     body: &[u8],
     mac: &[u8; layout::MAC_LEN],
-) -> Result<(Header, Vec<GenKey>)> {
-    let layout = header.layout().map_err(vol)?;
+) -> Result<(Header, Vec<GenKey>), (Error, bool)> {
+    let layout = header.layout().map_err(|e| (vol(e), true))?;
     let id = header.volume_id;
     let write = header
         .gens
@@ -1324,7 +1477,7 @@ fn unlock(
         .find(|g| g.gen == header.write_gen)
         .expect("checked by decode");
     let mut write_key = None;
-    keys::unwrap(
+    keys::unwrap_verdict(
         keyring,
         &id,
         write.gen,
@@ -1338,15 +1491,17 @@ fn unlock(
         },
     )?;
     let mut keys = vec![write_key.expect("accepted")];
+    // The MAC verified: this copy is authentic, and no failure below is a reason to try another.
+    let fail = |e: Error| (e, false);
     for g in header.gens.iter().filter(|g| g.gen != header.write_gen) {
         // Authenticated by the header's MAC: any key the slot unwraps is the generation's.
-        let k = keys::unwrap(keyring, &id, g.gen, &g.slots, |_| true)?;
-        keys.push(GenKey::derive(header.aead, &id, g.gen, k)?);
+        let k = keys::unwrap(keyring, &id, g.gen, &g.slots, |_| true).map_err(fail)?;
+        keys.push(GenKey::derive(header.aead, &id, g.gen, k).map_err(fail)?);
     }
-    if disk.len()? < layout.file_len {
-        return Err(vol(VolumeError::Malformed(
+    if disk.len().map_err(|e| fail(e.into()))? < layout.file_len {
+        return Err(fail(vol(VolumeError::Malformed(
             "the image is shorter than its layout: it was truncated".into(),
-        )));
+        ))));
     }
     Ok((header, keys))
 }
@@ -1420,13 +1575,13 @@ pub(crate) mod tests {
                 writes_left: AtomicUsize::new(usize::MAX),
             })
         }
-        fn fail_after(&self, writes: usize) {
+        pub(crate) fn fail_after(&self, writes: usize) {
             self.writes_left.store(writes, Ordering::SeqCst);
         }
-        fn heal(&self) {
+        pub(crate) fn heal(&self) {
             self.writes_left.store(usize::MAX, Ordering::SeqCst);
         }
-        fn poke(&self, offset: u64, data: &[u8]) {
+        pub(crate) fn poke(&self, offset: u64, data: &[u8]) {
             let mut b = lock(&self.bytes);
             b[offset as usize..offset as usize + data.len()].copy_from_slice(data);
         }
@@ -1505,6 +1660,15 @@ pub(crate) mod tests {
     fn a_committed_epoch_not_yet_applied_is_applied_at_open_latest_version_only() {
         let disk = MemDisk::new();
         let v = small(&disk);
+        // Written once before, so that these writes go through journal slots (not data home).
+        v.write_at(&[9; 2 * 4096], 5 * 4096).unwrap();
+        v.flush().unwrap();
+        let before = disk.peek(
+            Layout::new(64 * 4096, 4096, 64)
+                .unwrap()
+                .data_block_offset(5),
+            4096,
+        );
         v.write_at(&[1; 4096], 5 * 4096).unwrap();
         v.write_at(&[2; 4096], 5 * 4096).unwrap();
         v.write_at(&[3; 4096], 6 * 4096).unwrap();
@@ -1522,7 +1686,7 @@ pub(crate) mod tests {
                 4096,
             )
         };
-        assert_eq!(home(5), vec![0; 4096], "nothing applied yet");
+        assert_eq!(home(5), before, "nothing applied yet");
         let v = reopen(&disk);
         assert_eq!(block(&v, 5).unwrap(), vec![2; 4096], "latest version only");
         assert_eq!(block(&v, 6).unwrap(), vec![3; 4096]);
@@ -1533,6 +1697,59 @@ pub(crate) mod tests {
         assert_eq!((r.applied, r.skipped), (2, 0));
         let v = reopen(&disk);
         assert_eq!(block(&v, 5).unwrap(), vec![2; 4096]);
+    }
+
+    #[test]
+    fn a_first_write_goes_home_at_once_and_is_old_or_new_at_every_checkpoint_step() {
+        let l = Layout::new(64 * 4096, 4096, 64).unwrap();
+        // Checkpoint writes allowed before the cut: the records, the superblock (the commit),
+        // then the entries' apply.
+        for allowed in 0..3 {
+            let disk = MemDisk::new();
+            let v = small(&disk);
+            let marker = disk.peek(l.entry_offset(5), ENTRY_LEN);
+            v.write_at(&[7; 2 * 4096], 5 * 4096).unwrap();
+            // The sealed data is home already, its entry still the marker; no slot data.
+            assert_ne!(disk.peek(l.data_block_offset(5), 4096), vec![0; 4096]);
+            assert_eq!(disk.peek(l.entry_offset(5), ENTRY_LEN), marker);
+            assert_eq!(
+                block(&v, 5).unwrap(),
+                vec![7; 4096],
+                "reads see the pending version"
+            );
+            // A second write in the same epoch takes the same path.
+            v.write_at(&[8; 4096], 5 * 4096).unwrap();
+            disk.fail_after(allowed);
+            assert!(v.flush().is_err());
+            v.abandon();
+            assert_eq!(
+                disk.peek(l.slot_data_offset(0), 3 * 4096),
+                vec![0; 3 * 4096],
+                "the journal holds no copy of first writes"
+            );
+            let v = reopen(&disk);
+            let (b5, b6) = (block(&v, 5).unwrap(), block(&v, 6).unwrap());
+            if allowed < 2 {
+                // Not committed: the old content (zeros).
+                assert_eq!((b5[0], b6[0]), (0, 0));
+            } else {
+                // Committed: the newest versions, from their home data.
+                assert_eq!((b5, b6), (vec![8; 4096], vec![7; 4096]));
+            }
+            assert_eq!(v.check(&|_, _| {}).unwrap().bad_count, 0);
+            // A trimmed block is a marker again: the next write goes home, the old data stays
+            // unread until that write is committed.
+            v.write_zeroes(5 * 4096, 4096).unwrap();
+            v.flush().unwrap();
+            v.write_at(&[3; 4096], 5 * 4096).unwrap();
+            v.abandon();
+            let v = reopen(&disk);
+            assert_eq!(block(&v, 5).unwrap(), vec![0; 4096]);
+            v.write_at(&[4; 4096], 5 * 4096).unwrap();
+            v.close().unwrap();
+            let v = reopen(&disk);
+            assert_eq!(block(&v, 5).unwrap(), vec![4; 4096]);
+        }
     }
 
     #[test]
@@ -1556,6 +1773,9 @@ pub(crate) mod tests {
     fn a_reused_slot_that_does_not_open_is_skipped_and_a_digest_mismatch_skips_all() {
         let disk = MemDisk::new();
         let v = small(&disk);
+        // Blocks 0..5 written once, so that the writes below go through journal slots.
+        v.write_at(&[9; 5 * 4096], 0).unwrap();
+        v.flush().unwrap();
         v.write_at(&[1; 4096], 0).unwrap();
         v.write_at(&[1; 4096], 4096).unwrap();
         v.flush().unwrap();
@@ -1576,7 +1796,7 @@ pub(crate) mod tests {
             vec![1; 4096],
             "never rolled to garbage"
         );
-        assert_eq!(block(&v, 2).unwrap(), vec![0; 4096]);
+        assert_eq!(block(&v, 2).unwrap(), vec![9; 4096]);
         // Now a record of the last committed epoch is overwritten too: the digest no longer
         // matches, and nothing is re-applied.
         v.write_at(&[4; 4096], 4 * 4096).unwrap();
@@ -1589,7 +1809,7 @@ pub(crate) mod tests {
         assert_eq!((r.applied, r.skipped), (0, 0));
         let v = reopen(&disk);
         assert_eq!(block(&v, 0).unwrap(), vec![1; 4096]);
-        assert_eq!(block(&v, 3).unwrap(), vec![0; 4096], "never flushed");
+        assert_eq!(block(&v, 3).unwrap(), vec![9; 4096], "never flushed");
         assert_eq!(block(&v, 4).unwrap(), vec![4; 4096]);
     }
 
