@@ -441,3 +441,98 @@ fn serve_answers_qemu_io_and_flushes_on_sigterm() {
     assert!(got[1 << 20..(1 << 20) + 8192].iter().all(|&b| b == 0xcd));
     assert!(got[..4096].iter().all(|&b| b == 0));
 }
+
+/// Encrypts one byte with `encrypt` under a raw AES key, declaring a `size`-byte volume of
+/// 4 KiB blocks: a message of a few hundred bytes. Returns the key spec and the message path.
+fn hostile_snapshot(d: &Path, size: u64) -> (String, std::path::PathBuf) {
+    let (key, one, msg) = (d.join("k1"), d.join("one"), d.join("huge.kms"));
+    fs::write(&key, [7u8; 32]).unwrap();
+    fs::write(&one, [1u8]).unwrap();
+    let spec = format!("ns:k1:{}", s(&key));
+    let declared = format!("kms-envelope:volume-size={size}");
+    let out = cli()
+        .args([
+            "encrypt",
+            "-i",
+            s(&one),
+            "-o",
+            s(&msg),
+            "--raw-aes-key",
+            &spec,
+        ])
+        .args(["-c", &declared, "-c", "kms-envelope:block-size=4096"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    (spec, msg)
+}
+
+/// Bytes the files of `dir` take on disk (allocated blocks, not their sparse length).
+fn allocated(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap())
+        .filter(|m| m.is_file())
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
+#[test]
+fn a_tiny_snapshot_declaring_a_huge_volume_is_refused_before_any_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // 64 GiB declared: its zero markers alone would be 512 MiB.
+    let (spec, msg) = hostile_snapshot(d, 64 << 30);
+    assert!(fs::metadata(&msg).unwrap().len() < 1024);
+    let before = allocated(d);
+    let r1 = d.join("r1");
+    let out = volume(&[
+        "restore",
+        "-i",
+        s(&msg),
+        "-o",
+        s(&r1),
+        "--raw-aes-key",
+        &spec,
+    ]);
+    assert_ne!(code(&out), 0, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("68719476736-byte volume") && err.contains("bytes long"),
+        "{err}"
+    );
+    assert!(!r1.exists());
+    no_leftovers(d);
+    assert!(
+        allocated(d) <= before + (1 << 20),
+        "{} bytes written",
+        allocated(d) - before
+    );
+
+    // From stdin the length is unknown: a size whose metadata outgrows the free space is
+    // refused with what it needs (2^50 bytes of 4 KiB blocks: 8 TiB of metadata).
+    let inputs = d.join("in");
+    fs::create_dir(&inputs).unwrap();
+    let (spec, msg) = hostile_snapshot(&inputs, 1 << 50);
+    let out = cli()
+        .args([
+            "volume",
+            "restore",
+            "-i",
+            "-",
+            "-o",
+            s(&r1),
+            "--raw-aes-key",
+            &spec,
+        ])
+        .write_stdin(fs::read(&msg).unwrap())
+        .output()
+        .unwrap();
+    assert_ne!(code(&out), 0);
+    let err = stderr(&out);
+    assert!(err.contains("needs") && err.contains("bytes free"), "{err}");
+    assert!(!r1.exists());
+    no_leftovers(d);
+    assert!(allocated(d) <= before + (1 << 20));
+}

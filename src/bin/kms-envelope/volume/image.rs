@@ -231,8 +231,10 @@ pub fn restore(aws: &AwsArgs, a: &RestoreArgs) -> Result<(), Failure> {
         }
     };
     NewVolume::start(&a.out, Some(&a.input))?.build(|path| {
-        Volume::restore_sized(input, &dec, a.size, path, &*keyring, options, &progress)
-            .map_err(|e| failure(&format!("restoring {}", shown(&a.input)), e))
+        Volume::restore_sized(
+            input, &dec, a.size, len, path, &*keyring, options, &progress,
+        )
+        .map_err(|e| failure(&format!("restoring {}", shown(&a.input)), e))
     })?;
     if let Some(pb) = pb {
         pb.finish_and_clear();
