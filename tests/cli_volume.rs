@@ -536,3 +536,88 @@ fn a_tiny_snapshot_declaring_a_huge_volume_is_refused_before_any_write() {
     no_leftovers(d);
     assert!(allocated(d) <= before + (1 << 20));
 }
+
+#[test]
+fn an_output_naming_a_directory_or_no_key_is_refused_at_the_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let key = d.join("k1");
+    fs::write(&key, [7u8; 32]).unwrap();
+    let spec = format!("ns:k1:{}", s(&key));
+    let slash = format!("{}/", s(&d.join("v")));
+    let dots = format!("{}/..", s(&d.join("v")));
+    for target in [slash, dots] {
+        let target = target.as_str();
+        let out = volume(&[
+            "create",
+            "-o",
+            target,
+            "--size",
+            "1M",
+            "--raw-aes-key",
+            &spec,
+        ]);
+        assert_eq!(code(&out), 2, "{target}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("names a directory"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert!(!d.join("v").exists());
+    no_leftovers(d);
+
+    // No key: a volume's own message, no hint of --discovery.
+    let out = volume(&["restore", "-i", s(&key), "-o", s(&d.join("r"))]);
+    assert_eq!(code(&out), 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains("for the new volume's key slots") && !err.contains("--discovery --account"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_snapshot_with_an_invalid_volume_size_is_said_not_to_be_a_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (key, img, msg) = (d.join("k1"), d.join("img"), d.join("m.kms"));
+    fs::write(&key, [7u8; 32]).unwrap();
+    fs::write(&img, vec![1u8; 8192]).unwrap();
+    let spec = format!("ns:k1:{}", s(&key));
+    let out = cli()
+        .args([
+            "encrypt",
+            "-i",
+            s(&img),
+            "-o",
+            s(&msg),
+            "--raw-aes-key",
+            &spec,
+        ])
+        .args([
+            "-c",
+            "kms-envelope:volume-size=4097",
+            "-c",
+            "kms-envelope:block-size=4096",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = volume(&[
+        "restore",
+        "-i",
+        s(&msg),
+        "-o",
+        s(&d.join("r")),
+        "--raw-aes-key",
+        &spec,
+    ]);
+    assert_ne!(code(&out), 0);
+    let err = stderr(&out);
+    assert!(
+        err.contains("not a volume snapshot") && !err.contains("bad volume options"),
+        "{err}"
+    );
+    no_leftovers(d);
+}

@@ -71,7 +71,7 @@ pub struct OpenArgs {
 impl OpenArgs {
     /// Opens the volume with a keyring of the named keys (each tried in turn on the slots).
     pub fn open(&self, aws: &AwsArgs) -> Result<Volume, Failure> {
-        let keyring = build_keyring(aws, &self.keys, KmsMode::Decrypt)?;
+        let keyring = volume_keyring(aws, &self.keys, KmsMode::Decrypt, "to open the volume")?;
         Volume::open(&self.input, &*keyring)
             .map_err(|e| failure(&format!("opening volume {}", self.input.display()), e))
     }
@@ -196,7 +196,29 @@ pub fn run(aws: &AwsArgs, c: &VolumeCommand) -> Result<(), Failure> {
 
 /// The keyring that wraps a new volume key: never behind a data-key cache.
 fn wrapping_keyring(aws: &AwsArgs, keys: &KeyArgs) -> Result<Arc<dyn Keyring>, Failure> {
-    build_keyring(aws, keys, KmsMode::Encrypt)
+    volume_keyring(
+        aws,
+        keys,
+        KmsMode::Encrypt,
+        "for the new volume's key slots",
+    )
+}
+
+/// [`build_keyring`] with a volume's own message when no key is named: volume commands have
+/// no discovery, so the generic hint about `--discovery` would mislead.
+pub(crate) fn volume_keyring(
+    aws: &AwsArgs,
+    keys: &KeyArgs,
+    mode: KmsMode,
+    what_for: &str,
+) -> Result<Arc<dyn Keyring>, Failure> {
+    if keys.is_empty() {
+        return Err(usage(format!(
+            "name a key {what_for}: --key KEY (KMS) or --raw-aes-key NAMESPACE:NAME:FILE \
+             (volume commands take no --discovery)"
+        )));
+    }
+    build_keyring(aws, keys, mode)
 }
 
 fn create(aws: &AwsArgs, a: &CreateArgs) -> Result<(), Failure> {
@@ -380,6 +402,14 @@ impl<'a> NewVolume<'a> {
     pub fn start(out: &'a VolumeOutArgs, input: Option<&Path>) -> Result<NewVolume<'a>, Failure> {
         use std::os::unix::fs::MetadataExt;
         let dest = out.output.as_path();
+        // `Path::file_name` ignores a trailing `/`, so the bytes are checked too: such a path
+        // names a directory, and would fail only once the whole volume was written.
+        if dest.file_name().is_none() || dest.as_os_str().as_encoded_bytes().ends_with(b"/") {
+            return Err(usage(format!(
+                "output {} names a directory, not a file: give the new volume's file name",
+                dest.display()
+            )));
+        }
         let replaces = match dest.symlink_metadata() {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(io_failure("cannot examine output", dest, e)),
