@@ -621,3 +621,59 @@ fn a_snapshot_with_an_invalid_volume_size_is_said_not_to_be_a_snapshot() {
     );
     no_leftovers(d);
 }
+
+#[test]
+fn a_signal_during_import_removes_the_hidden_volume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let key = d.join("k1");
+    fs::write(&key, [7u8; 32]).unwrap();
+    let spec = format!("ns:k1:{}", s(&key));
+    for (sig, exit) in [("TERM", 143), ("INT", 130), ("HUP", 129)] {
+        let vol = d.join(format!("v{sig}"));
+        // stdin stays open and empty: the import waits with its staging volume made.
+        let mut child = Command::new(assert_cmd::cargo::cargo_bin("kms-envelope"))
+            .args([
+                "volume",
+                "import",
+                "-i",
+                "-",
+                "--size",
+                "16M",
+                "-o",
+                s(&vol),
+            ])
+            .args(["--raw-aes-key", &spec])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let staged = || {
+            fs::read_dir(d).unwrap().any(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".kms-envelope-vol-")
+            })
+        };
+        while !staged() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no staging volume appeared"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let pid = child.id().to_string();
+        assert!(Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(exit), "SIG{sig}");
+        assert!(!vol.exists());
+        no_leftovers(d);
+    }
+}

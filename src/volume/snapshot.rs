@@ -13,8 +13,9 @@
 //! volume key from the keyring given, whatever the snapshot was made from. The volume is built
 //! under a hidden temporary name beside `path` and linked into place only when complete and
 //! flushed, never over an existing path; on any failure it is removed, so a truncated or
-//! altered snapshot leaves no volume behind (a process killed meanwhile may leave the hidden
-//! `.kms-envelope-vol-*` file, which never has the final name).
+//! altered snapshot leaves no volume behind; a panic removes it too (a process killed
+//! meanwhile may leave the hidden `.kms-envelope-vol-*` file, which never has the final name;
+//! the CLI removes it on SIGINT, SIGTERM and SIGHUP).
 //!
 //! **Zero blocks.** An all-zero block of the input is not written: the new volume's blocks are
 //! authenticated zero markers from creation on, which, as NBD TRIM and WRITE_ZEROES do, shows
@@ -452,20 +453,38 @@ fn build_new(path: &Path, build: impl FnOnce(&Path) -> Result<Volume>) -> Result
             ),
         )));
     }
-    let staging = staging_path(path)?;
-    let result = build(&staging).and_then(|volume| {
+    let staging = Staging(staging_path(path)?);
+    let result = build(&staging.0).and_then(|volume| {
         // A hard link fails if `path` appeared meanwhile: the existing file is kept.
-        std::fs::hard_link(&staging, path)?;
+        std::fs::hard_link(&staging.0, path)?;
         Ok(volume)
     });
-    let _ = std::fs::remove_file(&staging);
+    drop(staging);
     result
 }
 
-/// A fresh hidden name in `path`'s directory.
+/// The hidden name of a volume being built, removed when dropped: after success (the volume
+/// is linked at its own name by then), on an error, and on a panic unwinding through.
+struct Staging(PathBuf);
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A fresh hidden name in `path`'s directory: `.kms-envelope-vol-RANDOM`, or, when `path` is
+/// itself such a hidden name (a caller staging too, as the CLI does), `PATH.RANDOM`, so that
+/// the caller can remove what was staged for its name if it is interrupted.
 fn staging_path(path: &Path) -> Result<PathBuf> {
     let mut random = [0u8; 8];
     getrandom::fill(&mut random).map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
     let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(path.with_file_name(format!(".kms-envelope-vol-{name}")))
+    let own = path.file_name().map(|n| n.to_string_lossy());
+    Ok(match own {
+        Some(n) if n.starts_with(".kms-envelope-vol-") => {
+            path.with_file_name(format!("{n}.{name}"))
+        }
+        _ => path.with_file_name(format!(".kms-envelope-vol-{name}")),
+    })
 }

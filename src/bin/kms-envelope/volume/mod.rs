@@ -18,7 +18,7 @@ use kms_envelope::Keyring;
 use serde_json::json;
 
 use crate::args::{AwsArgs, KeyArgs};
-use crate::exit::{failure, io_failure, usage, Code, Failure};
+use crate::exit::{failure, io_error, io_failure, usage, Code, Failure};
 use crate::files::inspect::hex;
 use crate::keyrings::{build_keyring, KmsMode};
 use crate::term::print_json;
@@ -457,12 +457,13 @@ impl<'a> NewVolume<'a> {
     }
 
     /// Runs `make` on the hidden path, closes the volume it makes and puts it in place.
+    /// The hidden file is removed on return, on a panic (Drop), and on SIGINT, SIGTERM or
+    /// SIGHUP meanwhile (then the process exits 128 + the signal's number).
     pub fn build(self, make: impl FnOnce(&Path) -> Result<Volume, Failure>) -> Result<(), Failure> {
-        let result = make(&self.staging)
+        let _signals = remove_on_signal(&self.staging)?;
+        make(&self.staging)
             .and_then(|v| close(v, self.dest))
-            .and_then(|()| self.commit());
-        let _ = std::fs::remove_file(&self.staging);
-        result
+            .and_then(|()| self.commit())
     }
 
     fn commit(&self) -> Result<(), Failure> {
@@ -500,5 +501,81 @@ impl<'a> NewVolume<'a> {
             ));
         }
         Ok(())
+    }
+}
+
+impl Drop for NewVolume<'_> {
+    fn drop(&mut self) {
+        // After success the volume is at its own name (a hard link or a rename) already.
+        remove_staged(&self.staging);
+    }
+}
+
+/// Removes `staging` and what the library staged for it (`STAGING.RANDOM`, see
+/// `Volume::import`): both hidden names, unique to this process.
+fn remove_staged(staging: &Path) {
+    let _ = std::fs::remove_file(staging);
+    let (Some(dir), Some(name)) = (staging.parent(), staging.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Watches for SIGINT, SIGTERM and SIGHUP on a thread of its own until the returned sender
+/// is dropped; on one, removes `staging` and exits 128 + the signal's number. The handlers
+/// are installed before this returns, so no signal after it is missed; they stay installed
+/// (tokio never uninstalls them), which is harmless as the command ends after the build.
+fn remove_on_signal(staging: &Path) -> Result<tokio::sync::oneshot::Sender<()>, Failure> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready) = std::sync::mpsc::channel::<Result<(), String>>();
+    let staging = staging.to_path_buf();
+    std::thread::spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => return drop(ready_tx.send(Err(e.to_string()))),
+        };
+        rt.block_on(async move {
+            let handlers = (|| -> std::io::Result<_> {
+                Ok((
+                    signal(SignalKind::interrupt())?,
+                    signal(SignalKind::terminate())?,
+                    signal(SignalKind::hangup())?,
+                ))
+            })();
+            let (mut int, mut term, mut hup) = match handlers {
+                Ok(h) => h,
+                Err(e) => return drop(ready_tx.send(Err(e.to_string()))),
+            };
+            let _ = ready_tx.send(Ok(()));
+            let code = tokio::select! {
+                _ = stopped => return,
+                _ = int.recv() => 130,
+                _ = term.recv() => 143,
+                _ = hup.recv() => 129,
+            };
+            remove_staged(&staging);
+            std::process::exit(code);
+        });
+    });
+    match ready.recv() {
+        Ok(Ok(())) => Ok(stop),
+        Ok(Err(e)) => Err(io_error(format!(
+            "cannot handle SIGINT, SIGTERM and SIGHUP: {e}"
+        ))),
+        Err(_) => Err(io_error("the signal watcher stopped".to_string())),
     }
 }
