@@ -327,7 +327,7 @@ fn a_restore_larger_than_its_maximum_is_refused_before_any_file_is_made() {
     let dec = Decryptor::new(&ring);
     let path = tmp.path().join("b");
     let max = volume.size() - 1;
-    let err = Volume::restore_sized(
+    let Err(err) = Volume::restore_sized(
         &message[..],
         &dec,
         None,
@@ -336,9 +336,9 @@ fn a_restore_larger_than_its_maximum_is_refused_before_any_file_is_made() {
         &ring,
         VolumeOptions::default(),
         &none,
-    )
-    .err()
-    .expect("a size above the maximum was restored");
+    ) else {
+        panic!("a size above the maximum was restored")
+    };
     assert!(err.to_string().contains("bytes long"), "{err}");
     assert!(!path.exists());
     // At its maximum, it restores.
