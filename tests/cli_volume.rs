@@ -679,3 +679,42 @@ fn a_signal_during_import_removes_the_hidden_volume() {
         no_leftovers(d);
     }
 }
+
+#[test]
+fn serve_prints_the_socket_s_absolute_path_in_its_url() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let key = d.join("k1");
+    fs::write(&key, [7u8; 32]).unwrap();
+    let spec = format!("ns:k1:{}", s(&key));
+    ok(&[
+        "create",
+        "-o",
+        s(&d.join("vol")),
+        "--size",
+        "1M",
+        "--raw-aes-key",
+        &spec,
+    ]);
+    // A relative socket path, from the temporary directory.
+    let mut server = Command::new(assert_cmd::cargo::cargo_bin("kms-envelope"))
+        .current_dir(d)
+        .args(["volume", "serve", "-i", "vol", "--socket", "run/nbd.sock"])
+        .args(["--raw-aes-key", &spec])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sock = d.join("run/nbd.sock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sock.exists() && server.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "no socket after 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = server.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut said).unwrap();
+    server.wait().unwrap();
+    let want = format!("nbd+unix:///?socket={}", s(&sock));
+    assert!(said.contains(&want), "{said}");
+}
