@@ -285,7 +285,9 @@ fn a_truncated_or_altered_snapshot_leaves_no_volume() {
     let at = msg.len() - 70_000;
     flipped[at] ^= 0x10;
     for (what, bytes) in [
-        ("truncated", &msg[..msg.len() - 40_000]),
+        // Cut within the last frames but still longer than the volume: a message shorter than
+        // the size it declares is refused before any write (see the test of a tiny snapshot).
+        ("truncated", &msg[..msg.len() - 1_000]),
         ("altered", &flipped[..]),
     ] {
         fs::write(&bad, bytes).unwrap();
@@ -440,4 +442,279 @@ fn serve_answers_qemu_io_and_flushes_on_sigterm() {
     assert!(got[4096..8192].iter().all(|&b| b == 0xab));
     assert!(got[1 << 20..(1 << 20) + 8192].iter().all(|&b| b == 0xcd));
     assert!(got[..4096].iter().all(|&b| b == 0));
+}
+
+/// Encrypts one byte with `encrypt` under a raw AES key, declaring a `size`-byte volume of
+/// 4 KiB blocks: a message of a few hundred bytes. Returns the key spec and the message path.
+fn hostile_snapshot(d: &Path, size: u64) -> (String, std::path::PathBuf) {
+    let (key, one, msg) = (d.join("k1"), d.join("one"), d.join("huge.kms"));
+    fs::write(&key, [7u8; 32]).unwrap();
+    fs::write(&one, [1u8]).unwrap();
+    let spec = format!("ns:k1:{}", s(&key));
+    let declared = format!("kms-envelope:volume-size={size}");
+    let out = cli()
+        .args([
+            "encrypt",
+            "-i",
+            s(&one),
+            "-o",
+            s(&msg),
+            "--raw-aes-key",
+            &spec,
+        ])
+        .args(["-c", &declared, "-c", "kms-envelope:block-size=4096"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    (spec, msg)
+}
+
+/// Bytes the files of `dir` take on disk (allocated blocks, not their sparse length).
+fn allocated(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap())
+        .filter(|m| m.is_file())
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
+#[test]
+fn a_tiny_snapshot_declaring_a_huge_volume_is_refused_before_any_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // 64 GiB declared: its zero markers alone would be 512 MiB.
+    let (spec, msg) = hostile_snapshot(d, 64 << 30);
+    assert!(fs::metadata(&msg).unwrap().len() < 1024);
+    let before = allocated(d);
+    let r1 = d.join("r1");
+    let out = volume(&[
+        "restore",
+        "-i",
+        s(&msg),
+        "-o",
+        s(&r1),
+        "--raw-aes-key",
+        &spec,
+    ]);
+    assert_ne!(code(&out), 0, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("68719476736-byte volume") && err.contains("bytes long"),
+        "{err}"
+    );
+    assert!(!r1.exists());
+    no_leftovers(d);
+    assert!(
+        allocated(d) <= before + (1 << 20),
+        "{} bytes written",
+        allocated(d) - before
+    );
+
+    // From stdin the length is unknown: a size whose metadata outgrows the free space is
+    // refused with what it needs (2^50 bytes of 4 KiB blocks: 8 TiB of metadata).
+    let inputs = d.join("in");
+    fs::create_dir(&inputs).unwrap();
+    let (spec, msg) = hostile_snapshot(&inputs, 1 << 50);
+    let out = cli()
+        .args([
+            "volume",
+            "restore",
+            "-i",
+            "-",
+            "-o",
+            s(&r1),
+            "--raw-aes-key",
+            &spec,
+        ])
+        .write_stdin(fs::read(&msg).unwrap())
+        .output()
+        .unwrap();
+    assert_ne!(code(&out), 0);
+    let err = stderr(&out);
+    assert!(err.contains("needs") && err.contains("bytes free"), "{err}");
+    assert!(!r1.exists());
+    no_leftovers(d);
+    assert!(allocated(d) <= before + (1 << 20));
+}
+
+#[test]
+fn an_output_naming_a_directory_or_no_key_is_refused_at_the_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let key = d.join("k1");
+    fs::write(&key, [7u8; 32]).unwrap();
+    let spec = format!("ns:k1:{}", s(&key));
+    let slash = format!("{}/", s(&d.join("v")));
+    let dots = format!("{}/..", s(&d.join("v")));
+    for target in [slash, dots] {
+        let target = target.as_str();
+        let out = volume(&[
+            "create",
+            "-o",
+            target,
+            "--size",
+            "1M",
+            "--raw-aes-key",
+            &spec,
+        ]);
+        assert_eq!(code(&out), 2, "{target}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("names a directory"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert!(!d.join("v").exists());
+    no_leftovers(d);
+
+    // No key: a volume's own message, no hint of --discovery.
+    let out = volume(&["restore", "-i", s(&key), "-o", s(&d.join("r"))]);
+    assert_eq!(code(&out), 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains("for the new volume's key slots") && !err.contains("--discovery --account"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_snapshot_with_an_invalid_volume_size_is_said_not_to_be_a_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (key, img, msg) = (d.join("k1"), d.join("img"), d.join("m.kms"));
+    fs::write(&key, [7u8; 32]).unwrap();
+    fs::write(&img, vec![1u8; 8192]).unwrap();
+    let spec = format!("ns:k1:{}", s(&key));
+    let out = cli()
+        .args([
+            "encrypt",
+            "-i",
+            s(&img),
+            "-o",
+            s(&msg),
+            "--raw-aes-key",
+            &spec,
+        ])
+        .args([
+            "-c",
+            "kms-envelope:volume-size=4097",
+            "-c",
+            "kms-envelope:block-size=4096",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = volume(&[
+        "restore",
+        "-i",
+        s(&msg),
+        "-o",
+        s(&d.join("r")),
+        "--raw-aes-key",
+        &spec,
+    ]);
+    assert_ne!(code(&out), 0);
+    let err = stderr(&out);
+    assert!(
+        err.contains("not a volume snapshot") && !err.contains("bad volume options"),
+        "{err}"
+    );
+    no_leftovers(d);
+}
+
+#[test]
+fn a_signal_during_import_removes_the_hidden_volume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let key = d.join("k1");
+    fs::write(&key, [7u8; 32]).unwrap();
+    let spec = format!("ns:k1:{}", s(&key));
+    for (sig, exit) in [("TERM", 143), ("INT", 130), ("HUP", 129)] {
+        let vol = d.join(format!("v{sig}"));
+        // stdin stays open and empty: the import waits with its staging volume made.
+        let mut child = Command::new(assert_cmd::cargo::cargo_bin("kms-envelope"))
+            .args([
+                "volume",
+                "import",
+                "-i",
+                "-",
+                "--size",
+                "16M",
+                "-o",
+                s(&vol),
+            ])
+            .args(["--raw-aes-key", &spec])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let staged = || {
+            fs::read_dir(d).unwrap().any(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".kms-envelope-vol-")
+            })
+        };
+        while !staged() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no staging volume appeared"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let pid = child.id().to_string();
+        assert!(Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(exit), "SIG{sig}");
+        assert!(!vol.exists());
+        no_leftovers(d);
+    }
+}
+
+#[test]
+fn serve_prints_the_socket_s_absolute_path_in_its_url() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let key = d.join("k1");
+    fs::write(&key, [7u8; 32]).unwrap();
+    let spec = format!("ns:k1:{}", s(&key));
+    ok(&[
+        "create",
+        "-o",
+        s(&d.join("vol")),
+        "--size",
+        "1M",
+        "--raw-aes-key",
+        &spec,
+    ]);
+    // A relative socket path, from the temporary directory.
+    let mut server = Command::new(assert_cmd::cargo::cargo_bin("kms-envelope"))
+        .current_dir(d)
+        .args(["volume", "serve", "-i", "vol", "--socket", "run/nbd.sock"])
+        .args(["--raw-aes-key", &spec])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sock = d.join("run/nbd.sock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sock.exists() && server.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "no socket after 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = server.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut said).unwrap();
+    server.wait().unwrap();
+    let want = format!("nbd+unix:///?socket={}", s(&sock));
+    assert!(said.contains(&want), "{said}");
 }

@@ -293,3 +293,64 @@ fn import_and_export_round_trip_a_raw_image() {
         assert_eq!(names(dir.path()), before);
     }
 }
+
+#[test]
+fn a_panic_during_import_leaves_no_hidden_volume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("v");
+    let image = vec![5u8; 1 << 20];
+    let panics = |_: u64, _: u64| panic!("stop here");
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Volume::import(
+            &image[..],
+            1 << 20,
+            &path,
+            &keyring(),
+            VolumeOptions::default(),
+            &panics,
+        )
+    }));
+    assert!(caught.is_err(), "the progress callback did not run");
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn a_restore_larger_than_its_maximum_is_refused_before_any_file_is_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (volume, _) = sample_volume(&tmp.path().join("a"));
+    let message = snapshot(&volume, EncryptionContext::new());
+    let ring = keyring();
+    let dec = Decryptor::new(&ring);
+    let path = tmp.path().join("b");
+    let max = volume.size() - 1;
+    let Err(err) = Volume::restore_sized(
+        &message[..],
+        &dec,
+        None,
+        Some(max),
+        &path,
+        &ring,
+        VolumeOptions::default(),
+        &none,
+    ) else {
+        panic!("a size above the maximum was restored")
+    };
+    assert!(err.to_string().contains("bytes long"), "{err}");
+    assert!(!path.exists());
+    // At its maximum, it restores.
+    Volume::restore_sized(
+        &message[..],
+        &dec,
+        None,
+        Some(volume.size()),
+        &path,
+        &ring,
+        VolumeOptions::default(),
+        &none,
+    )
+    .unwrap();
+}

@@ -13,8 +13,9 @@
 //! volume key from the keyring given, whatever the snapshot was made from. The volume is built
 //! under a hidden temporary name beside `path` and linked into place only when complete and
 //! flushed, never over an existing path; on any failure it is removed, so a truncated or
-//! altered snapshot leaves no volume behind (a process killed meanwhile may leave the hidden
-//! `.kms-envelope-vol-*` file, which never has the final name).
+//! altered snapshot leaves no volume behind; a panic removes it too (a process killed
+//! meanwhile may leave the hidden `.kms-envelope-vol-*` file, which never has the final name;
+//! the CLI removes it on SIGINT, SIGTERM and SIGHUP).
 //!
 //! **Zero blocks.** An all-zero block of the input is not written: the new volume's blocks are
 //! authenticated zero markers from creation on, which, as NBD TRIM and WRITE_ZEROES do, shows
@@ -30,8 +31,9 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use zeroize::Zeroizing;
 
+use super::layout::Layout;
 use super::{Volume, VolumeOptions};
-use crate::{Decryptor, EncryptionContext, Encryptor, Error, Keyring, Result};
+use crate::{Decryptor, EncryptionContext, Encryptor, Error, Keyring, Result, VolumeError};
 
 /// Context key of a snapshot: the volume's size in bytes, in decimal.
 pub const CONTEXT_VOLUME_SIZE: &str = "kms-envelope:volume-size";
@@ -115,19 +117,30 @@ impl Volume {
         options: VolumeOptions,
         progress: Progress<'_>,
     ) -> Result<Volume> {
-        Volume::restore_sized(input, decryptor, None, path, keyring, options, progress)
+        Volume::restore_sized(
+            input, decryptor, None, None, path, keyring, options, progress,
+        )
     }
 
     /// As [`Volume::restore`], with the volume size given by the caller when the message has
     /// no [`CONTEXT_VOLUME_SIZE`] (then `options` gives the block size). When both are there
     /// they must agree.
     ///
+    /// `max_size`, when given, is the largest volume accepted: a caller reading a file passes
+    /// its length (a snapshot's plaintext is always shorter than its message), so that a small
+    /// hostile message declaring a huge size is refused before anything is written. Whatever
+    /// the size, the metadata and journal a new volume writes at creation must fit the free
+    /// space of `path`'s file system.
+    ///
     /// # Errors
-    /// As [`Volume::restore`]; also a size that differs from the snapshot's.
+    /// As [`Volume::restore`]; also a size that differs from the snapshot's, a size above
+    /// `max_size`, or too little free space for the new volume's metadata and journal.
+    #[allow(clippy::too_many_arguments)]
     pub fn restore_sized<R: Read + Send>(
         input: R,
         decryptor: &Decryptor<'_>,
         size: Option<u64>,
+        max_size: Option<u64>,
         path: &Path,
         keyring: &dyn Keyring,
         options: VolumeOptions,
@@ -153,14 +166,40 @@ impl Volume {
                 )))
             }
         };
-        let options = match context_number(context, CONTEXT_BLOCK_SIZE)? {
+        if let Some(max) = max_size.filter(|&m| size > m) {
+            return Err(Error::Misuse(format!(
+                "the message declares a {size}-byte volume but is only {max} bytes long, and a \
+                 snapshot's plaintext is always shorter than its message: it is not a snapshot \
+                 of this size"
+            )));
+        }
+        let declared_block = context_number(context, CONTEXT_BLOCK_SIZE)?;
+        let options = match declared_block {
             Some(b) => options.block_size(u32::try_from(b).map_err(|_| {
                 Error::Misuse(format!(
-                    "the snapshot's {CONTEXT_BLOCK_SIZE} ({b}) is not a block size"
+                    "the snapshot's {CONTEXT_BLOCK_SIZE} ({b}) is not a block size: the message \
+                     is not a volume snapshot"
                 ))
             })?),
             None => options,
         };
+        let slots = Layout::default_slots(size, options.block_size, options.journal_bytes);
+        let layout = Layout::new(size, options.block_size, slots).map_err(|e| {
+            let why = match e {
+                VolumeError::Malformed(why) => why,
+                other => other.to_string(),
+            };
+            if declared.is_some() || declared_block.is_some() {
+                Error::Misuse(format!(
+                    "the snapshot's {CONTEXT_VOLUME_SIZE} ({size}) and {CONTEXT_BLOCK_SIZE} ({}) \
+                     are not a valid volume ({why}): the message is not a volume snapshot",
+                    options.block_size
+                ))
+            } else {
+                Error::Misuse(format!("bad volume options: {why}"))
+            }
+        })?;
+        check_free_space(path, layout.data_offset)?;
         build_new(path, |staging| {
             let volume = Volume::create(staging, size, keyring, options)?;
             volume.fill_from(&mut reader, progress)?;
@@ -379,6 +418,29 @@ fn read_full(input: &mut (dyn Read + Send), buf: &mut [u8]) -> Result<usize> {
     Ok(got)
 }
 
+/// Refuses to start a volume whose creation writes `needed` bytes (metadata and journal, all
+/// written before the first block of data) when `path`'s file system has less free.
+fn check_free_space(path: &Path, needed: u64) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let st = rustix::fs::statvfs(dir).map_err(|e| Error::Io(e.into()))?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    if needed > free {
+        return Err(Error::Io(std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!(
+                "the new volume needs {needed} bytes of metadata and journal before any data, \
+                 but {} has {free} bytes free: free space, or check the size the snapshot \
+                 declares (--size states the size expected)",
+                dir.display()
+            ),
+        )));
+    }
+    Ok(())
+}
+
 /// Builds a new volume under a hidden name beside `path` and links it into place once `build`
 /// has succeeded (never over an existing path); removes it on any failure.
 fn build_new(path: &Path, build: impl FnOnce(&Path) -> Result<Volume>) -> Result<Volume> {
@@ -391,20 +453,38 @@ fn build_new(path: &Path, build: impl FnOnce(&Path) -> Result<Volume>) -> Result
             ),
         )));
     }
-    let staging = staging_path(path)?;
-    let result = build(&staging).and_then(|volume| {
+    let staging = Staging(staging_path(path)?);
+    let result = build(&staging.0).and_then(|volume| {
         // A hard link fails if `path` appeared meanwhile: the existing file is kept.
-        std::fs::hard_link(&staging, path)?;
+        std::fs::hard_link(&staging.0, path)?;
         Ok(volume)
     });
-    let _ = std::fs::remove_file(&staging);
+    drop(staging);
     result
 }
 
-/// A fresh hidden name in `path`'s directory.
+/// The hidden name of a volume being built, removed when dropped: after success (the volume
+/// is linked at its own name by then), on an error, and on a panic unwinding through.
+struct Staging(PathBuf);
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A fresh hidden name in `path`'s directory: `.kms-envelope-vol-RANDOM`, or, when `path` is
+/// itself such a hidden name (a caller staging too, as the CLI does), `PATH.RANDOM`, so that
+/// the caller can remove what was staged for its name if it is interrupted.
 fn staging_path(path: &Path) -> Result<PathBuf> {
     let mut random = [0u8; 8];
     getrandom::fill(&mut random).map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
     let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(path.with_file_name(format!(".kms-envelope-vol-{name}")))
+    let own = path.file_name().map(|n| n.to_string_lossy());
+    Ok(match own {
+        Some(n) if n.starts_with(".kms-envelope-vol-") => {
+            path.with_file_name(format!("{n}.{name}"))
+        }
+        _ => path.with_file_name(format!(".kms-envelope-vol-{name}")),
+    })
 }

@@ -12,7 +12,7 @@ use kms_envelope::{AlgorithmSuite, Decryptor, Encryptor, Keyring};
 use super::{parse_size_u64, wrapping_keyring, LayoutArgs, NewVolume, OpenArgs, VolumeOutArgs};
 use crate::args::{parse_suite, AwsArgs, ContextArgs, KeyArgs, OutArgs};
 use crate::exit::{failure, io_failure, shown, usage, Failure};
-use crate::keyrings::{build_keyring, KmsMode};
+use crate::keyrings::KmsMode;
 
 /// The keys of a snapshot message, when they are not the volume's.
 #[derive(Args)]
@@ -37,7 +37,16 @@ impl SnapshotKeyArgs {
             keys: self.snapshot_keys.clone(),
             raw_aes_keys: self.snapshot_raw_aes_keys.clone(),
         };
-        build_keyring(aws, if own.is_empty() { default } else { &own }, mode)
+        let what_for = match mode {
+            KmsMode::Encrypt => "to encrypt the snapshot",
+            _ => "to decrypt the snapshot",
+        };
+        super::volume_keyring(
+            aws,
+            if own.is_empty() { default } else { &own },
+            mode,
+            what_for,
+        )
     }
 }
 
@@ -215,8 +224,9 @@ pub fn snapshot(aws: &AwsArgs, a: &SnapshotArgs) -> Result<(), Failure> {
 
 pub fn restore(aws: &AwsArgs, a: &RestoreArgs) -> Result<(), Failure> {
     let expected = a.context.parse()?;
-    let unwrap = a.snapshot_keys.keyring(aws, &a.keys, KmsMode::Decrypt)?;
+    // The new volume's keys first: with no key at all, that is what to name.
     let keyring = wrapping_keyring(aws, &a.keys)?;
+    let unwrap = a.snapshot_keys.keyring(aws, &a.keys, KmsMode::Decrypt)?;
     let (input, len) = open_in(&a.input)?;
     // The new volume is removed unless the whole message authenticates, signature included:
     // nothing of an unverified frame can outlive a failure.
@@ -231,8 +241,10 @@ pub fn restore(aws: &AwsArgs, a: &RestoreArgs) -> Result<(), Failure> {
         }
     };
     NewVolume::start(&a.out, Some(&a.input))?.build(|path| {
-        Volume::restore_sized(input, &dec, a.size, path, &*keyring, options, &progress)
-            .map_err(|e| failure(&format!("restoring {}", shown(&a.input)), e))
+        Volume::restore_sized(
+            input, &dec, a.size, len, path, &*keyring, options, &progress,
+        )
+        .map_err(|e| failure(&format!("restoring {}", shown(&a.input)), e))
     })?;
     if let Some(pb) = pb {
         pb.finish_and_clear();

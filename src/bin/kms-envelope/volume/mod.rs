@@ -18,7 +18,7 @@ use kms_envelope::Keyring;
 use serde_json::json;
 
 use crate::args::{AwsArgs, KeyArgs};
-use crate::exit::{failure, io_failure, usage, Code, Failure};
+use crate::exit::{failure, io_error, io_failure, usage, Code, Failure};
 use crate::files::inspect::hex;
 use crate::keyrings::{build_keyring, KmsMode};
 use crate::term::print_json;
@@ -71,7 +71,7 @@ pub struct OpenArgs {
 impl OpenArgs {
     /// Opens the volume with a keyring of the named keys (each tried in turn on the slots).
     pub fn open(&self, aws: &AwsArgs) -> Result<Volume, Failure> {
-        let keyring = build_keyring(aws, &self.keys, KmsMode::Decrypt)?;
+        let keyring = volume_keyring(aws, &self.keys, KmsMode::Decrypt, "to open the volume")?;
         Volume::open(&self.input, &*keyring)
             .map_err(|e| failure(&format!("opening volume {}", self.input.display()), e))
     }
@@ -196,7 +196,29 @@ pub fn run(aws: &AwsArgs, c: &VolumeCommand) -> Result<(), Failure> {
 
 /// The keyring that wraps a new volume key: never behind a data-key cache.
 fn wrapping_keyring(aws: &AwsArgs, keys: &KeyArgs) -> Result<Arc<dyn Keyring>, Failure> {
-    build_keyring(aws, keys, KmsMode::Encrypt)
+    volume_keyring(
+        aws,
+        keys,
+        KmsMode::Encrypt,
+        "for the new volume's key slots",
+    )
+}
+
+/// [`build_keyring`] with a volume's own message when no key is named: volume commands have
+/// no discovery, so the generic hint about `--discovery` would mislead.
+pub(crate) fn volume_keyring(
+    aws: &AwsArgs,
+    keys: &KeyArgs,
+    mode: KmsMode,
+    what_for: &str,
+) -> Result<Arc<dyn Keyring>, Failure> {
+    if keys.is_empty() {
+        return Err(usage(format!(
+            "name a key {what_for}: --key KEY (KMS) or --raw-aes-key NAMESPACE:NAME:FILE \
+             (volume commands take no --discovery)"
+        )));
+    }
+    build_keyring(aws, keys, mode)
 }
 
 fn create(aws: &AwsArgs, a: &CreateArgs) -> Result<(), Failure> {
@@ -380,6 +402,14 @@ impl<'a> NewVolume<'a> {
     pub fn start(out: &'a VolumeOutArgs, input: Option<&Path>) -> Result<NewVolume<'a>, Failure> {
         use std::os::unix::fs::MetadataExt;
         let dest = out.output.as_path();
+        // `Path::file_name` ignores a trailing `/`, so the bytes are checked too: such a path
+        // names a directory, and would fail only once the whole volume was written.
+        if dest.file_name().is_none() || dest.as_os_str().as_encoded_bytes().ends_with(b"/") {
+            return Err(usage(format!(
+                "output {} names a directory, not a file: give the new volume's file name",
+                dest.display()
+            )));
+        }
         let replaces = match dest.symlink_metadata() {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(io_failure("cannot examine output", dest, e)),
@@ -427,12 +457,13 @@ impl<'a> NewVolume<'a> {
     }
 
     /// Runs `make` on the hidden path, closes the volume it makes and puts it in place.
+    /// The hidden file is removed on return, on a panic (Drop), and on SIGINT, SIGTERM or
+    /// SIGHUP meanwhile (then the process exits 128 + the signal's number).
     pub fn build(self, make: impl FnOnce(&Path) -> Result<Volume, Failure>) -> Result<(), Failure> {
-        let result = make(&self.staging)
+        let _signals = remove_on_signal(&self.staging)?;
+        make(&self.staging)
             .and_then(|v| close(v, self.dest))
-            .and_then(|()| self.commit());
-        let _ = std::fs::remove_file(&self.staging);
-        result
+            .and_then(|()| self.commit())
     }
 
     fn commit(&self) -> Result<(), Failure> {
@@ -470,5 +501,81 @@ impl<'a> NewVolume<'a> {
             ));
         }
         Ok(())
+    }
+}
+
+impl Drop for NewVolume<'_> {
+    fn drop(&mut self) {
+        // After success the volume is at its own name (a hard link or a rename) already.
+        remove_staged(&self.staging);
+    }
+}
+
+/// Removes `staging` and what the library staged for it (`STAGING.RANDOM`, see
+/// `Volume::import`): both hidden names, unique to this process.
+fn remove_staged(staging: &Path) {
+    let _ = std::fs::remove_file(staging);
+    let (Some(dir), Some(name)) = (staging.parent(), staging.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Watches for SIGINT, SIGTERM and SIGHUP on a thread of its own until the returned sender
+/// is dropped; on one, removes `staging` and exits 128 + the signal's number. The handlers
+/// are installed before this returns, so no signal after it is missed; they stay installed
+/// (tokio never uninstalls them), which is harmless as the command ends after the build.
+fn remove_on_signal(staging: &Path) -> Result<tokio::sync::oneshot::Sender<()>, Failure> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready) = std::sync::mpsc::channel::<Result<(), String>>();
+    let staging = staging.to_path_buf();
+    std::thread::spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => return drop(ready_tx.send(Err(e.to_string()))),
+        };
+        rt.block_on(async move {
+            let handlers = (|| -> std::io::Result<_> {
+                Ok((
+                    signal(SignalKind::interrupt())?,
+                    signal(SignalKind::terminate())?,
+                    signal(SignalKind::hangup())?,
+                ))
+            })();
+            let (mut int, mut term, mut hup) = match handlers {
+                Ok(h) => h,
+                Err(e) => return drop(ready_tx.send(Err(e.to_string()))),
+            };
+            let _ = ready_tx.send(Ok(()));
+            let code = tokio::select! {
+                _ = stopped => return,
+                _ = int.recv() => 130,
+                _ = term.recv() => 143,
+                _ = hup.recv() => 129,
+            };
+            remove_staged(&staging);
+            std::process::exit(code);
+        });
+    });
+    match ready.recv() {
+        Ok(Ok(())) => Ok(stop),
+        Ok(Err(e)) => Err(io_error(format!(
+            "cannot handle SIGINT, SIGTERM and SIGHUP: {e}"
+        ))),
+        Err(_) => Err(io_error("the signal watcher stopped".to_string())),
     }
 }

@@ -48,7 +48,13 @@ pub fn serve(aws: &AwsArgs, a: &ServeArgs) -> Result<(), Failure> {
         let (listener, url) = match (&a.socket, a.listen) {
             (Some(path), _) => (
                 NbdListener::bind_unix(path).map_err(nbd_failure)?,
-                format!("nbd+unix:///?socket={}", path.display()),
+                // Absolute, so that the URL works from any directory.
+                format!(
+                    "nbd+unix:///?socket={}",
+                    std::path::absolute(path)
+                        .unwrap_or_else(|_| path.clone())
+                        .display()
+                ),
             ),
             (None, Some(addr)) => {
                 let l = NbdListener::bind_tcp(addr, a.insecure_tcp).map_err(nbd_failure)?;
