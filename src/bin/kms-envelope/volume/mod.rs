@@ -94,7 +94,8 @@ pub struct LayoutArgs {
     /// Bytes per block: a power of two from 512 to 65536.
     #[arg(long, value_name = "BYTES", default_value_t = 4096)]
     pub block_size: u32,
-    /// The journal's size (crash safety; default: size/64 clamped to 1 MiB..64 MiB).
+    /// The journal's size (crash safety; default: size/16 clamped to 4 MiB..64 MiB, never more
+    /// than the volume; held in memory while the volume is open).
     #[arg(long, value_name = "SIZE", value_parser = parse_size_u64)]
     pub journal_size: Option<u64>,
     /// The block AEAD: gcm-siv (nonce-misuse resistant, default) or gcm.
