@@ -28,11 +28,11 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
 use zeroize::Zeroizing;
 
 use super::layout::Layout;
 use super::{Volume, VolumeOptions};
+use crate::stream::workers::Workers;
 use crate::{Decryptor, EncryptionContext, Encryptor, Error, Keyring, Result, VolumeError};
 
 /// Context key of a snapshot: the volume's size in bytes, in decimal.
@@ -249,44 +249,14 @@ impl Volume {
     /// in parallel) on a thread of its own while the current one is written.
     fn read_all(&self, out: &mut dyn Write, progress: Progress<'_>) -> Result<()> {
         let size = self.size();
-        let chunks = size.div_ceil(CHUNK as u64);
-        std::thread::scope(|s| {
-            let (full_tx, full) = std::sync::mpsc::sync_channel::<Result<(Buf, usize)>>(1);
-            let (empty, empty_rx) = std::sync::mpsc::sync_channel::<Buf>(2);
-            for _ in 0..2 {
-                let _ = empty.send(Zeroizing::new(vec![0u8; CHUNK]));
-            }
-            s.spawn(move || {
-                for c in 0..chunks {
-                    let Ok(mut buf) = empty_rx.recv() else { return };
-                    let offset = c * CHUNK as u64;
-                    let n = (size - offset).min(CHUNK as u64) as usize;
-                    let read = self.read_parallel(&mut buf[..n], offset).map(|()| (buf, n));
-                    let failed = read.is_err();
-                    if full_tx.send(read).is_err() || failed {
-                        return;
-                    }
-                }
-            });
-            let mut done = 0u64;
-            for _ in 0..chunks {
-                let (buf, n) = full
-                    .recv()
-                    .map_err(|_| Error::Misuse("the volume reader stopped".into()))??;
-                out.write_all(&buf[..n])?;
-                done += n as u64;
-                progress(done, size);
-                let _ = empty.send(buf);
-            }
-            Ok(())
-        })
-    }
-
-    /// Fills `buf` from `offset`, pieces on the worker pool.
-    fn read_parallel(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        buf.par_chunks_mut(PIECE)
-            .enumerate()
-            .try_for_each(|(i, piece)| self.read_at(piece, offset + (i * PIECE) as u64))
+        let read = |offset: u64, buf: &mut [u8]| {
+            let mut pieces: Vec<&mut [u8]> = buf.chunks_mut(PIECE).collect();
+            Workers::Shared.each(&mut pieces, |i, piece| {
+                self.read_at(piece, offset + (i * PIECE) as u64)
+            })
+        };
+        let write = |_: u64, buf: &[u8]| Ok(out.write_all(buf)?);
+        pipeline(size, read, write, "the volume reader stopped", progress)
     }
 
     /// Writes all of `input` (exactly the volume's size) into this new volume, skipping
@@ -295,51 +265,64 @@ impl Volume {
     fn fill_from(&self, input: &mut (dyn Read + Send), progress: Progress<'_>) -> Result<()> {
         let size = self.size();
         let block = self.block_size() as usize;
-        let chunks = size.div_ceil(CHUNK as u64);
-        std::thread::scope(|s| {
-            let (full_tx, full) = std::sync::mpsc::sync_channel::<Result<(Buf, usize)>>(1);
-            let (empty, empty_rx) = std::sync::mpsc::sync_channel::<Buf>(2);
-            for _ in 0..2 {
-                let _ = empty.send(Zeroizing::new(vec![0u8; CHUNK]));
-            }
-            s.spawn(move || {
-                for c in 0..chunks {
-                    let Ok(mut buf) = empty_rx.recv() else { return };
-                    let n = (size - c * CHUNK as u64).min(CHUNK as u64) as usize;
-                    let read = match read_full(input, &mut buf[..n]) {
-                        Ok(got) if got == n => Ok((buf, n)),
-                        Ok(got) => Err(Error::Misuse(format!(
-                            "the input ends after {} bytes, before the volume's {size}: it is \
-                             truncated, or not of this size",
-                            c * CHUNK as u64 + got as u64
-                        ))),
-                        Err(e) => Err(e),
-                    };
-                    let failed = read.is_err();
-                    if full_tx.send(read).is_err() || failed {
-                        return;
-                    }
-                }
-            });
-            let mut done = 0u64;
-            for c in 0..chunks {
-                let (buf, n) = full
-                    .recv()
-                    .map_err(|_| Error::Misuse("the input reader stopped".into()))??;
-                let offset = c * CHUNK as u64;
-                buf[..n]
-                    .par_chunks(PIECE)
-                    .enumerate()
-                    .try_for_each(|(i, piece)| {
-                        write_nonzero_runs(self, piece, offset + (i * PIECE) as u64, block)
-                    })?;
-                done += n as u64;
-                progress(done, size);
-                let _ = empty.send(buf);
-            }
-            Ok(())
-        })
+        let read = |offset: u64, buf: &mut [u8]| match read_full(input, buf) {
+            Ok(got) if got == buf.len() => Ok(()),
+            Ok(got) => Err(Error::Misuse(format!(
+                "the input ends after {} bytes, before the volume's {size}: it is truncated, or \
+                 not of this size",
+                offset + got as u64
+            ))),
+            Err(e) => Err(e),
+        };
+        let write = |offset: u64, buf: &[u8]| {
+            let mut pieces: Vec<&[u8]> = buf.chunks(PIECE).collect();
+            Workers::Shared.each(&mut pieces, |i, piece| {
+                write_nonzero_runs(self, piece, offset + (i * PIECE) as u64, block)
+            })
+        };
+        pipeline(size, read, write, "the input reader stopped", progress)
     }
+}
+
+/// Moves `size` bytes in chunks of [`CHUNK`] from `read` to `write`, in order: `read` fills
+/// the next chunk on a thread of its own while `write` takes the current one (two buffers, so
+/// memory stays bounded); the first error of either ends the move.
+fn pipeline(
+    size: u64,
+    mut read: impl FnMut(u64, &mut [u8]) -> Result<()> + Send,
+    mut write: impl FnMut(u64, &[u8]) -> Result<()>,
+    stopped: &str,
+    progress: Progress<'_>,
+) -> Result<()> {
+    let chunks = size.div_ceil(CHUNK as u64);
+    std::thread::scope(|s| {
+        let (full_tx, full) = std::sync::mpsc::sync_channel::<Result<(Buf, usize)>>(1);
+        let (empty, empty_rx) = std::sync::mpsc::sync_channel::<Buf>(2);
+        for _ in 0..2 {
+            let _ = empty.send(Zeroizing::new(vec![0u8; CHUNK]));
+        }
+        s.spawn(move || {
+            for c in 0..chunks {
+                let Ok(mut buf) = empty_rx.recv() else { return };
+                let offset = c * CHUNK as u64;
+                let n = (size - offset).min(CHUNK as u64) as usize;
+                let got = read(offset, &mut buf[..n]).map(|()| (buf, n));
+                let failed = got.is_err();
+                if full_tx.send(got).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let mut done = 0u64;
+        for _ in 0..chunks {
+            let (buf, n) = full.recv().map_err(|_| Error::Misuse(stopped.into()))??;
+            write(done, &buf[..n])?;
+            done += n as u64;
+            progress(done, size);
+            let _ = empty.send(buf);
+        }
+        Ok(())
+    })
 }
 
 type Buf = Zeroizing<Vec<u8>>;
