@@ -294,6 +294,23 @@ fn qemu_img_ok(args: &[&str]) {
     assert!(out.status.success(), "qemu-img {args:?}: {}", text(&out));
 }
 
+/// `qemu-img convert` of `src` into the export, `compare`, and `convert` back out to `out`,
+/// which must then hold `data`.
+fn convert_in_and_out(src: &str, uri: &str, out: &Path, data: &[u8]) {
+    qemu_img_ok(&["convert", "-n", "-f", "raw", "-O", "raw", src, uri]);
+    qemu_img_ok(&["compare", "-f", "raw", "-F", "raw", src, uri]);
+    qemu_img_ok(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "raw",
+        uri,
+        out.to_str().unwrap(),
+    ]);
+    assert!(std::fs::read(out).unwrap() == data, "converted out differs");
+}
+
 /// Deterministic bytes with runs of zeros in them (so that qemu-img sends WRITE_ZEROES too).
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
@@ -392,23 +409,8 @@ fn qemu_img_convert_in_compare_and_convert_out() {
     let device = Arc::new(FileDevice::create(&backing, size as u64));
     let server = Server::unix(&socket_in(dir.path()), device.clone());
     let src = source.to_str().unwrap();
-    qemu_img_ok(&["convert", "-n", "-f", "raw", "-O", "raw", src, &server.uri]);
-    qemu_img_ok(&["compare", "-f", "raw", "-F", "raw", src, &server.uri]);
-    let out = dir.path().join("out.img");
-    qemu_img_ok(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "raw",
-        &server.uri,
-        out.to_str().unwrap(),
-    ]);
+    convert_in_and_out(src, &server.uri, &dir.path().join("out.img"), &data);
     server.stop().unwrap();
-    assert!(
-        std::fs::read(&out).unwrap() == data,
-        "converted out differs"
-    );
     assert!(std::fs::read(&backing).unwrap() == data, "device differs");
     // qemu-img compare notices a difference too (the check can fail).
     device.file.write_all_at(&[0xee; 4096], 8192).unwrap();
@@ -958,23 +960,8 @@ fn a_volume_round_trips_through_qemu_img_and_a_tampered_block_is_eio() {
 
     let socket = socket_in(dir.path());
     let server = Server::unix(&socket, Arc::new(volume));
-    qemu_img_ok(&["convert", "-n", "-f", "raw", "-O", "raw", src, &server.uri]);
-    qemu_img_ok(&["compare", "-f", "raw", "-F", "raw", src, &server.uri]);
-    let out = dir.path().join("out.img");
-    qemu_img_ok(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "raw",
-        &server.uri,
-        out.to_str().unwrap(),
-    ]);
+    convert_in_and_out(src, &server.uri, &dir.path().join("out.img"), &data);
     server.stop().unwrap();
-    assert!(
-        std::fs::read(&out).unwrap() == data,
-        "converted out differs"
-    );
     // The server dropped its handles: the image is unlocked, and what it wrote is durable.
     let volume = Volume::open(&image, &keyring).unwrap();
     let mut back = vec![0u8; size as usize];
