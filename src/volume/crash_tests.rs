@@ -535,3 +535,266 @@ fn an_old_key_meeting_an_interrupted_rekey_does_not_destroy_the_new_generation()
     }
     assert!(interrupted > 5, "{interrupted}");
 }
+
+/// Review of 7520542 (data home): scripted sequences, die at every disk op, several cuts.
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    W(u64, u8),
+    W2(u64, u8),
+    P(u64, u8),
+    Z(u64),
+    F,
+    Reopen,
+}
+
+fn dh_script(script: &[Op], label: &str) {
+    let bs = 512u32;
+    let blocks = 16u64;
+    let mut worst = 0u64;
+    for n in 0..400u64 {
+        for cutseed in 0..6u64 {
+            let disk = Arc::new(SimDisk::new());
+            let v = create(&disk, blocks * u64::from(bs), bs).unwrap();
+            v.flush().unwrap();
+            // committed[b], later[b]
+            let mut committed: Vec<Vec<u8>> = vec![vec![0; bs as usize]; blocks as usize];
+            let mut later: Vec<Vec<Vec<u8>>> = vec![Vec::new(); blocks as usize];
+            disk.die_after(n);
+            let mut v = Some(v);
+            let mut died = false;
+            for op in script {
+                let Some(vol) = v.as_ref() else { break };
+                let r = match *op {
+                    Op::W(b, x) => {
+                        later[b as usize].push(vec![x; bs as usize]);
+                        vol.write_at(&vec![x; bs as usize], b * u64::from(bs))
+                    }
+                    Op::W2(b, x) => {
+                        for k in 0..2 {
+                            later[(b + k) as usize].push(vec![x; bs as usize]);
+                        }
+                        vol.write_at(&vec![x; 2 * bs as usize], b * u64::from(bs))
+                    }
+                    Op::P(b, x) => {
+                        // partial write: first 100 bytes
+                        let mut cur = vec![0u8; bs as usize];
+                        if vol.read_at(&mut cur, b * u64::from(bs)).is_err() {
+                            died = true;
+                            break;
+                        }
+                        cur[..100].fill(x);
+                        later[b as usize].push(cur);
+                        vol.write_at(&[x; 100], b * u64::from(bs))
+                    }
+                    Op::Z(b) => {
+                        later[b as usize].push(vec![0; bs as usize]);
+                        vol.write_zeroes(b * u64::from(bs), u64::from(bs))
+                    }
+                    Op::F => {
+                        let r = vol.flush();
+                        if r.is_ok() {
+                            for b in 0..blocks as usize {
+                                if let Some(last) = later[b].last().cloned() {
+                                    committed[b] = last;
+                                }
+                                later[b].clear();
+                            }
+                        }
+                        r
+                    }
+                    Op::Reopen => {
+                        let r = v.take().unwrap().close();
+                        if r.is_ok() {
+                            for b in 0..blocks as usize {
+                                if let Some(last) = later[b].last().cloned() {
+                                    committed[b] = last;
+                                }
+                                later[b].clear();
+                            }
+                            match open(&disk) {
+                                Ok(nv) => {
+                                    v = Some(nv);
+                                    continue;
+                                }
+                                Err(_) => {
+                                    died = true;
+                                    break;
+                                }
+                            }
+                        }
+                        r
+                    }
+                };
+                if r.is_err() {
+                    died = true;
+                    break;
+                }
+            }
+            if let Some(vol) = v.take() {
+                vol.abandon();
+            }
+            worst = worst.max(n);
+            let mut rng = Rng::new(n * 1000 + cutseed);
+            let how = match cutseed {
+                0 => Cut::LoseAll,
+                1 => Cut::KeepAll,
+                _ => Cut::Random,
+            };
+            let d2 = Arc::new(disk.power_cut(how, &mut rng));
+            let v2 = open(&d2).unwrap_or_else(|e| panic!("{label} n={n} cut={cutseed}: open {e}"));
+            for b in 0..blocks as usize {
+                let mut got = vec![0u8; bs as usize];
+                let r = v2.read_at(&mut got, b as u64 * u64::from(bs));
+                let ok = r.is_ok() && (got == committed[b] || later[b].contains(&got));
+                assert!(
+                    ok,
+                    "{label} n={n} cut={cutseed} died={died} block {b}: read {:?} first byte {} committed {} later {:?}",
+                    r.err(),
+                    got[0],
+                    committed[b][0],
+                    later[b].iter().map(|x| x[0]).collect::<Vec<_>>()
+                );
+            }
+            // Reopen again (re-applying the last epoch) and read again.
+            v2.close().unwrap();
+            let v3 = open(&d2).unwrap();
+            for b in 0..blocks as usize {
+                let mut got = vec![0u8; bs as usize];
+                let r = v3.read_at(&mut got, b as u64 * u64::from(bs));
+                assert!(
+                    r.is_ok(),
+                    "{label} n={n} second open block {b}: {:?}",
+                    r.err()
+                );
+            }
+            if !died {
+                eprintln!("{label}: finished at n={n}");
+                return;
+            }
+        }
+    }
+    panic!("{label}: never finished ({worst})");
+}
+
+#[test]
+fn data_home_trims_and_first_writes_are_old_or_new_at_every_disk_operation() {
+    use Op::*;
+    dh_script(
+        &[
+            W(3, 1),
+            F,
+            Z(3),
+            F,
+            W(3, 2),
+            W(3, 3),
+            W2(4, 4),
+            F,
+            Z(3),
+            W(3, 5),
+            F,
+            Z(3),
+            F,
+            W(3, 6),
+            Z(3),
+            W(3, 7),
+            F,
+            Reopen,
+            W(3, 8),
+            Z(4),
+            F,
+            W(4, 9),
+            Reopen,
+            Z(4),
+            F,
+            W(4, 10),
+            F,
+        ],
+        "A",
+    );
+}
+
+#[test]
+fn data_home_partial_writes_and_reopens_are_old_or_new_at_every_disk_operation() {
+    use Op::*;
+    dh_script(
+        &[
+            P(2, 1),
+            W(2, 2),
+            F,
+            Z(2),
+            F,
+            Reopen,
+            P(2, 3),
+            P(2, 4),
+            F,
+            Z(2),
+            P(2, 5),
+            F,
+            Reopen,
+            Z(2),
+            F,
+            Reopen,
+            W(2, 6),
+            Reopen,
+            W(2, 7),
+            F,
+        ],
+        "B",
+    );
+}
+
+/// Review of 7520542: writers (write / trim / flush) and readers racing on 4 blocks of one
+/// metadata page; every read must be a value some writer wrote (or zeros), never an error.
+#[test]
+fn data_home_and_the_entry_cache_under_racing_readers_and_writers() {
+    let disk = Arc::new(SimDisk::new());
+    let bs = 512usize;
+    let v = Arc::new(create(&disk, 64 * bs as u64, bs as u32).unwrap());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut hs = Vec::new();
+    for t in 0..2u64 {
+        let v = v.clone();
+        hs.push(std::thread::spawn(move || {
+            let mut rng = Rng::new(t + 7);
+            for i in 0..3000u64 {
+                let b = rng.below(4);
+                match rng.below(6) {
+                    0 => v.write_zeroes(b * bs as u64, bs as u64).unwrap(),
+                    1 => v.flush().unwrap(),
+                    _ => {
+                        let x = 1 + ((i + t) % 250) as u8;
+                        let mut buf = vec![x; bs];
+                        buf[..8].copy_from_slice(&b.to_be_bytes());
+                        v.write_at(&buf, b * bs as u64).unwrap()
+                    }
+                }
+            }
+        }));
+    }
+    let mut rs = Vec::new();
+    for t in 0..2u64 {
+        let v = v.clone();
+        let stop = stop.clone();
+        rs.push(std::thread::spawn(move || {
+            let mut rng = Rng::new(t + 70);
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let b = rng.below(4);
+                let mut got = vec![0u8; bs];
+                v.read_at(&mut got, b * bs as u64)
+                    .unwrap_or_else(|e| panic!("read block {b}: {e}"));
+                let zeros = got.iter().all(|&c| c == 0);
+                let ours = got[..8] == b.to_be_bytes() && got[8..].iter().all(|&c| c == got[8]);
+                assert!(zeros || ours, "block {b} read wrong bytes");
+                n += 1;
+            }
+            n
+        }));
+    }
+    for h in hs {
+        h.join().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let reads: u64 = rs.into_iter().map(|h| h.join().unwrap()).sum();
+    eprintln!("racing reads: {reads}");
+}
