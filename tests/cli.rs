@@ -10,6 +10,7 @@ use std::process::{Command as StdCommand, Stdio};
 
 use serde_json::Value;
 use support::cli::{cli, cli_at, std_cli_at};
+use support::files::entries;
 
 fn json(out: &[u8]) -> Value {
     serde_json::from_slice(out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(out)))
@@ -47,15 +48,6 @@ fn key_with_alias(dir: &Path, alias: &str) -> String {
         .as_str()
         .unwrap()
         .to_owned()
-}
-
-fn entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::cli::{cli, std_cli_at, stderr};
+use support::files::entries;
 use support::{moto, new_key};
 
 /// A volume-sized sample: 1 MiB stripes of data, zeros, data, ... and a non-zero last block.
@@ -50,9 +51,8 @@ fn s(p: &Path) -> &str {
 
 /// No hidden staging file was left in `dir`.
 fn no_leftovers(dir: &Path) {
-    let left: Vec<_> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+    let left: Vec<_> = entries(dir)
+        .into_iter()
         .filter(|n| n.starts_with(".kms-envelope"))
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");

@@ -4,6 +4,8 @@
 //! Raw images go in and out the same way (`import`, `export`).
 #![cfg(feature = "volume")]
 
+mod support;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +18,7 @@ use aws_esdk::material_providers::types::{AesWrappingAlg, EsdkCommitmentPolicy};
 use aws_esdk::types::aws_encryption_sdk_config::AwsEncryptionSdkConfig;
 use kms_envelope::volume::{Volume, VolumeOptions, CONTEXT_BLOCK_SIZE, CONTEXT_VOLUME_SIZE};
 use kms_envelope::{Decryptor, EncryptionContext, Encryptor, Error, RawAesKeyring};
+use support::files::entries;
 
 const SIZE: u64 = 3 << 20;
 const KEY: [u8; 32] = [0x5C; 32];
@@ -151,16 +154,6 @@ fn restore_makes_a_new_volume_with_the_same_content() {
     assert!(again.is_err());
 }
 
-/// The files in `dir`.
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn a_truncated_or_altered_snapshot_leaves_no_volume_behind() {
     let dir = tempfile::tempdir().unwrap();
@@ -170,7 +163,7 @@ fn a_truncated_or_altered_snapshot_leaves_no_volume_behind() {
     let at = message.len() / 2;
     altered[at] ^= 0x01;
     let kr = keyring();
-    let before = names(dir.path());
+    let before = entries(dir.path());
     for (what, bytes) in [
         ("truncated at a frame", &message[..message.len() - 65_600]),
         ("truncated in the footer", &message[..message.len() - 1]),
@@ -185,7 +178,7 @@ fn a_truncated_or_altered_snapshot_leaves_no_volume_behind() {
             &none,
         );
         assert!(r.is_err(), "{what}: restored");
-        assert_eq!(names(dir.path()), before, "{what}: something was left");
+        assert_eq!(entries(dir.path()), before, "{what}: something was left");
     }
     // A context that claims another size than the plaintext holds is refused the same way.
     let short = Encryptor::new(&kr)
@@ -205,7 +198,7 @@ fn a_truncated_or_altered_snapshot_leaves_no_volume_behind() {
         &none,
     );
     assert!(matches!(r, Err(Error::Misuse(_))), "{:?}", r.err());
-    assert_eq!(names(dir.path()), before);
+    assert_eq!(entries(dir.path()), before);
 }
 
 #[test]
@@ -277,7 +270,7 @@ fn import_and_export_round_trip_a_raw_image() {
     let out = volume.export(Vec::new(), &none).unwrap();
     assert!(out == image);
     // An image shorter or longer than the size asked for is refused, and leaves nothing.
-    let before = names(dir.path());
+    let before = entries(dir.path());
     for len in [SIZE as usize - 1, SIZE as usize + 1] {
         let mut img = image.clone();
         img.resize(len, 7);
@@ -290,7 +283,7 @@ fn import_and_export_round_trip_a_raw_image() {
             &none,
         );
         assert!(r.is_err(), "{len}");
-        assert_eq!(names(dir.path()), before);
+        assert_eq!(entries(dir.path()), before);
     }
 }
 

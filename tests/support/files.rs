@@ -93,3 +93,13 @@ pub fn kill_after_first_batch(mut child: Child, manifest: &Path) {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// The names in `dir`, sorted.
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
